@@ -1,0 +1,59 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a step they depend on.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_VENV := $(VENV)/.installed
+STAMP_SYS := .deps/.installed
+ZIPAPP := dist/basenode
+export PATH := $(CURDIR)/.deps/bin:$(PATH)
+
+.PHONY: all deps venv system-deps zipapp test test-unit test-integration test-docker lint bench demo clean clean-venv
+
+all: zipapp
+
+deps: venv system-deps
+
+venv: $(STAMP_VENV)
+$(STAMP_VENV): requirements/runtime.lock requirements/dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/dev.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+system-deps: $(STAMP_SYS)
+$(STAMP_SYS): scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
+	touch $@
+
+zipapp: $(ZIPAPP)
+$(ZIPAPP): $(STAMP_VENV) $(shell find basenode templates -type f -not -name '*.pyc') scripts/build-zipapp.sh scripts/zipapp_main.py
+	scripts/build-zipapp.sh $(PY) $@
+
+lint: $(STAMP_VENV)
+	$(VENV)/bin/ruff check basenode tests bench scripts
+	$(VENV)/bin/ruff format --check basenode tests bench scripts
+
+test: deps zipapp lint
+	$(PY) -m pytest -q tests/unit tests/integration tests/docker
+
+test-unit: $(STAMP_VENV)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: deps zipapp
+	$(PY) -m pytest -q tests/integration
+
+test-docker: deps zipapp
+	$(PY) -m pytest -q tests/docker
+
+bench: deps zipapp
+	$(PY) bench/run.py --out docs/benchmarks.md
+
+demo: deps zipapp
+	scripts/demo.sh
+
+clean:
+	rm -rf build dist .pytest_cache
+
+clean-venv:
+	rm -rf $(VENV)

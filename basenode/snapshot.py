@@ -1,0 +1,133 @@
+"""Snapshot: the validated, immutable picture of the catalog that render turns into text.
+
+Every value that comes from Consul passes through here before a template can see it.
+Consul accepts almost anything in a registration (newlines in tags, `1.2.3.4; rm` as an
+address, port 70000), and a template writes values into a config file verbatim, so an
+instance with any value we cannot prove safe is dropped, with one warning naming it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Mapping, Optional, Tuple
+
+from .config import SERVICE_NAME_RE, Route
+
+# A token that may stand in a config file unquoted: no whitespace, no control characters,
+# nothing HAProxy or nginx treat as syntax (# ; " ' ` \ { }).
+SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@%+=,~-]{1,256}$")
+# RFC 1123 host names, as a node address may be one.
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+MAX_WEIGHT = 256
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    node: str
+    address: str
+    port: int
+    tags: Tuple[str, ...] = ()
+    meta: Tuple[Tuple[str, str], ...] = ()
+    weight: int = 1
+
+    @property
+    def key(self) -> str:
+        """Stable server name inside its backend (unique per service)."""
+        return f"{self.node}_{self.id}"
+
+
+@dataclass(frozen=True)
+class RouteState:
+    route: Route
+    instances: Tuple[Instance, ...]  # sorted, healthy, validated
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    routes: Tuple[RouteState, ...]  # sorted by service name
+
+    def structure(self) -> Tuple[Tuple[str, int, str, Optional[str]], ...]:
+        """What needs a reload to change: the routes themselves, not their servers."""
+        return tuple((r.route.service, r.route.port, r.route.mode, r.route.tag) for r in self.routes)
+
+
+class Rejected(ValueError):
+    """An instance that will not reach any config file; str() says which value and why."""
+
+
+def safe_token(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not SAFE_TOKEN_RE.match(value):
+        raise Rejected(f"{what} {_show(value)} is not a safe token")
+    return value
+
+
+def check_address(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise Rejected(f"address {_show(value)} is empty or not text")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if HOSTNAME_RE.match(value):
+        return value.lower()
+    raise Rejected(f"address {_show(value)} is neither an IP address nor a host name")
+
+
+def check_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise Rejected(f"port {_show(value)} is not 1-65535")
+    return value
+
+
+def instance_from_health(entry: Mapping[str, Any]) -> Instance:
+    """One element of /v1/health/service/<name> -> Instance, or Rejected."""
+    node = entry.get("Node") or {}
+    service = entry.get("Service") or {}
+    node_name = safe_token(node.get("Node"), "node name")
+    service_id = safe_token(service.get("ID"), "service id")
+    address = check_address(service.get("Address") or node.get("Address"))
+    port = check_port(service.get("Port"))
+    tags = tuple(safe_token(t, "tag") for t in (service.get("Tags") or ()))
+    meta_in = service.get("Meta") or {}
+    if not isinstance(meta_in, Mapping):
+        raise Rejected("meta is not an object")
+    meta = tuple(sorted((safe_token(k, "meta key"), safe_token(v, "meta value")) for k, v in meta_in.items()))
+    weights = service.get("Weights") or {}
+    weight = weights.get("Passing", 1) if isinstance(weights, Mapping) else 1
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+        raise Rejected(f"weight {_show(weight)} is not 0-{MAX_WEIGHT}")
+    return Instance(
+        id=service_id, node=node_name, address=address, port=port, tags=tags, meta=meta, weight=weight
+    )
+
+
+def instances_from_health(
+    service_name: str, entries: Iterable[Mapping[str, Any]], tag: Optional[str] = None
+) -> Tuple[Tuple[Instance, ...], List[str]]:
+    """Validated instances (sorted) and one warning line per rejected entry."""
+    instances = []
+    warnings = []
+    for entry in entries:
+        try:
+            instance = instance_from_health(entry)
+        except Rejected as e:
+            ident = (entry.get("Service") or {}).get("ID") if isinstance(entry, Mapping) else None
+            warnings.append(f"service {_show(service_name)}: dropped instance {_show(ident)}: {e}")
+            continue
+        if tag is None or tag in instance.tags:
+            instances.append(instance)
+    unique = {i.key: i for i in instances}
+    return tuple(sorted(unique.values(), key=lambda i: i.key)), warnings
+
+
+def valid_service_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(SERVICE_NAME_RE.match(name))
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() cut short: a 1 MB hostile tag must not become a 1 MB log line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"

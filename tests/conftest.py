@@ -1,0 +1,30 @@
+"""Shared fixtures. Real components come from tests/support; see tests/README.md."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ZIPAPP = ROOT / "dist" / "basenode"
+
+# `make` puts .deps/bin (Consul) on PATH; a bare `pytest` should find it too.
+os.environ["PATH"] = f"{ROOT / '.deps' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def require_binary(name: str) -> str:
+    """A component the suite cannot do without: fail loudly (never skip) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found on PATH; run `make deps`", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def zipapp() -> Path:
+    if not ZIPAPP.exists():
+        pytest.fail(f"{ZIPAPP} is missing; run `make zipapp`", pytrace=False)
+    return ZIPAPP
