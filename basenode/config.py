@@ -8,6 +8,7 @@ text names the value and where it came from (flag, variable, file:line).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,11 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+
+try:  # Python 3.11+
+    import tomllib as _toml
+except ImportError:  # 3.9, 3.10: the bundled tomli
+    import tomli as _toml  # type: ignore[no-redef]
 
 DEFAULT_CONFIG = Path("/etc/basenode/basenode.toml")
 DEFAULT_STATE_DIR = Path("/run/basenode")
@@ -33,6 +39,9 @@ ROUTE_MODES = ("tcp", "http")
 APP_PROGRAM = "app"
 
 
+_NAMES_ITSELF = re.compile(r"^(--[a-z-]+|[A-Z][A-Z0-9_]*)$")
+
+
 class ConfigError(Exception):
     """A bad value: `str()` is the one-line message shown to the user."""
 
@@ -41,7 +50,8 @@ class ConfigError(Exception):
         self.key = key
         self.message = message
         where = f"{source}: " if source else ""
-        what = f"{key}: " if key else ""
+        # A flag or a variable already names the value; a file position needs the key.
+        what = f"{key}: " if key and not _NAMES_ITSELF.match(source) else ""
         super().__init__(f"{where}{what}{message}")
 
 
@@ -123,7 +133,9 @@ class Watch:
     include_warning: bool = False
     mode: str = "blocking"  # blocking | poll (the seed's 5 s polling, for comparison)
     poll_interval: float = 5.0
-    apply_mode: str = "runtime"  # runtime (runtime API, reload only for structure) | reload | restart (the seed)
+    apply_mode: str = (
+        "runtime"  # runtime (runtime API, reload only for structure) | reload | restart (the seed)
+    )
 
 
 @dataclass(frozen=True)
@@ -168,24 +180,24 @@ def split_host_port(text: str, default_port: Optional[int] = None) -> Tuple[str,
     host, sep, port_text = text.rpartition(":")
     if not sep or (host.count(":") and not host.startswith("[")):
         if default_port is None:
-            raise ValueError(f"expected host:port, got {text!r}")
+            raise ValueError(f"expected host:port, got {_show(text)}")
         host, port_text = text, str(default_port)
     host = host.strip("[]")
     if not host:
-        raise ValueError(f"expected host:port, got {text!r}")
+        raise ValueError(f"expected host:port, got {_show(text)}")
     port = parse_port(port_text)
     return host, port
 
 
 def parse_port(text: Any) -> int:
     if isinstance(text, bool):
-        raise ValueError(f"expected a port 1-65535, got {text!r}")
+        raise ValueError(f"expected a port 1-65535, got {_show(text)}")
     try:
         port = int(text, 10) if isinstance(text, str) else int(text)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a port 1-65535, got {text!r}") from None
+        raise ValueError(f"expected a port 1-65535, got {_show(text)}") from None
     if not 1 <= port <= 65535 or (isinstance(text, float) and text != port):
-        raise ValueError(f"expected a port 1-65535, got {text!r}")
+        raise ValueError(f"expected a port 1-65535, got {_show(text)}")
     return port
 
 
@@ -193,19 +205,21 @@ def parse_route(text: str, source: str) -> Route:
     """One route, `service:port[/mode]`; raises ConfigError naming the text and its source."""
     spec = text.strip()
     service, sep, rest = spec.partition(":")
-    if not sep:
-        raise ConfigError(source, "", f"expected service:port[/mode], got {text!r}")
-    if not SERVICE_NAME_RE.match(service):
-        raise ConfigError(source, "", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {service!r}")
     port_text, _, mode = rest.partition("/")
-    try:
-        port = parse_port(port_text)
-    except ValueError as e:
-        raise ConfigError(source, service, str(e)) from None
     mode = mode or "tcp"
-    if mode not in ROUTE_MODES:
-        raise ConfigError(source, service, f"mode must be tcp or http, got {mode!r}")
-    return Route(service=service, port=port, mode=mode, source=source)
+    problem = None
+    if not sep:
+        problem = "expected service:port[/mode]"
+    elif not SERVICE_NAME_RE.match(service):
+        problem = "service name must match [A-Za-z0-9._-]{1,128}"
+    elif mode not in ROUTE_MODES:
+        problem = f"mode must be tcp or http, got {_show(mode)}"
+    else:
+        try:
+            return Route(service=service, port=parse_port(port_text), mode=mode, source=source)
+        except ValueError as e:
+            problem = str(e)
+    raise ConfigError(source, "", f"route {_show(spec)}: {problem}")
 
 
 def parse_routes(text: str, source: str) -> Tuple[Route, ...]:
@@ -236,14 +250,14 @@ def signal_number(value: Any) -> int:
         try:
             return int(signal.Signals(value))
         except ValueError:
-            raise ValueError(f"expected a signal name or number, got {value!r}") from None
+            raise ValueError(f"expected a signal name or number, got {_show(value)}") from None
     if isinstance(value, str):
         name = value.strip().upper()
         name = name if name.startswith("SIG") else "SIG" + name
         sig = getattr(signal.Signals, name, None)
         if sig is not None:
             return int(sig)
-    raise ValueError(f"expected a signal name or number, got {value!r}")
+    raise ValueError(f"expected a signal name or number, got {_show(value)}")
 
 
 def resolve_command(argv0: str, path: Optional[str] = None) -> Optional[str]:
@@ -257,5 +271,567 @@ def check_bind(address: str) -> str:
     try:
         ipaddress.ip_address(address)
     except ValueError:
-        raise ValueError(f"expected an IP address, got {address!r}") from None
+        raise ValueError(f"expected an IP address, got {_show(address)}") from None
     return address
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: defaults < file < environment < flags.
+
+Environ = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What the command line said; None means "not given" so lower layers show through."""
+
+    config: Optional[str] = None
+    state_dir: Optional[str] = None
+    routes: Optional[str] = None
+    bind: Optional[str] = None
+    template: Optional[str] = None
+    no_consul: bool = False
+    no_haproxy: bool = False
+    consul_bin: Optional[str] = None
+    haproxy_bin: Optional[str] = None
+    status_addr: Optional[str] = None
+    log_format: Optional[str] = None
+    log_level: Optional[str] = None
+    include_warning: bool = False
+    watch_mode: Optional[str] = None
+    poll_interval: Optional[str] = None
+    apply_mode: Optional[str] = None
+    command: Tuple[str, ...] = ()
+
+
+class FileValues:
+    """A parsed TOML file that can say on which line a key stands."""
+
+    def __init__(self, path: Path, text: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+        self.data = data
+
+    def source(self, dotted: str) -> str:
+        line = _locate(self.lines, dotted.split("."))
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def _locate(lines: Sequence[str], keys: Sequence[str]) -> Optional[int]:
+    """Line number of a key in TOML text: the key's own line, else its table's header line."""
+    table_re = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    key_re = re.compile(r"^\s*([A-Za-z0-9_.\"'-]+)\s*=")
+    table: list[str] = []
+    header_line = None
+    want_table, want_key = list(keys[:-1]), keys[-1]
+    for number, line in enumerate(lines, 1):
+        m = table_re.match(line)
+        if m:
+            table = [part.strip().strip("\"'") for part in m.group(1).split(".")]
+            if table == list(keys):
+                header_line = number
+            continue
+        m = key_re.match(line)
+        if m:
+            path = table + [part.strip().strip("\"'") for part in m.group(1).split(".")]
+            if path == list(keys) or (path[: len(keys)] == list(keys)):
+                return number
+            if table == want_table and path[-1] == want_key and len(path) == len(keys):
+                return number
+    return header_line
+
+
+def _show(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def read_file(path: Path, explicit: bool, source: str) -> Optional[FileValues]:
+    """Parse the TOML config; a missing default file is not an error, a missing named one is."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(source, "", f"config file {_show(str(path))} not found") from None
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), "", f"cannot read config file: {e}") from None
+    try:
+        data = _toml.loads(text)
+    except _toml.TOMLDecodeError as e:
+        line = getattr(e, "lineno", None) or _line_from_message(str(e))
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(where, "", f"invalid TOML: {str(e).split(' (at line')[0]}") from None
+    return FileValues(path, text, data)
+
+
+def _line_from_message(message: str) -> Optional[int]:
+    m = re.search(r"at line (\d+)", message)
+    return int(m.group(1)) if m else None
+
+
+class _Table:
+    """Typed reads from one table of the config file, with unknown-key detection."""
+
+    def __init__(self, file: Optional[FileValues], prefix: str, values: Mapping[str, Any]) -> None:
+        self.file = file
+        self.prefix = prefix
+        self.values = values
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def source(self, name: str) -> str:
+        return self.file.source(self.key(name)) if self.file else ""
+
+    def fail(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.source(name), self.key(name), message)
+
+    def get(self, name: str, kind: str, default: Any = None) -> Any:
+        self.used.add(name)
+        if name not in self.values:
+            return default
+        value = self.values[name]
+        try:
+            return _CONVERT[kind](value)
+        except (TypeError, ValueError) as e:
+            raise self.fail(name, str(e) or f"expected {_EXPECT[kind]}, got {_show(value)}") from None
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        self.used.add(name)
+        value = self.values.get(name, {})
+        if not isinstance(value, Mapping):
+            raise self.fail(name, f"expected a table, got {_show(value)}")
+        return value
+
+    def check_unknown(self) -> None:
+        for name in self.values:
+            if name not in self.used:
+                raise self.fail(name, "unknown key")
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("")
+    return value
+
+
+def _text_list(value: Any) -> Tuple[str, ...]:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, (list, tuple))
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise ValueError("")
+    return tuple(value)
+
+
+def _signal_list(value: Any) -> Tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("")
+    return tuple(signal_number(v) for v in value)
+
+
+def _environment(value: Any) -> Tuple[Tuple[str, str], ...]:
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("")
+    return tuple(sorted(value.items()))
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "seconds": _seconds,
+    "count": _count,
+    "text": _text,
+    "flag": _flag,
+    "text_list": _text_list,
+    "signal": signal_number,
+    "signal_list": _signal_list,
+    "environment": _environment,
+    "port": parse_port,
+}
+_EXPECT = {
+    "seconds": "a number of seconds",
+    "count": "a whole number >= 0",
+    "text": "a string",
+    "flag": "true or false",
+    "text_list": "a list of strings",
+    "signal": "a signal name or number",
+    "signal_list": "a list of signal names",
+    "environment": "a table of strings",
+    "port": "a port 1-65535",
+}
+
+
+def _choose(*layers: Tuple[Optional[Any], str]) -> Tuple[Any, str]:
+    """First layer with a value (flag, env, file, default) and its source."""
+    for value, source in layers:
+        if value is not None:
+            return value, source
+    return None, ""
+
+
+def _env_flag(environ: Environ, name: str) -> Optional[bool]:
+    value = environ.get(name)
+    if value is None or value == "":
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, "", f"expected 1/0 or true/false, got {_show(value)}")
+
+
+def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], environ: Environ) -> Program:
+    t = _Table(file, f"programs.{name}", values)
+    if not PROGRAM_NAME_RE.match(name):
+        raise t.fail("", f"program name must match [A-Za-z0-9_-]{{1,64}}, got {_show(name)}")
+    command = t.get("command", "text_list")
+    if not command:
+        raise t.fail("command", "required: the program's command as a list of strings")
+    environment = t.get("environment", "environment", ())
+    path = dict(environment).get("PATH", environ.get("PATH"))
+    if resolve_command(command[0], path) is None:
+        raise t.fail("command", f"command {_show(command[0])} not found")
+    directory = t.get("directory", "text")
+    if directory is not None and not os.path.isdir(directory):
+        raise t.fail("directory", f"no such directory {_show(directory)}")
+    user = t.get("user", "text")
+    if user is not None:
+        import pwd
+
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise t.fail("user", f"no such user {_show(user)}") from None
+    autorestart = t.get("autorestart", "text", "on-failure")
+    if autorestart not in AUTORESTART:
+        raise t.fail("autorestart", f"expected always, on-failure or never, got {_show(autorestart)}")
+    program = Program(
+        name=name,
+        command=command,
+        environment=environment,
+        directory=directory,
+        user=user,
+        autorestart=autorestart,
+        startsecs=t.get("startsecs", "seconds", 1.0),
+        startretries=t.get("startretries", "count", 3),
+        backoff_initial=t.get("backoff_initial", "seconds", 0.5),
+        backoff_max=t.get("backoff_max", "seconds", 30.0),
+        stop_signal=t.get("stop_signal", "signal", signal.SIGTERM),
+        stop_timeout=t.get("stop_timeout", "seconds", 10.0),
+        depends_on=t.get("depends_on", "text_list", ()),
+        required=t.get("required", "flag", False),
+        forward_signals=t.get("forward_signals", "signal_list", ()),
+        ready_file=t.get("ready_file", "text"),
+    )
+    t.check_unknown()
+    return program
+
+
+def _route_from_table(file: Optional[FileValues], service: str, values: Any) -> Route:
+    t = _Table(file, f"routes.{service}", values if isinstance(values, Mapping) else {})
+    if not isinstance(values, Mapping):
+        raise t.fail("", f"expected a table with port, mode, tag, got {_show(values)}")
+    if not SERVICE_NAME_RE.match(service):
+        raise t.fail("", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {_show(service)}")
+    if "port" not in values:
+        raise t.fail("port", "required")
+    route = Route(
+        service=service,
+        port=t.get("port", "port"),
+        mode=t.get("mode", "text", "tcp"),
+        tag=t.get("tag", "text"),
+        source=t.source(""),
+    )
+    if route.mode not in ROUTE_MODES:
+        raise t.fail("mode", f"expected tcp or http, got {_show(route.mode)}")
+    t.check_unknown()
+    return route
+
+
+def check_programs(programs: Sequence[Program], known: Sequence[str], sources: Mapping[str, str]) -> None:
+    """depends_on must name existing programs and contain no cycle."""
+    names = set(known) | {p.name for p in programs}
+    deps = {p.name: p.depends_on for p in programs}
+    for p in programs:
+        for d in p.depends_on:
+            if d not in names:
+                raise ConfigError(
+                    sources.get(p.name, ""), f"programs.{p.name}.depends_on", f"unknown program {_show(d)}"
+                )
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name) :], name]
+            first = cycle[0]
+            raise ConfigError(
+                sources.get(first, ""),
+                f"programs.{first}.depends_on",
+                "dependency cycle: " + " -> ".join(cycle),
+            )
+        state[name] = 1
+        for d in deps.get(name, ()):
+            visit(d, [*trail, name])
+        state[name] = 2
+
+    for p in programs:
+        visit(p.name, [])
+
+
+def load(flags: Flags, environ: Environ) -> Settings:
+    """Build the Settings from every layer; ConfigError on the first bad value."""
+    config_value, config_source = _choose(
+        (flags.config, "--config"), (environ.get("BASENODE_CONFIG") or None, "BASENODE_CONFIG")
+    )
+    config_path = Path(config_value) if config_value else DEFAULT_CONFIG
+    file = read_file(config_path, explicit=config_value is not None, source=config_source)
+    top = _Table(file, "", file.data if file else {})
+
+    def pick(flag: Optional[Any], env_name: Optional[str], file_key: Optional[str], kind: str, default: Any):
+        env_value = environ.get(env_name) if env_name else None
+        file_value = top.get(file_key, kind) if file_key else None
+        return _choose(
+            (flag, "--" + (file_key or "").replace("_", "-")),
+            (env_value if env_value != "" else None, env_name or ""),
+            (file_value, top.source(file_key) if file_key else ""),
+            (default, "default"),
+        )
+
+    state_dir, _ = pick(flags.state_dir, "BASENODE_STATE_DIR", "state_dir", "text", str(DEFAULT_STATE_DIR))
+    bind, bind_src = pick(flags.bind, "BASENODE_BIND", "bind", "text", "127.0.0.1")
+    try:
+        check_bind(bind)
+    except ValueError as e:
+        raise ConfigError(bind_src, "bind", str(e)) from None
+    template, template_src = pick(flags.template, "BASENODE_TEMPLATE", "template", "text", None)
+    if template is not None and not os.path.isfile(template):
+        raise ConfigError(template_src, "template", f"no such file {_show(template)}")
+    status_text, status_src = pick(
+        flags.status_addr, "BASENODE_STATUS_ADDR", "status_addr", "text", DEFAULT_STATUS_ADDR
+    )
+    try:
+        status_addr = split_host_port(status_text)
+    except ValueError as e:
+        raise ConfigError(status_src, "status_addr", str(e)) from None
+    log_format, log_format_src = pick(flags.log_format, "BASENODE_LOG_FORMAT", "log_format", "text", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(log_format_src, "log_format", f"expected text or json, got {_show(log_format)}")
+    log_level, log_level_src = pick(flags.log_level, "BASENODE_LOG_LEVEL", "log_level", "text", "info")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(
+            log_level_src, "log_level", f"expected debug, info, warning or error, got {_show(log_level)}"
+        )
+
+    routes = _load_routes(flags, environ, file, top)
+    consul_table = _Table(file, "consul", top.table("consul"))
+    haproxy_table = _Table(file, "haproxy", top.table("haproxy"))
+    watch = _load_watch(flags, file, top.table("watch"))
+    consul_bin = _choose(
+        (flags.consul_bin, "--consul-bin"),
+        (environ.get("BASENODE_CONSUL_BIN") or None, "BASENODE_CONSUL_BIN"),
+        (consul_table.get("bin", "text"), consul_table.source("bin")),
+        ("consul", "default"),
+    )
+    haproxy_bin = _choose(
+        (flags.haproxy_bin, "--haproxy-bin"),
+        (environ.get("BASENODE_HAPROXY_BIN") or None, "BASENODE_HAPROXY_BIN"),
+        (haproxy_table.get("bin", "text"), haproxy_table.source("bin")),
+        ("haproxy", "default"),
+    )
+    run_consul = not flags.no_consul and consul_table.get("enabled", "flag", True)
+    run_haproxy = not flags.no_haproxy and haproxy_table.get("enabled", "flag", True)
+    agent = _load_agent(environ, consul_table)
+    consul_table.check_unknown()
+    haproxy_table.check_unknown()
+
+    program_tables = top.table("programs")
+    programs = tuple(
+        _program(file, name, values if isinstance(values, Mapping) else {"command": values}, environ)
+        for name, values in program_tables.items()
+    )
+    top.check_unknown()
+
+    builtin = [n for n, on in (("consul", run_consul), ("haproxy", run_haproxy), ("sync", run_haproxy)) if on]
+    if flags.command:
+        builtin.append(APP_PROGRAM)
+    clash = [p.name for p in programs if p.name in builtin]
+    if clash:
+        raise ConfigError(
+            file.source(f"programs.{clash[0]}") if file else "",
+            f"programs.{clash[0]}",
+            "name is reserved for a built-in program",
+        )
+    check_programs(
+        programs, builtin, {p.name: file.source(f"programs.{p.name}") for p in programs} if file else {}
+    )
+    for name, (binary, source), needed in (
+        ("consul", consul_bin, run_consul),
+        ("haproxy", haproxy_bin, run_haproxy),
+    ):
+        if needed and resolve_command(binary, environ.get("PATH")) is None:
+            raise ConfigError(
+                source, f"{name}_bin", f"{name} binary {_show(binary)} not found (or use --no-{name})"
+            )
+    if flags.command and resolve_command(flags.command[0], environ.get("PATH")) is None:
+        raise ConfigError("COMMAND", "", f"command {_show(flags.command[0])} not found")
+
+    return Settings(
+        config_file=file.path if file else None,
+        state_dir=Path(state_dir),
+        routes=routes,
+        bind=bind,
+        template=Path(template) if template else None,
+        run_consul=run_consul,
+        run_haproxy=run_haproxy,
+        consul_bin=consul_bin[0],
+        haproxy_bin=haproxy_bin[0],
+        status_addr=status_addr,
+        log_format=log_format,
+        log_level=log_level.lower(),
+        consul_http=load_consul_http(environ),
+        agent=agent,
+        watch=watch,
+        programs=programs,
+        command=tuple(flags.command),
+    )
+
+
+def _load_routes(
+    flags: Flags, environ: Environ, file: Optional[FileValues], top: _Table
+) -> Tuple[Route, ...]:
+    """Flag > env > file: the first layer that names routes defines them all (no merging across layers)."""
+    if flags.routes is not None:
+        routes = parse_routes(flags.routes, "--routes")
+    elif environ.get("BASENODE_ROUTES"):
+        routes = parse_routes(environ["BASENODE_ROUTES"], "BASENODE_ROUTES")
+    else:
+        routes = tuple(_route_from_table(file, s, v) for s, v in top.table("routes").items())
+    check_routes(routes)
+    return tuple(sorted(routes, key=lambda r: r.service))
+
+
+def _load_watch(flags: Flags, file: Optional[FileValues], values: Mapping[str, Any]) -> Watch:
+    t = _Table(file, "watch", values)
+    defaults = Watch()
+    mode = flags.watch_mode or t.get("mode", "text", defaults.mode)
+    if mode not in ("blocking", "poll"):
+        raise ConfigError(
+            "--watch-mode" if flags.watch_mode else t.source("mode"),
+            "watch.mode",
+            f"expected blocking or poll, got {_show(mode)}",
+        )
+    apply_mode = flags.apply_mode or t.get("apply_mode", "text", defaults.apply_mode)
+    if apply_mode not in ("runtime", "reload", "restart"):
+        raise ConfigError(
+            "--apply-mode" if flags.apply_mode else t.source("apply_mode"),
+            "watch.apply_mode",
+            f"expected runtime, reload or restart, got {_show(apply_mode)}",
+        )
+    poll_interval = t.get("poll_interval", "seconds", defaults.poll_interval)
+    if flags.poll_interval is not None:
+        try:
+            poll_interval = _seconds(float(flags.poll_interval))
+        except ValueError:
+            raise ConfigError(
+                "--poll-interval", "", f"expected a number of seconds, got {_show(flags.poll_interval)}"
+            ) from None
+    watch = Watch(
+        wait_min=t.get("wait_min", "seconds", defaults.wait_min),
+        wait_max=t.get("wait_max", "seconds", defaults.wait_max),
+        blocking_wait=t.get("blocking_wait", "text", defaults.blocking_wait),
+        include_warning=flags.include_warning or t.get("include_warning", "flag", defaults.include_warning),
+        mode=mode,
+        poll_interval=poll_interval,
+        apply_mode=apply_mode,
+    )
+    if watch.wait_max < watch.wait_min:
+        raise t.fail("wait_max", f"must be >= wait_min ({watch.wait_min}), got {_show(watch.wait_max)}")
+    if not re.match(r"^\d+(ms|s|m)$", watch.blocking_wait):
+        raise t.fail("blocking_wait", f"expected a duration like 5m or 30s, got {_show(watch.blocking_wait)}")
+    t.check_unknown()
+    return watch
+
+
+def _load_agent(environ: Environ, t: _Table) -> Agent:
+    join_env = environ.get("CONSUL_JOIN")
+    join = (
+        tuple(a.strip() for a in join_env.split(",") if a.strip())
+        if join_env
+        else t.get("join", "text_list", ())
+    )
+    server_env = _env_flag(environ, "CONSUL_SERVER")
+    server = server_env if server_env is not None else t.get("server", "flag", False)
+    expect_env = environ.get("CONSUL_BOOTSTRAP_EXPECT")
+    if expect_env:
+        if not expect_env.isdigit() or int(expect_env) < 1:
+            raise ConfigError(
+                "CONSUL_BOOTSTRAP_EXPECT", "", f"expected a whole number >= 1, got {_show(expect_env)}"
+            )
+        bootstrap_expect: Optional[int] = int(expect_env)
+    else:
+        bootstrap_expect = t.get("bootstrap_expect", "count")
+    return Agent(
+        join=join,
+        datacenter=environ.get("CONSUL_DATACENTER") or t.get("datacenter", "text"),
+        encrypt=environ.get("CONSUL_ENCRYPT") or None,
+        server=server,
+        bootstrap_expect=bootstrap_expect,
+        node_name=t.get("node_name", "text"),
+        data_dir=t.get("data_dir", "text"),
+        extra_args=t.get("extra_args", "text_list", ()),
+    )
+
+
+def load_consul_http(environ: Environ) -> ConsulHTTP:
+    """Consul's own variables, as the consul CLI reads them."""
+    token = environ.get("CONSUL_HTTP_TOKEN") or None
+    token_file = environ.get("CONSUL_HTTP_TOKEN_FILE")
+    if token is None and token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip() or None
+        except OSError as e:
+            raise ConfigError(
+                "CONSUL_HTTP_TOKEN_FILE", "", f"cannot read {_show(token_file)}: {e.strerror}"
+            ) from None
+    verify = _env_flag(environ, "CONSUL_HTTP_SSL_VERIFY")
+    for name in ("CONSUL_CACERT", "CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY"):
+        if environ.get(name) and not os.path.isfile(environ[name]):
+            raise ConfigError(name, "", f"no such file {_show(environ[name])}")
+    addr = environ.get("CONSUL_HTTP_ADDR") or DEFAULT_CONSUL_HTTP_ADDR
+    try:
+        split_host_port(addr.split("://", 1)[-1], default_port=8500)
+    except ValueError as e:
+        raise ConfigError("CONSUL_HTTP_ADDR", "", str(e)) from None
+    return ConsulHTTP(
+        addr=addr,
+        token=token,
+        cacert=environ.get("CONSUL_CACERT") or None,
+        client_cert=environ.get("CONSUL_CLIENT_CERT") or None,
+        client_key=environ.get("CONSUL_CLIENT_KEY") or None,
+        ssl_verify=True if verify is None else verify,
+    )

@@ -1,0 +1,307 @@
+"""Command line: argparse subcommands wiring the modules together; no logic of its own.
+
+Heavy modules (jinja2, py-consul) are imported inside the commands that need them, so that
+`basenode run` as PID 1 and `basenode version` stay small and start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from . import __version__, config, log
+
+BUNDLED = (
+    "py-consul",
+    "requests",
+    "urllib3",
+    "certifi",
+    "idna",
+    "charset-normalizer",
+    "jinja2",
+    "markupsafe",
+    "tomli",
+)
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--config",
+        metavar="FILE",
+        help=f"TOML config file (env BASENODE_CONFIG; default {config.DEFAULT_CONFIG})",
+    )
+    add("--state-dir", metavar="DIR", help="run-time files (env BASENODE_STATE_DIR; default /run/basenode)")
+    add("--routes", metavar="SPEC", help="service:port[/mode][,...] (env BASENODE_ROUTES)")
+    add(
+        "--bind", metavar="ADDR", help="address HAProxy frontends bind (env BASENODE_BIND; default 127.0.0.1)"
+    )
+    add("--template", metavar="FILE", help="HAProxy config template (env BASENODE_TEMPLATE; default bundled)")
+    add("--no-consul", action="store_true", help="run no Consul agent; use the one at CONSUL_HTTP_ADDR")
+    add("--no-haproxy", action="store_true", help="run no HAProxy and no sync loop")
+    add("--consul-bin", metavar="PATH", help="consul binary (env BASENODE_CONSUL_BIN; default from PATH)")
+    add("--haproxy-bin", metavar="PATH", help="haproxy binary (env BASENODE_HAPROXY_BIN; default from PATH)")
+    add("--status-addr", metavar="HOST:PORT", help="health/metrics endpoint (env BASENODE_STATUS_ADDR)")
+    add("--log-format", choices=("text", "json"), help="log format (env BASENODE_LOG_FORMAT; default text)")
+    add("--log-level", choices=("debug", "info", "warning", "error"), help="(env BASENODE_LOG_LEVEL)")
+    add("--include-warning", action="store_true", help="route to instances whose checks warn, not only pass")
+    add("--watch-mode", choices=("blocking", "poll"), help="blocking queries (default) or the seed's polling")
+    add("--poll-interval", metavar="SECONDS", help="with --watch-mode poll (default 5)")
+    add(
+        "--apply-mode",
+        choices=("runtime", "reload", "restart"),
+        help="how HAProxy takes changes (default runtime)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="basenode",
+        description="PID 1 for containers that need service discovery.",
+    )
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common_options(p)
+        return p
+
+    command("run", "run as the container's entrypoint: supervise Consul, HAProxy, sync and COMMAND")
+    join = command("join", "join the local Consul agent to the cluster")
+    join.add_argument("addresses", nargs="*", metavar="ADDRESS")
+    join.add_argument(
+        "--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)"
+    )
+    sync = command("sync", "the watch -> render -> apply loop alone")
+    sync.add_argument("--once", action="store_true", help="render and apply once, then exit")
+    render = command("render", "render once from the live catalog and apply nothing")
+    render.add_argument(
+        "--out", metavar="FILE", default="-", help="where to write (default -, standard output)"
+    )
+    command("check", "validate config and template (haproxy -c on the result)")
+    status = command("status", "what a running basenode is doing")
+    status.add_argument("--json", action="store_true")
+    command("health", "exit 0 when healthy, 1 otherwise")
+    command("version", "versions of basenode and its bundled packages")
+    return parser
+
+
+def split_command(argv: Sequence[str]) -> tuple[List[str], List[str]]:
+    """Everything after the first `--` is the application COMMAND, never parsed as options."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags:
+    return config.Flags(
+        config=args.config,
+        state_dir=args.state_dir,
+        routes=args.routes,
+        bind=args.bind,
+        template=args.template,
+        no_consul=args.no_consul,
+        no_haproxy=args.no_haproxy,
+        consul_bin=args.consul_bin,
+        haproxy_bin=args.haproxy_bin,
+        status_addr=args.status_addr,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        include_warning=args.include_warning,
+        watch_mode=args.watch_mode,
+        poll_interval=args.poll_interval,
+        apply_mode=args.apply_mode,
+        command=tuple(command),
+    )
+
+
+def flags_to_argv(flags: config.Flags) -> List[str]:
+    """The options that reproduce `flags`, for the sync loop that `run` starts as a child."""
+    argv: List[str] = []
+    for name in ("config", "state_dir", "routes", "bind", "template", "consul_bin", "haproxy_bin"):
+        value = getattr(flags, name)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), value]
+    for name in ("log_format", "log_level", "watch_mode", "poll_interval", "apply_mode", "status_addr"):
+        value = getattr(flags, name)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), value]
+    for name in ("no_consul", "include_warning"):
+        if getattr(flags, name):
+            argv.append("--" + name.replace("_", "-"))
+    return argv
+
+
+def self_command() -> List[str]:
+    """How to start this same basenode again (zipapp, console script or `python -m basenode`)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "basenode.__main__":
+        return [sys.executable, "-m", "basenode"]
+    return [sys.executable, os.path.abspath(sys.argv[0])]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(own)
+    if command and args.command_name != "run":
+        parser.error("COMMAND after -- is only for `basenode run`")
+    if args.command_name == "version":
+        return _quiet_on_closed_pipe(cmd_version)
+    flags = flags_from(args, command)
+    try:
+        settings = config.load(flags, os.environ)
+    except config.ConfigError as e:
+        print(f"basenode: {e}", file=sys.stderr)
+        return 2
+    log.setup(settings.log_format, settings.log_level)
+    handler = COMMANDS[args.command_name]
+    try:
+        return handler(settings, args, flags)
+    except config.ConfigError as e:
+        print(f"basenode: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+def _quiet_on_closed_pipe(command: Callable[[], int]) -> int:
+    """`basenode version | head -1` is not an error: stop writing, as other CLI tools do."""
+    try:
+        status = command()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def cmd_version() -> int:
+    import platform
+
+    try:
+        from importlib import metadata
+    except ImportError:  # pragma: no cover
+        metadata = None  # type: ignore[assignment]
+    print(f"basenode {__version__}")
+    print(f"python {platform.python_version()} ({platform.python_implementation()}, {sys.executable})")
+    for name in BUNDLED:
+        try:
+            version = metadata.version(name) if metadata else "?"
+        except Exception:
+            continue  # tomli is absent from a dev venv on 3.11+
+        print(f"{name} {version}")
+    return 0
+
+
+def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import supervise
+
+    programs = list(builtin_programs(settings, flags)) + list(settings.programs)
+    if settings.command:
+        programs.append(
+            config.Program(
+                name=config.APP_PROGRAM,
+                command=settings.command,
+                autorestart="never",
+                startsecs=0,
+                main=True,
+                forward_signals=config.FORWARDED_SIGNALS,
+                depends_on=tuple(p.name for p in programs if p.name in ("consul", "haproxy")),
+            )
+        )
+    return supervise.supervise(programs)
+
+
+def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[config.Program]:
+    """Consul agent, the sync loop and HAProxy, as the settings ask for them."""
+    programs: List[config.Program] = []
+    if settings.run_consul or settings.run_haproxy:
+        prepare_state_dir(settings.state_dir)
+    if settings.run_consul:
+        from . import consul
+
+        programs.append(consul.agent_program(settings))
+    if settings.run_haproxy:
+        from . import haproxy
+
+        sync_flags = flags_to_argv(flags)
+        if settings.run_consul and "--no-consul" not in sync_flags:
+            sync_flags.append("--no-consul")  # the sync child talks to our agent; it runs none
+        programs.append(
+            config.Program(
+                name="sync",
+                command=(*self_command(), "sync", *sync_flags),
+                autorestart="always",
+                startsecs=1.0,
+                startretries=1000000,
+                backoff_initial=0.5,
+                backoff_max=10.0,
+                depends_on=("consul",) if settings.run_consul else (),
+                ready_file=str(settings.haproxy_cfg),
+                stop_timeout=5.0,
+            )
+        )
+        programs.append(haproxy.program(settings))
+    return programs
+
+
+def prepare_state_dir(path: Path) -> None:
+    """State dir: created 0700 if missing; sockets and rendered files live here."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def cmd_sync(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import sync
+
+    prepare_state_dir(settings.state_dir)
+    return sync.run(settings, once=args.once)
+
+
+def cmd_render(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import sync
+
+    return sync.render_once(settings, out=args.out)
+
+
+def cmd_check(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import sync
+
+    return sync.check(settings)
+
+
+def cmd_join(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import consul
+
+    return consul.join_command(settings, args.addresses, timeout=args.timeout)
+
+
+def cmd_status(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import sync
+
+    return sync.status_command(settings, as_json=args.json)
+
+
+def cmd_health(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import sync
+
+    return sync.health_command(settings)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "sync": cmd_sync,
+    "render": cmd_render,
+    "check": cmd_check,
+    "join": cmd_join,
+    "status": cmd_status,
+    "health": cmd_health,
+}
