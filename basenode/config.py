@@ -229,19 +229,23 @@ def parse_routes(text: str, source: str) -> Tuple[Route, ...]:
 
 def check_routes(routes: Sequence[Route]) -> None:
     """Two routes may not share a service or a port."""
-    seen_service: dict[str, Route] = {}
-    seen_port: dict[int, Route] = {}
+    by_service: dict[str, Route] = {}
+    by_port: dict[int, Route] = {}
     for route in routes:
-        if route.service in seen_service:
-            first = seen_service[route.service]
-            raise ConfigError(route.source, route.service, f"route defined twice (first at {first.source})")
-        if route.port in seen_port:
-            first = seen_port[route.port]
+        first = by_service.get(route.service)
+        if first is not None:
             raise ConfigError(
-                route.source, route.service, f"port {route.port} already used by route {first.service!r}"
+                route.source, "", f"route {_show(route.service)} defined twice (first at {first.source})"
             )
-        seen_service[route.service] = route
-        seen_port[route.port] = route
+        first = by_port.get(route.port)
+        if first is not None:
+            raise ConfigError(
+                route.source,
+                "",
+                f"route {_show(route.service)}: port {route.port} already used by {_show(first.service)}",
+            )
+        by_service[route.service] = route
+        by_port[route.port] = route
 
 
 def signal_number(value: Any) -> int:
@@ -687,7 +691,9 @@ def load(flags: Flags, environ: Environ) -> Settings:
             "name is reserved for a built-in program",
         )
     check_programs(
-        programs, builtin, {p.name: file.source(f"programs.{p.name}") for p in programs} if file else {}
+        programs,
+        builtin,
+        {p.name: file.source(f"programs.{p.name}.depends_on") for p in programs} if file else {},
     )
     for name, (binary, source), needed in (
         ("consul", consul_bin, run_consul),
