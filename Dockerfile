@@ -17,10 +17,12 @@ ARG DEBIAN_IMAGE=debian:bookworm-slim
 FROM ${DEBIAN_IMAGE} AS consul
 ARG CONSUL_VERSION=1.8.7+dfsg1-2+b3
 ARG CONSUL_SHA256=e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89d9
+# When bullseye leaves deb.debian.org: --build-arg BULLSEYE_MIRROR=http://archive.debian.org/debian
+ARG BULLSEYE_MIRROR=http://deb.debian.org/debian
 # A one-off bullseye source list, used for this download only; the .deb must match the
 # checksum the project pins (the same one scripts/install-system-deps.sh checks).
 RUN set -eux; \
-    echo 'deb http://deb.debian.org/debian bullseye main' >/tmp/bullseye.list; \
+    echo "deb ${BULLSEYE_MIRROR} bullseye main" >/tmp/bullseye.list; \
     opts="-o Dir::Etc::SourceList=/tmp/bullseye.list -o Dir::Etc::SourceParts=/dev/null -o APT::Architecture=amd64"; \
     apt-get $opts update -qq; \
     cd /tmp; \
@@ -45,6 +47,7 @@ RUN set -eux; \
 
 COPY --from=consul /tmp/consul/usr/bin/consul /usr/local/bin/consul
 COPY --from=consul /tmp/consul/usr/share/doc/consul/copyright /usr/share/doc/consul/copyright
+# dist/basenode is built mode 0755 (`make zipapp`); COPY keeps the mode.
 COPY dist/basenode /usr/local/bin/basenode
 
 # shiv unpacks the bundled packages once; doing it here, into a root-owned directory,
@@ -52,7 +55,6 @@ COPY dist/basenode /usr/local/bin/basenode
 ENV SHIV_ROOT=/usr/local/lib/basenode \
     BASENODE_STATE_DIR=/run/basenode
 RUN set -eux; \
-    chmod 0755 /usr/local/bin/basenode; \
     basenode version; \
     chmod -R go-w "$SHIV_ROOT"
 
