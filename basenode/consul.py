@@ -1,0 +1,360 @@
+"""A thin layer over py-consul: the client, blocking reads, join, register, and the agent's config.
+
+Nothing here knows about templates or HAProxy. Every read returns Consul's data as Consul sent it;
+validation happens in snapshot.py before anything reaches a config file.
+
+Two things py-consul 1.6.1 does not do for us, done here:
+- a read timeout on every request (py-consul passes none to requests, so a hung agent would hang us
+  forever): blocking reads need timeout > wait + wait/16 (Consul adds up to wait/16 of jitter itself);
+- the token given in ConsulHTTP wins over py-consul's own reading of CONSUL_HTTP_TOKEN (config.py has
+  already applied the precedence rules).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import consul as pyconsul
+import consul.std
+import requests
+from consul.callback import CB
+
+from .config import ROUTES_KV_PREFIX, ConsulHTTP, Program, Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0  # seconds, for every request that is not a blocking query
+# What a failed request looks like, whichever layer noticed: Consul's answer (4xx/5xx, bad JSON)
+# or the transport (refused, reset, timed out, TLS).
+ERRORS = (pyconsul.ConsulException, requests.RequestException, OSError, ValueError)
+PASSING = ("passing",)
+PASSING_OR_WARNING = ("passing", "warning")
+
+
+class CountingHTTPClient(consul.std.HTTPClient):
+    """py-consul's requests-based client with a read timeout and a request counter (for status and bench)."""
+
+    def __init__(self, *args: Any, timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout = timeout
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def _send(
+        self, method: str, callback: Any, path: str, params: Any, headers: Any, data: Any = None
+    ) -> Any:
+        with self._lock:
+            self.requests += 1
+        timeout = blocking_timeout(params) or self.timeout
+        response = self.session.request(
+            method,
+            self.uri(path, params),
+            headers=headers,
+            data=data,
+            verify=self.verify,
+            cert=self.cert,
+            timeout=(min(self.timeout, 5.0), timeout),
+        )
+        return callback(self.response(response))
+
+    def get(self, callback, path, params=None, headers=None, **_kwargs):  # type: ignore[override]
+        return self._send("GET", callback, path, params, headers)
+
+    def put(self, callback, path, params=None, data="", headers=None, **_kwargs):  # type: ignore[override]
+        return self._send("PUT", callback, path, params, headers, data)
+
+    def delete(self, callback, path, params=None, headers=None, **_kwargs):  # type: ignore[override]
+        return self._send("DELETE", callback, path, params, headers)
+
+    def post(self, callback, path, params=None, data="", headers=None, **_kwargs):  # type: ignore[override]
+        return self._send("POST", callback, path, params, headers, data)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Client(consul.std.Consul):
+    """py-consul's Consul with the HTTP client above. Build it with make_client()."""
+
+    http: CountingHTTPClient
+
+    def http_connect(self, host: str, port: int, scheme, verify=True, cert=None):  # type: ignore[override]
+        return CountingHTTPClient(host, port, scheme, verify, cert)
+
+
+def make_client(http: ConsulHTTP, timeout: float = DEFAULT_TIMEOUT) -> Client:
+    """A client for `http` (addr, token, TLS). `timeout` bounds every non-blocking request."""
+    host, port = http.host_port
+    verify: Any = http.ssl_verify
+    if http.ssl_verify and http.cacert:
+        verify = http.cacert  # requests takes a CA bundle path in place of True
+    cert: Any = None
+    if http.client_cert:
+        cert = (http.client_cert, http.client_key) if http.client_key else http.client_cert
+    client = Client(host=host, port=port, scheme=http.scheme, verify=verify, cert=cert)
+    client.http.timeout = timeout
+    # py-consul prefers $CONSUL_HTTP_TOKEN over the argument; ConsulHTTP already applied our precedence.
+    client.token = http.token
+    return client
+
+
+def request_count(client: pyconsul.Consul) -> int:
+    return getattr(client.http, "requests", 0)
+
+
+# --- durations ------------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_wait(text: str) -> float:
+    """Consul's wait syntax ('5m', '30s', '1m30s') -> seconds. Raises ValueError."""
+    match = _DURATION_RE.match(text.strip()) if text else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"expected a duration like 5m or 30s, got {text!r}")
+    minutes, seconds = match.groups()
+    total = float(minutes or 0) * 60 + float(seconds or 0)
+    if not 0 < total <= 600:
+        raise ValueError(f"wait must be more than 0 and at most 10m (Consul's limit), got {text!r}")
+    return total
+
+
+def format_wait(seconds: float) -> str:
+    return f"{max(1, int(seconds))}s"
+
+
+def blocking_timeout(params: Any) -> Optional[float]:
+    """Read timeout for a request whose params carry `wait`: the wait, Consul's jitter (wait/16), a margin."""
+    for name, value in params or ():
+        if name == "wait":
+            wait = parse_wait(str(value))
+            return wait + wait / 16 + 10.0
+    return None
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+
+def _index(raw: Any) -> int:
+    try:
+        return max(0, int(raw))
+    except (TypeError, ValueError):
+        raise pyconsul.ConsulException(f"bad X-Consul-Index {raw!r}") from None
+
+
+def health_service(
+    client: pyconsul.Consul,
+    service: str,
+    include_warning: bool = False,
+    index: int = 0,
+    wait: Optional[str] = None,
+) -> Tuple[int, List[Mapping[str, Any]]]:
+    """Healthy entries of /v1/health/service/<service>: every check passing (or warning, if admitted).
+
+    Fetched unfiltered and filtered here with healthy(), so that this and the catalog dump agree exactly.
+    """
+    raw_index, entries = client.health.service(service, index=index or None, wait=wait)
+    entries = [
+        e for e in entries or () if isinstance(e, Mapping) and healthy(e.get("Checks"), include_warning)
+    ]
+    return _index(raw_index), entries
+
+
+def healthy(checks: Any, include_warning: bool = False) -> bool:
+    """Consul's `?passing` rule (no check anything but passing), widened to warning when asked."""
+    admitted = PASSING_OR_WARNING if include_warning else PASSING
+    if checks is None:
+        return True
+    if not isinstance(checks, Sequence):
+        return False
+    return all(isinstance(c, Mapping) and c.get("Status") in admitted for c in checks)
+
+
+def catalog_dump(
+    client: pyconsul.Consul, index: int = 0, wait: Optional[str] = None
+) -> Tuple[int, List[Mapping[str, Any]]]:
+    """Every node with its services and checks, in one read (/v1/internal/ui/nodes).
+
+    Its index is the catalog's (nodes, services, checks), so one blocking query on it wakes on any change
+    anywhere; see watch.py for why that shape was chosen.
+    """
+    params: List[Tuple[str, Any]] = []
+    if index:
+        params.append(("index", index))
+        if wait:
+            params.append(("wait", wait))
+    headers = client.prepare_headers()
+    raw_index, nodes = client.http.get(
+        CB.json(index=True), "/v1/internal/ui/nodes", params=params, headers=headers
+    )
+    if not isinstance(nodes, list):
+        raise pyconsul.ConsulException(f"catalog dump is not a list: {type(nodes).__name__}")
+    return _index(raw_index), nodes
+
+
+def health_entries_from_dump(nodes: Sequence[Any]) -> Dict[str, List[Dict[str, Any]]]:
+    """The dump regrouped as /v1/health/service/<name> would answer: {service: [{Node, Service, Checks}]}.
+
+    An entry's checks are its node's checks plus its own, as in the health endpoint.
+    """
+    by_service: Dict[str, List[Dict[str, Any]]] = {}
+    for node in nodes:
+        if not isinstance(node, Mapping):
+            continue
+        checks = [c for c in node.get("Checks") or () if isinstance(c, Mapping)]
+        node_checks = [c for c in checks if not c.get("ServiceID")]
+        node_entry = {"Node": node.get("Node"), "Address": node.get("Address")}
+        for service in node.get("Services") or ():
+            if not isinstance(service, Mapping) or not isinstance(service.get("Service"), str):
+                continue
+            own = [c for c in checks if c.get("ServiceID") and c.get("ServiceID") == service.get("ID")]
+            by_service.setdefault(service["Service"], []).append(
+                {"Node": node_entry, "Service": service, "Checks": node_checks + own}
+            )
+    return by_service
+
+
+def kv_get(
+    client: pyconsul.Consul, key: str, index: int = 0, wait: Optional[str] = None
+) -> Tuple[int, Optional[str]]:
+    """One key's value as text (None when missing)."""
+    raw_index, item = client.kv.get(key, index=index or None, wait=wait)
+    return _index(raw_index), _text(item.get("Value")) if isinstance(item, Mapping) else None
+
+
+def kv_recurse(
+    client: pyconsul.Consul, prefix: str = ROUTES_KV_PREFIX, index: int = 0, wait: Optional[str] = None
+) -> Tuple[int, Dict[str, Optional[str]]]:
+    """Every key under `prefix` -> its value as text (None for a folder or a value that is not UTF-8)."""
+    raw_index, items = client.kv.get(prefix, index=index or None, wait=wait, recurse=True)
+    values: Dict[str, Optional[str]] = {}
+    for item in items or ():
+        if isinstance(item, Mapping) and isinstance(item.get("Key"), str):
+            values[item["Key"]] = _text(item.get("Value"))
+    return _index(raw_index), values
+
+
+def _text(value: Any) -> Optional[str]:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+# --- agent ----------------------------------------------------------------------------------------
+
+
+def agent_self(client: pyconsul.Consul) -> Dict[str, Any]:
+    return client.agent.self()
+
+
+def leader(client: pyconsul.Consul) -> str:
+    """The cluster leader's address, or '' while there is none."""
+    return client.status.leader() or ""
+
+
+def join(client: pyconsul.Consul, address: str, wan: bool = False) -> bool:
+    """Ask the local agent to join `address` (raises on failure, as Consul answers 500 when it cannot)."""
+    return bool(client.agent.join(address, wan=wan))
+
+
+def register_service(
+    client: pyconsul.Consul,
+    name: str,
+    port: int,
+    service_id: Optional[str] = None,
+    address: Optional[str] = None,
+    tags: Sequence[str] = (),
+    check: Optional[Mapping[str, Any]] = None,
+) -> bool:
+    """Register with the local agent; `check` is a check definition (py-consul's consul.Check.* build one)."""
+    return bool(
+        client.agent.service.register(
+            name,
+            service_id=service_id,
+            address=address,
+            port=port,
+            tags=list(tags),
+            check=dict(check) if check else None,
+        )
+    )
+
+
+def deregister_service(client: pyconsul.Consul, service_id: str) -> bool:
+    return bool(client.agent.service.deregister(service_id))
+
+
+# --- the agent basenode runs --------------------------------------------------------------------
+
+DEFAULT_BIND_TEMPLATE = "{{ GetPrivateIP }}"  # go-sockaddr: the container's one private address
+
+
+def agent_config(settings: Settings) -> Dict[str, Any]:
+    """The Consul agent's JSON config. Holds secrets (encrypt key, token): write it 0600, never log it.
+
+    The caller writes it to <state_dir>/consul.json; agent_program() points the agent at it.
+    Secrets live only here, never on a command line, where any process could read them in ps.
+    """
+    agent = settings.agent
+    http = settings.consul_http
+    _, http_port = http.host_port
+    config: Dict[str, Any] = {
+        "data_dir": str(settings.consul_data_dir),
+        "client_addr": "127.0.0.1",
+        # Consul picks the address to gossip on; with more than one private address it refuses to start,
+        # and Agent.extra_args (-bind=...) override this on the command line.
+        "bind_addr": DEFAULT_BIND_TEMPLATE,
+        "disable_update_check": True,
+        "enable_script_checks": False,
+        "ports": {"https": http_port, "http": -1} if http.scheme == "https" else {"http": http_port},
+        "retry_join": list(agent.join),
+        "server": agent.server,
+    }
+    if agent.node_name:
+        config["node_name"] = agent.node_name
+    if agent.datacenter:
+        config["datacenter"] = agent.datacenter
+    if agent.encrypt:
+        config["encrypt"] = agent.encrypt
+    if agent.server:
+        config["bootstrap_expect"] = agent.bootstrap_expect or 1
+        config["ui"] = False
+    if http.token:
+        # The agent uses it for its own requests (anti-entropy, and ours when they carry no token).
+        config["acl"] = {"tokens": {"agent": http.token, "default": http.token}}
+    if http.cacert:
+        config["ca_file"] = http.cacert
+        config["verify_outgoing"] = http.ssl_verify
+    if http.client_cert:
+        config["cert_file"] = http.client_cert
+    if http.client_key:
+        config["key_file"] = http.client_key
+    return config
+
+
+def agent_config_path(settings: Settings) -> str:
+    return str(settings.state_dir / "consul.json")
+
+
+def agent_program(settings: Settings) -> Program:
+    """`consul agent -config-file <state_dir>/consul.json [extra args]` as a supervised program."""
+    return Program(
+        name="consul",
+        command=(
+            settings.consul_bin,
+            "agent",
+            f"-config-file={agent_config_path(settings)}",
+            *settings.agent.extra_args,
+        ),
+        autorestart="always",
+        startsecs=1.0,
+        # SIGINT makes a client agent leave the cluster gracefully; the stop timeout covers the leave.
+        stop_signal=signal.SIGINT,
+        stop_timeout=10.0,
+    )

@@ -1,0 +1,233 @@
+"""The watch against a real `consul agent -dev`: catalog and KV changes become snapshots, failures do not."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import urllib.error
+from typing import List, Optional, Tuple
+
+import pytest
+
+from basenode.config import ConsulHTTP, Route, Settings, Watch
+from basenode.snapshot import Snapshot
+from basenode.watch import Watcher, fetch_snapshot
+from tests.support import consul_agent as agents
+from tests.support.consul_agent import ConsulAgent
+from tests.support.waiting import eventually
+
+# The fixtures, under the names the tests ask for.
+consul_agent = agents.consul_agent
+consul_agent_session = agents.consul_agent_session
+
+_names = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{next(_names)}"
+
+
+class Recorder:
+    """Runs a Watcher in a thread and keeps every snapshot it emits."""
+
+    def __init__(self, agent: ConsulAgent, routes: Tuple[Route, ...], **watch: object) -> None:
+        settings = Settings(routes=routes, consul_http=ConsulHTTP(addr=agent.http_addr), watch=Watch(**watch))
+        self.watcher = Watcher(settings)
+        self.snapshots: List[Snapshot] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self.watcher.run, args=(self.snapshots.append, self.stop), daemon=True
+        )
+
+    def __enter__(self) -> Recorder:
+        self.thread.start()
+        eventually(lambda: self.snapshots, what="the first snapshot")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+    @property
+    def last(self) -> Snapshot:
+        return self.snapshots[-1]
+
+    def ids(self, service: str, snapshot: Optional[Snapshot] = None) -> Optional[List[str]]:
+        """Instance ids of `service` in the last snapshot, or None when it is not routed."""
+        for state in (snapshot or self.last).routes:
+            if state.route.service == service:
+                return [i.id for i in state.instances]
+        return None
+
+    def wait_ids(self, service: str, expected: List[str], timeout: float = 10.0) -> None:
+        want = sorted(expected)
+
+        def matches() -> bool:
+            ids = self.ids(service)
+            return ids is not None and sorted(ids) == want
+
+        eventually(matches, timeout=timeout, what=f"{service} instances == {want}")
+
+
+def test_a_registered_service_appears_in_the_next_snapshot(consul_agent_session):
+    agent, web = consul_agent_session, unique("web")
+    with Recorder(agent, (Route(web, 19001),)) as rec:
+        assert rec.ids(web) == []
+        agent.register(web, 8080, service_id=f"{web}-1")
+        rec.wait_ids(web, [f"{web}-1"])
+        instance = rec.last.routes[0].instances[0]
+        assert (instance.address, instance.port) == ("127.0.0.1", 8080)
+
+
+def test_deregistration_or_a_failing_check_removes_the_instance(consul_agent_session):
+    agent, web = consul_agent_session, unique("web")
+    a, b = agent.register(web, 8081, service_id=f"{web}-a"), agent.register(web, 8082, service_id=f"{web}-b")
+    with Recorder(agent, (Route(web, 19002),)) as rec:
+        rec.wait_ids(web, [a, b])
+        agent.set_check(a, "critical")
+        rec.wait_ids(web, [b])
+        agent.deregister(b)
+        rec.wait_ids(web, [])
+        agent.set_check(a, "passing")
+        rec.wait_ids(web, [a])
+
+
+def test_warning_instances_are_routed_only_with_include_warning(consul_agent_session):
+    agent, web = consul_agent_session, unique("web")
+    ok = agent.register(web, 8081, service_id=f"{web}-ok")
+    warn = agent.register(web, 8082, service_id=f"{web}-warn", status="warning")
+    with (
+        Recorder(agent, (Route(web, 19003),)) as strict,
+        Recorder(agent, (Route(web, 19003),), include_warning=True) as lenient,
+    ):
+        strict.wait_ids(web, [ok])
+        lenient.wait_ids(web, [ok, warn])
+        agent.set_check(ok, "warning")
+        strict.wait_ids(web, [])
+        lenient.wait_ids(web, [ok, warn])
+
+
+def test_a_burst_of_twenty_registrations_becomes_few_snapshots(consul_agent_session):
+    agent, web = consul_agent_session, unique("web")
+    with Recorder(agent, (Route(web, 19004),)) as rec:
+        before = len(rec.snapshots)
+        ids = sorted(agent.register(web, 9000 + i) for i in range(20))
+        rec.wait_ids(web, ids)
+        emitted = len(rec.snapshots) - before
+        # One at the leading edge, then coalesced ones; far from one per registration.
+        assert 1 <= emitted <= 6, emitted
+
+
+def test_the_same_state_is_not_emitted_twice(consul_agent_session):
+    agent, web, other = consul_agent_session, unique("web"), unique("other")
+    with Recorder(agent, (Route(web, 19005),)) as rec:
+        agent.register(web, 8080)
+        rec.wait_ids(web, [f"{web}-8080"])
+        count = len(rec.snapshots)
+        agent.register(other, 8080)  # wakes the catalog read; changes nothing routed
+        eventually(lambda: agent.health(other), what="other registered")
+        agent.register(web, 8081)
+        rec.wait_ids(web, [f"{web}-8080", f"{web}-8081"])
+        assert len(rec.snapshots) == count + 1
+
+
+def test_a_hostile_registration_is_dropped_with_a_warning(consul_agent_session, caplog):
+    agent, web = consul_agent_session, unique("web")
+    good = agent.register(web, 8080, service_id=f"{web}-good")
+    hostile = [
+        {"ID": f"{web}-tag", "Name": web, "Port": 8081, "Address": "127.0.0.1", "Tags": ["x\nbind :1"]},
+        {"ID": f"{web}-addr", "Name": web, "Port": 8082, "Address": "1.2.3.4; rm"},
+        {"ID": f"{web}-port", "Name": web, "Port": 70000, "Address": "127.0.0.1"},
+        {"ID": f"{web}-big", "Name": web, "Port": 8083, "Address": "127.0.0.1", "Tags": ["x" * (1 << 20)]},
+    ]
+    accepted = []
+    for body in hostile:
+        try:
+            agent.register_raw(body)
+            accepted.append(body["ID"])
+        except urllib.error.HTTPError:
+            pass  # Consul refused it itself: it can never reach us
+    assert accepted, "Consul refused every hostile registration: the test proves nothing"
+    eventually(lambda: len(agent.health(web)) == 1 + len(accepted), what="hostile instances in the catalog")
+    with (
+        caplog.at_level(logging.WARNING, logger="basenode.watch"),
+        Recorder(agent, (Route(web, 19006),)) as rec,
+    ):
+        rec.wait_ids(web, [good])
+        for sid in accepted:
+            eventually(
+                lambda sid=sid: any(sid in r.getMessage() for r in caplog.records),
+                what=f"a warning naming {sid}",
+            )
+        agent.register(web, 8090)  # another change: the same problems are not logged again
+        rec.wait_ids(web, [good, f"{web}-8090"])
+        for sid in accepted:
+            assert sum(sid in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records) == 1
+        assert all(len(r.getMessage()) < 1000 for r in caplog.records)
+
+
+def test_routes_come_and_go_with_consul_kv_and_bad_values_are_skipped(consul_agent, caplog):
+    agent = consul_agent
+    agent.register("db", 5432)
+    with (
+        caplog.at_level(logging.WARNING, logger="basenode.watch"),
+        Recorder(agent, (Route("web", 19010),)) as rec,
+    ):
+        assert rec.ids("db") is None
+        agent.kv_put("basenode/routes/db", "19011/tcp")
+        eventually(lambda: rec.ids("db") == ["db-5432"], what="the KV route to db")
+        agent.kv_put("basenode/routes/bad", "70000/tcp")
+        agent.kv_put("basenode/routes/web", "19999")  # clashes with the static route: static wins
+        agent.kv_put("basenode/routes/cache", "19012 tag=primary")
+        eventually(lambda: rec.ids("cache") == [], what="the KV route to cache")
+        assert [s.route.port for s in rec.last.routes if s.route.service == "web"] == [19010]
+        eventually(
+            lambda: any(
+                "basenode/routes/bad" in r.getMessage() and "70000" in r.getMessage() for r in caplog.records
+            ),
+            what="a warning naming the bad key and value",
+        )
+        assert rec.ids("bad") is None
+        agent.kv_delete("basenode/routes/db")
+        eventually(lambda: rec.ids("db") is None, what="the KV route to db to go")
+        warned = [r for r in caplog.records if "basenode/routes/bad" in r.getMessage()]
+        assert len(warned) == 1
+
+
+def test_while_consul_is_down_the_last_good_state_stays_and_changes_flow_after_restart(consul_agent):
+    agent, web = consul_agent, "web"
+    agent.register(web, 8080, service_id="web-1")
+    with Recorder(agent, (Route(web, 19020),)) as rec:
+        rec.wait_ids(web, ["web-1"])
+        good = len(rec.snapshots)
+        agent.stop()
+        eventually(lambda: rec.watcher.sources["catalog"].failures >= 2, what="reads to fail")
+        assert len(rec.snapshots) == good, "a snapshot was emitted while Consul was unreachable"
+        with pytest.raises(Exception, match="cannot read Consul"):
+            fetch_snapshot(rec.watcher.settings)
+        agent.start()  # same ports; a -dev agent starts with an empty catalog and a lower index
+        agent.register(web, 8081, service_id="web-2")
+        rec.wait_ids(web, ["web-2"], timeout=30)
+        assert rec.watcher.sources["catalog"].failures == 0
+        assert all(rec.ids(web, s) == ["web-1"] for s in rec.snapshots[1:good])
+        agent.register(web, 8082, service_id="web-3")
+        rec.wait_ids(web, ["web-2", "web-3"])
+
+
+def test_poll_mode_follows_the_catalog_without_blocking_reads(consul_agent_session):
+    agent, web = consul_agent_session, unique("web")
+    with Recorder(agent, (Route(web, 19030),), mode="poll", poll_interval=0.2) as rec:
+        agent.register(web, 8080)
+        rec.wait_ids(web, [f"{web}-8080"])
+        assert set(rec.watcher.sources) == {"poll"}
+
+
+def test_fetch_snapshot_reads_routes_and_healthy_instances_once(consul_agent_session):
+    agent, web = consul_agent_session, unique("web")
+    agent.register(web, 8080)
+    agent.register(web, 8081, status="critical")
+    settings = Settings(routes=(Route(web, 19040),), consul_http=ConsulHTTP(addr=agent.http_addr))
+    snapshot = fetch_snapshot(settings)
+    assert [(s.route.service, [i.port for i in s.instances]) for s in snapshot.routes] == [(web, [8080])]

@@ -1,0 +1,98 @@
+"""consul.py's pure parts: the agent's generated config, its command line, waits and timeouts."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from basenode.config import Agent, ConsulHTTP, Settings
+from basenode.consul import agent_config, agent_program, blocking_timeout, make_client, parse_wait
+from basenode.watch import BACKOFF_MAX, backoff_delay
+
+SECRET_TOKEN = "11111111-2222-3333-4444-555555555555"
+SECRET_KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
+
+
+def secret_settings(**http):
+    return Settings(
+        state_dir=Path("/tmp/state"),
+        consul_http=ConsulHTTP(addr="127.0.0.1:18500", token=SECRET_TOKEN, **http),
+        agent=Agent(
+            join=("10.0.0.2", "consul.example"),
+            datacenter="dc2",
+            encrypt=SECRET_KEY,
+            node_name="n1",
+            extra_args=("-bind=10.0.0.9",),
+        ),
+    )
+
+
+def test_the_agent_config_carries_node_datacenter_join_ports_and_secrets():
+    config = agent_config(secret_settings())
+    assert config["node_name"] == "n1"
+    assert config["datacenter"] == "dc2"
+    assert config["data_dir"] == "/tmp/state/consul"
+    assert config["client_addr"] == "127.0.0.1"
+    assert config["retry_join"] == ["10.0.0.2", "consul.example"]
+    assert config["ports"] == {"http": 18500}
+    assert config["encrypt"] == SECRET_KEY
+    assert config["acl"]["tokens"]["agent"] == SECRET_TOKEN
+    assert config["server"] is False and "bootstrap_expect" not in config
+    json.dumps(config)  # it is written as JSON
+
+
+def test_a_server_agent_bootstraps_with_the_expected_count():
+    settings = Settings(agent=Agent(server=True, bootstrap_expect=3))
+    config = agent_config(settings)
+    assert config["server"] is True and config["bootstrap_expect"] == 3
+
+
+def test_tls_settings_reach_the_agent_config_and_move_the_port_to_https():
+    config = agent_config(secret_settings(cacert="/ca.pem", client_cert="/c.pem", client_key="/k.pem"))
+    assert config["ports"] == {"https": 18500, "http": -1}
+    assert (config["ca_file"], config["cert_file"], config["key_file"]) == ("/ca.pem", "/c.pem", "/k.pem")
+
+
+def test_secrets_never_reach_the_agent_command_line():
+    program = agent_program(secret_settings())
+    line = " ".join(program.command)
+    assert program.command[:3] == ("consul", "agent", "-config-file=/tmp/state/consul.json")
+    assert program.command[-1] == "-bind=10.0.0.9"
+    assert SECRET_TOKEN not in line and SECRET_KEY not in line
+    assert SECRET_TOKEN not in repr(program)
+
+
+def test_the_token_given_wins_over_the_environment_and_is_not_in_the_client_repr(monkeypatch):
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
+    client = make_client(ConsulHTTP(addr="https://127.0.0.1:8501", token=SECRET_TOKEN, ssl_verify=False))
+    assert client.token == SECRET_TOKEN
+    assert client.http.base_uri == "https://127.0.0.1:8501"
+    assert client.http.verify is False
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("5m", 300), ("30s", 30), ("1m30s", 90), ("10m", 600)])
+def test_consul_wait_durations_parse(text, seconds):
+    assert parse_wait(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "11m", "0s", "5h", "-1s"])
+def test_bad_wait_durations_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_wait(text)
+
+
+def test_a_blocking_read_may_last_its_wait_plus_consuls_jitter():
+    assert blocking_timeout([("index", 5), ("wait", "160s")]) > 160 + 10
+    assert blocking_timeout([("recurse", "1")]) is None
+
+
+def test_backoff_grows_is_capped_and_jittered():
+    rng = random.Random(1)
+    first = [backoff_delay(1, rng) for _ in range(50)]
+    late = [backoff_delay(30, rng) for _ in range(50)]
+    assert max(first) <= 0.25
+    assert max(late) <= BACKOFF_MAX and max(late) > 1.0
+    assert len(set(late)) > 40
