@@ -1,0 +1,822 @@
+"""Supervise: PID-1 duties and a small process supervisor in one single-threaded event loop.
+
+One loop waits in `selectors` on a self-pipe that `signal.set_wakeup_fd` writes a byte to for every
+signal, and on every child's stdout/stderr pipe; timers (restart backoff, startsecs, stop timeouts,
+ready_file polling) become the select timeout. After every wakeup it reaps with
+`waitpid(-1, WNOHANG)` until nothing is left, so no SIGCHLD is lost and orphans re-parented to us
+(we are PID 1, or a child subreaper when we are not) never stay zombies longer than one cycle.
+
+Semantics the rest of basenode and its users rely on:
+
+- Start order: config order, except that a program waits until every program in its `depends_on`
+  is up (running for `startsecs`, and its `ready_file` exists when it has one) or has finished with
+  status 0 (a one-shot task). A program whose dependency is FATAL, unknown or part of a cycle goes
+  FATAL itself instead of waiting forever.
+- A program that exits before it has run `startsecs` is a failed start, whatever its autorestart
+  says (as in supervisord), unless it exited 0 and autorestart is not `always` (then it is simply
+  done). Failed starts are retried with backoff; the `startretries`-th failed start in a row (at
+  least the first when startretries <= 1) is FATAL. A program that was up and exits is restarted
+  when autorestart is `always`, or `on-failure` and it exited non-zero or was killed by a signal.
+- Restart delay: `backoff_initial` doubling per restart in a row up to `backoff_max`, minus up to
+  20 % jitter (programs that crash together do not restart in lockstep); 0 restarts at once. The
+  streak starts again once a run lasted at least `backoff_max`.
+- Process groups: each program runs in its own session and process group. Its stop signal, and any
+  forwarded signal, goes to its pid only, as tini does without -g: the program decides how to pass
+  it on (a shell script to its job, HAProxy's master to its workers), and a group-wide signal would
+  hit those children twice. SIGKILL after the stop timeout goes to the whole group, and processes
+  left in a program's groups after it exited get its stop signal, then SIGKILL, so nothing it
+  started outlives basenode. Its own session also keeps the terminal's Ctrl-C away from the
+  children: only basenode gets it, and it stops everything once.
+- Stop (SIGTERM, SIGINT, SIGQUIT; the main program's exit; a required program's FATAL; every
+  program finished): programs are stopped one by one in reverse start order, each with its
+  stop_signal and SIGKILL after its stop_timeout; every one still alive when the longest stop
+  timeout has passed since the stop began is killed, so basenode returns within that plus a
+  moment. A second stop signal during a stop is ignored. Programs do not restart during a stop.
+- Exit status: 1 when a required program (or the main program) went FATAL; else the main
+  program's status (128+N when killed by signal N) if it ran; else 128+N for the stop signal N
+  (143 for SIGTERM, as docker expects); else 0 (every program finished). A main program that
+  cannot be executed gives 127 (not found) or 126 (not executable), as a shell would.
+- Children start with default signal dispositions and an empty signal mask: basenode runs with an
+  empty mask, signals it catches revert to the default on exec, signals it inherited as ignored
+  get a no-op handler for the same reason, and Popen's restore_signals resets SIGPIPE/SIGXFSZ.
+- Output: every line of a child's stdout/stderr goes to basenode's stdout/stderr as
+  `NAME | line`; lines longer than 64 KiB are split, a partial last line is flushed at EOF, bytes
+  are copied as they are (binary included).
+
+Only the standard library is imported here: basenode as PID 1 must stay small.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pwd
+import random
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import config
+
+log = logging.getLogger(__name__)
+
+# Program states, as ProgramState.state shows them.
+WAITING = "waiting"  # for its dependencies
+STARTING = "starting"  # spawned, not yet up for startsecs
+RUNNING = "running"  # up (ProgramState.ready says whether its ready_file exists)
+BACKOFF = "backoff"  # exited, restart scheduled
+STOPPING = "stopping"  # stop signal sent
+EXITED = "exited"  # finished and not restarted
+FATAL = "fatal"  # gave up on it
+STOPPED = "stopped"  # stopped by basenode's stop
+
+MAX_LINE = 64 * 1024  # longer lines are split: memory per stream stays bounded
+READ_SIZE = 64 * 1024
+POLL_INTERVAL = 0.05  # ready_file and "is the process group empty yet" checks
+DRAIN_READS = 16  # reads of a dead program's pipes before its exit is logged
+PR_SET_CHILD_SUBREAPER = 36
+
+# Signals basenode always catches: stops, SIGCHLD, and the usual forwarded ones (even with no program
+# to forward them to, a SIGHUP must not kill PID 1 by its default action).
+_CAUGHT = (signal.SIGCHLD, *config.STOP_SIGNALS, *config.FORWARDED_SIGNALS)
+# Never touched: uncatchable, or reset for children by Popen(restore_signals=True).
+_UNTOUCHED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE, getattr(signal, "SIGXFSZ", signal.SIGPIPE)}
+
+
+@dataclass(frozen=True)
+class ProgramState:
+    """A read-only view of one program, for the status endpoint and tests."""
+
+    name: str
+    state: str
+    pid: Optional[int] = None
+    restarts: int = 0  # times it was started again after its first start
+    failed_starts: int = 0  # in a row; reset once it is up
+    last_exit: Optional[int] = None  # exit status, 128+N when killed by signal N
+    ready: bool = False  # up, and its ready_file exists (if it has one)
+
+
+def exit_code(status: int) -> int:
+    """A waitpid status as a shell shows it: the exit status, or 128+N when killed by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 255  # stopped/continued: waitpid without WUNTRACED does not report those
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal_name(os.WTERMSIG(status))}"
+    return f"exited with status {exit_code(status)}"
+
+
+def backoff_delay(
+    attempt: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Delay before the `attempt`-th restart in a row (1-based): initial * 2**(attempt-1), capped at
+    maximum, minus up to 20 % jitter. initial <= 0 means restart at once."""
+    if initial <= 0 or attempt < 1:
+        return 0.0
+    base = min(maximum, initial * 2 ** min(attempt - 1, 62))
+    return base * (1.0 - 0.2 * rand())
+
+
+def _cut(data: bytes, limit: int) -> int:
+    """Where to split an over-long line: at `limit`, moved back (at most 3 bytes) so that a UTF-8
+    character is not cut in two. Binary data without such a boundary is cut at `limit`."""
+    if len(data) <= limit:
+        return len(data)
+    cut = limit
+    while cut > limit - 3 and cut > 1 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if (data[cut] & 0xC0) != 0x80 else limit
+
+
+def split_lines(pending: bytes, data: bytes, limit: int = MAX_LINE) -> Tuple[List[bytes], bytes]:
+    """Whole lines (without their newline) out of pending + data, and what remains of a partial
+    line. No line and no remainder is ever longer than `limit`: longer ones are split."""
+    lines = (pending + data).split(b"\n")
+    rest = lines.pop()
+    out: List[bytes] = []
+    for line in lines:
+        while len(line) > limit:
+            cut = _cut(line, limit)
+            out.append(line[:cut])
+            line = line[cut:]
+        out.append(line)
+    while len(rest) > limit:
+        cut = _cut(rest, limit)
+        out.append(rest[:cut])
+        rest = rest[cut:]
+    return out, rest
+
+
+class _Output:
+    """basenode's stdout/stderr, written with raw writes. A closed one is dropped, never fatal."""
+
+    def __init__(self) -> None:
+        self.dead: set = set()
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view and fd not in self.dead:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                # Someone left our stdout non-blocking: wait until it drains (backpressure, no spin).
+                _wait_writable(fd)
+            except OSError as e:
+                self.dead.add(fd)
+                if e.errno not in (errno.EPIPE, errno.EBADF):
+                    log.warning("cannot write to fd %d: %s; dropping its output", fd, e)
+
+
+def _wait_writable(fd: int) -> None:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_WRITE)
+        sel.select()
+
+
+class _Stream:
+    """One pipe from a child: stdout or stderr of one run of a program."""
+
+    __slots__ = ("fd", "out", "pending", "prefix")
+
+    def __init__(self, fd: int, out: int, name: str) -> None:
+        self.fd = fd
+        self.out = out
+        self.prefix = f"{name} | ".encode()
+        self.pending = b""
+
+
+class _Proc:
+    """Mutable run-time record of one program; only the loop touches it."""
+
+    def __init__(self, program: config.Program) -> None:
+        self.program = program
+        self.state = WAITING
+        self.pid: Optional[int] = None
+        self.popen: Optional[subprocess.Popen] = None  # kept until reaped: see _on_exit
+        self.groups: List[int] = []  # process groups of its runs that may still have members
+        self.streams: List[_Stream] = []
+        self.spawned_at = 0.0
+        self.up = False
+        self.ready = False
+        self.spawns = 0
+        self.restarts = 0
+        self.failed_starts = 0
+        self.streak = 0  # restarts in a row, for the backoff
+        self.last_exit: Optional[int] = None
+        self.restart_at = 0.0
+        self.stop_sent = False
+        self.group_signalled = False
+        self.kill_at = 0.0
+        self.kill_logged = False
+
+    def view(self) -> ProgramState:
+        return ProgramState(
+            name=self.program.name,
+            state=self.state,
+            pid=self.pid,
+            restarts=self.restarts,
+            failed_starts=self.failed_starts,
+            last_exit=self.last_exit,
+            ready=self.ready,
+        )
+
+
+def _one_line(command: Sequence[str], limit: int = 200) -> str:
+    """A command for a log line: one line, and not a whole embedded script."""
+    text = " ".join(command).replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """Stands in for SIG_IGN: a caught signal reverts to the default in exec'd children."""
+
+
+def _send(pid: int, sig: int, group: bool = False) -> None:
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as e:
+        log.warning("cannot send signal %d to %s %d: %s", sig, "group" if group else "pid", pid, e)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _become_subreaper() -> None:
+    """Orphans of our children come to us, not to init, when we are not PID 1 (tests, or under
+    another init). Linux only; harmless where unsupported."""
+    if os.getpid() == 1 or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            log.debug("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError, ImportError) as e:
+        log.debug("cannot become a child subreaper: %s", e)
+
+
+def _user_args(user: Optional[str]) -> Tuple[dict, Dict[str, str]]:
+    """Popen arguments to run as `user` (name or uid) with its groups, and the HOME/USER/LOGNAME it
+    gets (as gosu and su-exec set them). KeyError when the user does not exist."""
+    if not user:
+        return {}, {}
+    pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
+    if os.geteuid() == pw.pw_uid and os.getegid() == pw.pw_gid:
+        return {}, env  # already that user; a non-root basenode could not call setgroups anyway
+    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}, env
+
+
+def _unresolvable(programs: Sequence[config.Program]) -> Dict[str, str]:
+    """Programs that could never start: a dependency unknown, in a cycle, or behind one -> reason."""
+    names = {p.name for p in programs}
+    bad: Dict[str, str] = {}
+    for p in programs:
+        unknown = [d for d in p.depends_on if d not in names]
+        if unknown:
+            bad[p.name] = f"depends on unknown program {unknown[0]!r}"
+    resolved = set()
+    changed = True
+    while changed:
+        changed = False
+        for p in programs:
+            if p.name not in resolved and p.name not in bad and all(d in resolved for d in p.depends_on):
+                resolved.add(p.name)
+                changed = True
+    for p in programs:
+        if p.name not in resolved and p.name not in bad:
+            bad[p.name] = "depends_on has a cycle: " + ", ".join(d for d in p.depends_on if d not in resolved)
+    return bad
+
+
+class Supervisor:
+    """Runs programs until done; `run()` returns basenode's exit status.
+
+    `states()` may be called from any thread while `run()` is running (it returns an immutable
+    snapshot). `on_started(name)` is called in the loop each time a program becomes up and ready;
+    it must return quickly."""
+
+    def __init__(
+        self,
+        programs: Sequence[config.Program],
+        *,
+        on_started: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self._procs: Dict[str, _Proc] = {}
+        for program in programs:
+            if program.name in self._procs:
+                raise ValueError(f"program {program.name!r} defined twice")
+            self._procs[program.name] = _Proc(program)
+        self._on_started = on_started
+        self._by_pid: Dict[int, _Proc] = {}
+        self._start_order: List[_Proc] = []
+        self._signals: List[int] = []
+        self._stopping = False
+        self._stop_queue: List[_Proc] = []
+        self._stop_deadline = 0.0
+        self._stop_signal: Optional[int] = None
+        self._main_status: Optional[int] = None
+        self._fatal = False  # a required or the main program went FATAL
+        self._states: Tuple[ProgramState, ...] = tuple(p.view() for p in self._procs.values())
+        self._dirty = False
+        self._out = _Output()
+        self._selector: Optional[selectors.BaseSelector] = None
+        self._wake_r = -1
+
+    def states(self) -> Tuple[ProgramState, ...]:
+        return self._states
+
+    # ----------------------------------------------------------------- the loop
+
+    def run(self) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("supervise() must run in the main thread: it handles signals")
+        restore = self._install()
+        try:
+            now = time.monotonic()
+            for name, why in _unresolvable([p.program for p in self._procs.values()]).items():
+                self._go_fatal(self._procs[name], why, now)
+            if not self._procs:
+                log.warning("nothing to supervise")
+            while True:
+                self._reap()
+                self._take_signals()
+                now = time.monotonic()
+                self._step(now)
+                if self._dirty:
+                    self._states = tuple(p.view() for p in self._procs.values())
+                    self._dirty = False
+                if self._stopping and not self._stop_queue:
+                    break
+                for key, _ in self._selector.select(self._timeout(now)):
+                    if key.data is None:
+                        self._drain_wakeup()
+                    else:
+                        self._read(key.data)
+            status = self._exit_status()
+            log.info("exiting with status %d", status)
+            return status
+        finally:
+            self._reap()
+            self._close_streams()
+            self._states = tuple(p.view() for p in self._procs.values())
+            self._uninstall(restore)
+
+    def _install(self) -> Callable[[], None]:
+        """Self-pipe, signal handlers, empty mask, subreaper. Returns what undoes them."""
+        self._selector = selectors.DefaultSelector()
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wake_r = r
+        self._selector.register(r, selectors.EVENT_READ, None)
+        old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        caught = set(_CAUGHT)
+        for p in self._procs.values():
+            caught.update(p.program.forward_signals)
+        old_handlers = {}
+        for sig in caught:
+            old_handlers[sig] = signal.signal(sig, self._on_signal)
+        for sig in signal.valid_signals():
+            if sig in caught or sig in _UNTOUCHED:
+                continue
+            try:
+                if signal.getsignal(sig) == signal.SIG_IGN:
+                    old_handlers[sig] = signal.signal(sig, _ignore)
+            except (OSError, ValueError, RuntimeError):
+                pass  # signals the C library reserves for itself
+        old_mask = signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        _become_subreaper()
+
+        def restore() -> None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            signal.set_wakeup_fd(old_wakeup)
+            self._selector.close()
+            os.close(r)
+            os.close(w)
+
+        return restore
+
+    def _uninstall(self, restore: Callable[[], None]) -> None:
+        restore()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Runs in the main thread between bytecodes: only record it, the loop acts on it.
+        self._signals.append(signum)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _timeout(self, now: float) -> Optional[float]:
+        if self._stopping:
+            # Poll: "is this process group empty yet" has no event. Past the deadline, keep polling
+            # (never spin) until the SIGKILLed processes are gone.
+            left = self._stop_deadline - now
+            return min(POLL_INTERVAL, left) if left > 0 else POLL_INTERVAL
+        when: List[float] = []
+        for p in self._procs.values():
+            if p.state == STARTING:
+                when.append(p.spawned_at + p.program.startsecs)
+            elif p.state == BACKOFF:
+                when.append(p.restart_at)
+            elif p.state == RUNNING and not p.ready:
+                when.append(now + POLL_INTERVAL)
+        if not when:
+            return None
+        return max(0.0, min(when) - now)
+
+    # ----------------------------------------------------------------- signals and reaping
+
+    def _take_signals(self) -> None:
+        pending, self._signals = self._signals, []
+        for sig in pending:
+            if sig == signal.SIGCHLD:
+                continue  # _reap runs on every wakeup anyway
+            name = signal_name(sig)
+            for p in self._procs.values():
+                if p.pid is not None and sig in p.program.forward_signals:
+                    log.info("%s: forwarding %s to pid %d", p.program.name, name, p.pid)
+                    _send(p.pid, sig)
+            if sig in config.STOP_SIGNALS:
+                if self._stopping:
+                    log.info("%s: already stopping", name)
+                else:
+                    self._stop_signal = sig
+                    self._begin_stop(f"got {name}", time.monotonic())
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self._by_pid.pop(pid, None)
+            if proc is None:
+                log.debug("reaped orphan %d (%s)", pid, describe_exit(status))
+                continue
+            self._on_exit(proc, status, time.monotonic())
+
+    # ----------------------------------------------------------------- state machine
+
+    def _set(self, p: _Proc, state: str) -> None:
+        p.state = state
+        self._dirty = True
+
+    def _step(self, now: float) -> None:
+        if not self._stopping:
+            self._start_programs(now)
+        if not self._stopping and not any(
+            p.state in (WAITING, STARTING, RUNNING, BACKOFF) for p in self._procs.values()
+        ):
+            self._begin_stop("every program has finished", now)
+        if self._stopping:
+            self._advance_stop(now)
+
+    def _start_programs(self, now: float) -> None:
+        """Programs that are due: up after startsecs, ready, restart after backoff, dependencies up."""
+        changed = True
+        while changed and not self._stopping:
+            changed = False
+            for p in self._procs.values():
+                if self._stopping:
+                    break
+                if p.state == STARTING and now >= p.spawned_at + p.program.startsecs:
+                    self._mark_up(p)
+                    changed = True
+                if p.state == RUNNING and not p.ready:
+                    changed |= self._check_ready(p)
+                if p.state == BACKOFF and now >= p.restart_at:
+                    self._spawn(p, now)
+                    changed = True
+                if p.state == WAITING:
+                    blocked = self._dependency_failed(p)
+                    if blocked:
+                        self._go_fatal(p, blocked, now)
+                        changed = True
+                    elif self._dependencies_up(p):
+                        self._spawn(p, now)
+                        changed = True
+
+    def _dependencies_up(self, p: _Proc) -> bool:
+        for name in p.program.depends_on:
+            d = self._procs[name]
+            if not ((d.state == RUNNING and d.ready) or (d.state == EXITED and d.last_exit == 0)):
+                return False
+        return True
+
+    def _dependency_failed(self, p: _Proc) -> Optional[str]:
+        for name in p.program.depends_on:
+            d = self._procs[name]
+            if d.state == FATAL:
+                return f"dependency {name!r} is FATAL"
+            if d.state == EXITED and d.last_exit != 0:
+                return f"dependency {name!r} exited with status {d.last_exit}"
+        return None
+
+    def _mark_up(self, p: _Proc) -> None:
+        self._set(p, RUNNING)
+        p.up = True
+        p.failed_starts = 0
+        log.debug("%s: up (pid %s)", p.program.name, p.pid)
+        self._check_ready(p)
+
+    def _check_ready(self, p: _Proc) -> bool:
+        ready_file = p.program.ready_file
+        if ready_file and not os.path.exists(ready_file):
+            return False
+        p.ready = True
+        self._dirty = True
+        if ready_file:
+            log.info("%s: ready: %s exists", p.program.name, ready_file)
+        if self._on_started is not None:
+            try:
+                self._on_started(p.program.name)
+            except Exception:
+                log.exception("on_started(%r) failed", p.program.name)
+        return True
+
+    def _spawn(self, p: _Proc, now: float) -> None:
+        prog = p.program
+        fds: List[int] = []
+        try:
+            user_kwargs, user_env = _user_args(prog.user)
+            env = dict(os.environ)
+            env.update(user_env)
+            env.update(dict(prog.environment))
+            out_r, out_w = os.pipe()
+            fds += [out_r, out_w]
+            err_r, err_w = os.pipe()
+            fds += [err_r, err_w]
+            popen = subprocess.Popen(
+                prog.command,
+                stdin=None if prog.main else subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                env=env,
+                cwd=prog.directory,
+                start_new_session=True,  # own session and group: see the module docstring
+                restore_signals=True,
+                close_fds=True,
+                **user_kwargs,
+            )
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
+            for fd in fds:
+                os.close(fd)
+            why = f"user {prog.user!r} not found" if isinstance(e, KeyError) else str(e)
+            self._spawn_failed(p, e, why, now)
+            return
+        os.close(out_w)
+        os.close(err_w)
+        p.popen = popen
+        p.pid = popen.pid
+        p.groups.append(popen.pid)
+        self._by_pid[popen.pid] = p
+        p.streams = [self._add_stream(out_r, 1, prog.name), self._add_stream(err_r, 2, prog.name)]
+        if p.spawns:
+            p.restarts += 1
+        p.spawns += 1
+        p.spawned_at = now
+        p.up = p.ready = False
+        if p not in self._start_order:
+            self._start_order.append(p)
+        self._set(p, STARTING)
+        log.info("%s: started pid %d: %s", prog.name, popen.pid, _one_line(prog.command))
+        if prog.startsecs <= 0:
+            self._mark_up(p)
+
+    def _spawn_failed(self, p: _Proc, error: Exception, why: str, now: float) -> None:
+        log.error("%s: cannot start %s: %s", p.program.name, p.program.command[0], why)
+        if p.program.main:
+            # What a shell answers for a command it cannot run.
+            self._main_status = 127 if isinstance(error, FileNotFoundError) else 126
+            self._set(p, FATAL)
+            self._begin_stop("the application could not start", now)
+            return
+        self._failed_start(p, now, why)
+
+    def _failed_start(self, p: _Proc, now: float, why: str) -> None:
+        p.failed_starts += 1
+        limit = max(1, p.program.startretries)
+        if p.failed_starts >= limit:
+            self._go_fatal(p, f"{why}; {p.failed_starts} failed start(s) in a row", now)
+        else:
+            self._schedule_restart(p, now, ran=0.0)
+
+    def _schedule_restart(self, p: _Proc, now: float, ran: float) -> None:
+        if ran >= p.program.backoff_max:
+            p.streak = 0  # it ran well for a while: start the backoff from the beginning
+        p.streak += 1
+        delay = backoff_delay(p.streak, p.program.backoff_initial, p.program.backoff_max)
+        p.restart_at = now + delay
+        self._set(p, BACKOFF)
+        log.info("%s: restart %d in %.3fs", p.program.name, p.restarts + 1, delay)
+
+    def _go_fatal(self, p: _Proc, why: str, now: float) -> None:
+        self._set(p, FATAL)
+        log.error("%s: FATAL: %s", p.program.name, why)
+        if p.program.required or p.program.main:
+            self._fatal = True
+            self._begin_stop(
+                f"{'required' if p.program.required else 'main'} program {p.program.name} is FATAL", now
+            )
+
+    def _on_exit(self, p: _Proc, status: int, now: float) -> None:
+        code = exit_code(status)
+        pid = p.pid
+        if p.popen is not None:
+            p.popen.returncode = code  # reaped by us: Popen must never waitpid() this pid again
+            p.popen = None
+        p.pid = None
+        p.last_exit = code
+        self._dirty = True
+        for s in p.streams:
+            self._drain(s)
+        if p.groups and p.groups[-1] == pid and not _group_alive(pid):
+            p.groups.pop()
+        what = describe_exit(status)
+        prog = p.program
+        ran = now - p.spawned_at
+        if self._stopping:
+            log.info("%s: %s", prog.name, what)
+            if prog.main:
+                self._main_status = code
+            if p.state != FATAL:
+                self._set(p, STOPPED)
+            return
+        if prog.main:
+            log.info("%s: %s", prog.name, what)
+            self._main_status = code
+            self._set(p, EXITED)
+            self._begin_stop("the application exited", now)
+            return
+        if not p.up:
+            if code == 0 and prog.autorestart != "always":
+                log.info("%s: %s", prog.name, what)
+                self._set(p, EXITED)
+                return
+            log.warning("%s: %s before it was up (startsecs %g)", prog.name, what, prog.startsecs)
+            self._failed_start(p, now, f"{what} before it was up")
+            return
+        if prog.autorestart == "always" or (prog.autorestart == "on-failure" and code != 0):
+            log.warning("%s: %s", prog.name, what)
+            self._schedule_restart(p, now, ran)
+        else:
+            log.info("%s: %s", prog.name, what)
+            self._set(p, EXITED)
+
+    # ----------------------------------------------------------------- stopping
+
+    def _begin_stop(self, reason: str, now: float) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._dirty = True
+        log.info("stopping: %s", reason)
+        order = list(reversed(self._start_order))
+        order += [p for p in self._procs.values() if p not in order]
+        for p in order:
+            if p.state in (WAITING, BACKOFF):
+                self._set(p, STOPPED)
+            p.groups = [g for g in p.groups if _group_alive(g)]
+        self._stop_queue = [p for p in order if p.pid is not None or p.groups]
+        longest = max((p.program.stop_timeout for p in self._stop_queue), default=0.0)
+        self._stop_deadline = now + longest
+
+    def _advance_stop(self, now: float) -> None:
+        """Stop the head of the queue; the next one only once it and its process groups are gone."""
+        while self._stop_queue:
+            p = self._stop_queue[0]
+            if p.pid is None:
+                p.groups = [g for g in p.groups if _group_alive(g)]
+                if not p.groups:
+                    self._stop_queue.pop(0)
+                    continue
+            sig = p.program.stop_signal
+            if not p.stop_sent:
+                p.stop_sent = True
+                p.kill_at = min(now + p.program.stop_timeout, self._stop_deadline)
+                if p.pid is not None:
+                    self._set(p, STOPPING)
+                    log.info("%s: sending %s to pid %d", p.program.name, signal_name(sig), p.pid)
+                    _send(p.pid, sig)
+            if p.pid is None and not p.group_signalled:
+                # Its main process is gone; what is left in its groups gets the same request.
+                p.group_signalled = True
+                for g in p.groups:
+                    _send(g, sig, group=True)
+            if now >= p.kill_at:
+                self._kill(p)
+            break
+        if self._stop_queue and now >= self._stop_deadline:
+            for p in self._stop_queue:
+                self._kill(p)
+
+    def _kill(self, p: _Proc) -> None:
+        if p.pid is not None and p.pid not in p.groups:
+            _send(p.pid, signal.SIGKILL)
+        for g in p.groups:
+            _send(g, signal.SIGKILL, group=True)
+        if not p.kill_logged and (p.pid is not None or p.groups):
+            p.kill_logged = True
+            log.warning("%s: did not stop within its stop timeout: SIGKILL", p.program.name)
+
+    def _exit_status(self) -> int:
+        if self._fatal:
+            return 1
+        if self._main_status is not None:
+            return self._main_status
+        if self._stop_signal is not None:
+            return 128 + self._stop_signal
+        return 0
+
+    # ----------------------------------------------------------------- output
+
+    def _add_stream(self, fd: int, out: int, name: str) -> _Stream:
+        os.set_blocking(fd, False)
+        stream = _Stream(fd, out, name)
+        self._selector.register(fd, selectors.EVENT_READ, stream)
+        return stream
+
+    def _read(self, s: _Stream) -> bool:
+        """One read from a child's pipe; False when there is nothing (more) to read right now."""
+        try:
+            data = os.read(s.fd, READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._close_stream(s)
+            return False
+        lines, s.pending = split_lines(s.pending, data)
+        if lines:
+            self._out.write(s.out, b"".join(s.prefix + line + b"\n" for line in lines))
+        return True
+
+    def _drain(self, s: _Stream) -> None:
+        for _ in range(DRAIN_READS):
+            if s.fd < 0 or not self._read(s):
+                return
+
+    def _close_stream(self, s: _Stream) -> None:
+        if s.fd < 0:
+            return
+        if s.pending:
+            self._out.write(s.out, s.prefix + s.pending + b"\n")
+            s.pending = b""
+        self._selector.unregister(s.fd)
+        os.close(s.fd)
+        s.fd = -1
+
+    def _close_streams(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            if key.data is not None:
+                self._drain(key.data)
+                self._close_stream(key.data)
+
+
+def supervise(
+    programs: Sequence[config.Program], *, on_started: Optional[Callable[[str], None]] = None
+) -> int:
+    """Run `programs` until done and return basenode's exit status (see the module docstring)."""
+    return Supervisor(programs, on_started=on_started).run()
