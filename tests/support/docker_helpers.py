@@ -8,6 +8,7 @@ tag already exists, and `docker build` reuses its layer cache, so a second run i
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import uuid
@@ -70,8 +71,6 @@ def image_exists(tag: str) -> bool:
 
 
 def inspect_image(tag: str) -> dict:
-    import json
-
     return json.loads(docker("image", "inspect", tag).stdout)[0]
 
 
@@ -168,3 +167,80 @@ def process_users(name: str) -> Dict[str, List[str]]:
         comm, user = line.rsplit(" ", 1)
         users.setdefault(comm, []).append(user)
     return users
+
+
+# --- networks and compose projects ------------------------------------------------------------
+
+
+def free_subnet(prefix: str = "172.29.0.0/16") -> str:
+    """A /24 in `prefix` that no Docker network uses, for a network whose addresses a test pins.
+
+    A node that is disconnected and reconnected must get its old address back (its Consul
+    agent is bound to it), and Docker only honours `--ip` on networks with a configured subnet.
+    """
+    import ipaddress
+
+    ids = docker("network", "ls", "-q").stdout.split()
+    used = []
+    for net in json.loads(docker("network", "inspect", *ids).stdout) if ids else []:
+        for cfg in (net.get("IPAM") or {}).get("Config") or []:
+            if cfg.get("Subnet"):
+                used.append(ipaddress.ip_network(cfg["Subnet"], strict=False))
+    for candidate in ipaddress.ip_network(prefix).subnets(new_prefix=24):
+        if not any(candidate.overlaps(u) for u in used if u.version == 4):
+            return str(candidate)
+    raise RuntimeError(f"no free /24 left in {prefix}")
+
+
+@contextmanager
+def network(subnet: Optional[str] = None) -> Iterator[str]:
+    """A user-defined bridge network of our own, removed afterwards."""
+    name = f"basenode-test-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", "--label", TEST_LABEL, "--subnet", subnet or free_subnet(), name)
+    try:
+        yield name
+    finally:
+        docker("network", "rm", name, check=False)
+
+
+def container_ip(name: str, network_name: str) -> str:
+    info = json.loads(docker("inspect", name).stdout)[0]
+    return info["NetworkSettings"]["Networks"][network_name]["IPAddress"]
+
+
+class Compose:
+    """One docker-compose project: the repository's docker-compose.yml plus test overrides."""
+
+    def __init__(self, files: Sequence[Path], project: Optional[str] = None) -> None:
+        self.files = [Path(f) for f in files]
+        self.project = project or f"bntest{uuid.uuid4().hex[:8]}"
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = BUILD_TIMEOUT
+    ) -> subprocess.CompletedProcess:
+        cmd = ["docker-compose", "--no-ansi", "-p", self.project]
+        for f in self.files:
+            cmd += ["-f", str(f)]
+        result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker-compose {' '.join(args)} exited {result.returncode}\n{result.stderr[-3000:]}"
+            )
+        return result
+
+    @property
+    def network(self) -> str:
+        return f"{self.project}_default"
+
+    def container(self, service: str) -> str:
+        cid = self("ps", "-q", service).stdout.strip()
+        if not cid:
+            raise AssertionError(f"no container for service {service} in {self.project}")
+        return cid
+
+    def logs(self, *services: str) -> str:
+        result = self("logs", "--no-color", "--tail=60", *services, check=False)
+        return result.stdout + result.stderr
+
+    def down(self) -> None:
+        self("down", "-v", "--remove-orphans", "-t", "5", check=False)
