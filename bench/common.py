@@ -1,0 +1,316 @@
+"""Shared helpers for the benchmark families: processes, /proc readings, statistics, tables.
+
+Benchmarks are not tests: nothing here asserts a time. Every process a family starts goes
+through `Processes`, which stops it (and everything it spawned) when the family is done,
+so a run leaves nothing behind even when it is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every family gets: the interpreter and zipapp to measure, a scratch dir, the effort."""
+
+    python: str  # the one interpreter that runs basenode and the Python baseline
+    zipapp: Path
+    scratch: Path  # removed by run.py at the end
+    quick: bool = False  # fewer repetitions: a smoke run of the harness itself, not figures
+
+    def reps(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: Tuple[str, ...]
+    rows: Tuple[Tuple[str, ...], ...]
+    notes: Tuple[str, ...] = ()  # what the figures include, in words, printed under the table
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(self.headers) + " |")
+        lines.append("| " + " | ".join("---" if i == 0 else "---:" for i in range(len(self.headers))) + " |")
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.notes:
+            lines.append("")
+            lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def text(self) -> str:
+        cells = [self.headers, *self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.headers))]
+
+        def line(row: Sequence[str]) -> str:
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            )
+
+        rule = "-" * len(line(self.headers))
+        return "\n".join([self.title, rule, line(self.headers), rule, *map(line, self.rows), rule]) + "\n"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One family's output: its tables and a paragraph on how it was measured."""
+
+    title: str
+    tables: Tuple[Table, ...]
+    method: Tuple[str, ...] = ()
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), p in 0..100."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def pct(values: Sequence[float], p: float, digits: int = 1, min_samples: int = 1) -> str:
+    """A percentile, or "-" when there are too few samples for it to mean anything."""
+    return fmt(percentile(values, p), digits) if len(values) >= min_samples else "-"
+
+
+def ratio(value: float, reference: float) -> str:
+    if not reference or math.isnan(reference) or math.isnan(value):
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+# --- /proc --------------------------------------------------------------------------------------
+
+
+def proc_kb(path: str, keys: Sequence[str]) -> Dict[str, int]:
+    """`Key:   123 kB` lines of a /proc file -> {key: kB}; missing or unreadable -> {}."""
+    found: Dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in keys:
+                    found[name] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return found
+
+
+@dataclass(frozen=True)
+class Memory:
+    rss_kb: int
+    pss_kb: Optional[int]  # None when smaps_rollup is unreadable (old kernel, other user)
+    uss_kb: Optional[int]  # private pages only: what this process alone adds
+
+
+def memory_of(pid: int) -> Memory:
+    status = proc_kb(f"/proc/{pid}/status", ("VmRSS",))
+    if "VmRSS" not in status:
+        raise RuntimeError(f"pid {pid}: no VmRSS (gone?)")
+    roll = proc_kb(f"/proc/{pid}/smaps_rollup", ("Pss", "Private_Clean", "Private_Dirty"))
+    uss = roll["Private_Clean"] + roll["Private_Dirty"] if "Private_Clean" in roll else None
+    return Memory(status["VmRSS"], roll.get("Pss"), uss)
+
+
+def children(pid: int) -> List[int]:
+    kids: List[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def descendants(pid: int) -> List[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> Optional[str]:
+    """Field 22 of /proc/PID/stat: tells a process from a later one that reused its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+class Processes:
+    """Starts processes and guarantees they are gone afterwards, descendants included.
+
+    A supervisor may put its children in their own sessions, so killing our process group
+    is not enough: we remember every descendant we ever saw (pid + start time, so a reused
+    pid is never hit) and sweep them after the supervisor itself has stopped.
+    """
+
+    def __init__(self) -> None:
+        self._started: List[subprocess.Popen] = []
+        self._seen: Dict[int, str] = {}
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(
+        self, argv: Sequence[str], env: Optional[Mapping[str, str]] = None, log: Optional[Path] = None
+    ) -> subprocess.Popen:
+        with open(log or os.devnull, "ab") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C of the harness does not hit the subjects twice
+            )
+        self._started.append(proc)
+        return proc
+
+    def remember_descendants(self, proc: subprocess.Popen) -> List[int]:
+        kids = descendants(proc.pid)
+        for pid in kids:
+            st = start_time(pid)
+            if st is not None:
+                self._seen.setdefault(pid, st)
+        return kids
+
+    def stop(self, proc: subprocess.Popen, grace: float = 5.0) -> None:
+        """SIGTERM (a graceful stop for every subject), SIGKILL the group after `grace`."""
+        if proc.poll() is None:
+            self.remember_descendants(proc)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                _killpg(proc.pid)
+                proc.wait()
+        _killpg(proc.pid)  # anything left in its process group
+        self._sweep()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self._started):
+            self.stop(proc)
+        self._started.clear()
+
+    def _sweep(self) -> None:
+        for pid, st in list(self._seen.items()):
+            if start_time(pid) == st:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            else:
+                del self._seen[pid]
+
+    def leftovers(self) -> List[int]:
+        return [pid for pid, st in self._seen.items() if start_time(pid) == st]
+
+
+def _killpg(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def wait_for(probe: Callable[[], T], timeout: float, interval: float = 0.01, what: str = "") -> T:
+    """Poll until probe() is truthy; RuntimeError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    value = probe()
+    while not value:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; last value {value!r}")
+        time.sleep(interval)
+        value = probe()
+    return value
+
+
+# --- machine facts ------------------------------------------------------------------------------
+
+
+def first_line(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def consul_binary() -> Optional[str]:
+    local = ROOT / ".deps" / "bin" / "consul"
+    return str(local) if local.exists() else shutil.which("consul")
+
+
+def machine_facts(python: str) -> Tuple[Tuple[str, str], ...]:
+    mem = proc_kb("/proc/meminfo", ("MemTotal",)).get("MemTotal", 0)
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        pass
+    consul = consul_binary()
+    return (
+        ("CPUs (nproc)", first_line(["nproc"])),
+        ("CPU model", cpu),
+        ("memory", f"{mem / 1024 / 1024:.1f} GiB"),
+        ("kernel", platform.release()),
+        ("Python (measured interpreter)", f"{first_line([python, '--version'])} at {python}"),
+        ("HAProxy", first_line(["haproxy", "-v"])),
+        ("Consul", first_line([consul, "version"]) if consul else "not found"),
+        ("supervisord", first_line(["supervisord", "--version"])),
+        ("tini", first_line(["tini", "--version"])),
+        ("hyperfine", first_line(["hyperfine", "--version"])),
+    )
