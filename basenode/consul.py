@@ -32,6 +32,8 @@ DEFAULT_TIMEOUT = 10.0  # seconds, for every request that is not a blocking quer
 # or the transport (refused, reset, timed out, TLS).
 ERRORS = (pyconsul.ConsulException, requests.RequestException, OSError, ValueError)
 PASSING = ("passing",)
+# What snapshot.instance_from_health reads of a service; the rest of the catalog dump is dropped.
+SERVICE_FIELDS = ("ID", "Service", "Address", "Port", "Tags", "Meta", "Weights")
 PASSING_OR_WARNING = ("passing", "warning")
 
 
@@ -199,21 +201,31 @@ def catalog_dump(
 def health_entries_from_dump(nodes: Sequence[Any]) -> Dict[str, List[Dict[str, Any]]]:
     """The dump regrouped as /v1/health/service/<name> would answer: {service: [{Node, Service, Checks}]}.
 
-    An entry's checks are its node's checks plus its own, as in the health endpoint.
+    An entry's checks are its node's checks plus its own, as in the health endpoint. Only the fields a
+    snapshot reads are kept: at 5,000 instances the full dump is megabytes that would stay in memory.
     """
     by_service: Dict[str, List[Dict[str, Any]]] = {}
     for node in nodes:
         if not isinstance(node, Mapping):
             continue
-        checks = [c for c in node.get("Checks") or () if isinstance(c, Mapping)]
-        node_checks = [c for c in checks if not c.get("ServiceID")]
+        node_checks: List[Dict[str, Any]] = []
+        own_checks: Dict[str, List[Dict[str, Any]]] = {}
+        for check in node.get("Checks") or ():
+            if isinstance(check, Mapping):
+                kept = {"CheckID": check.get("CheckID"), "Status": check.get("Status")}
+                service_id = check.get("ServiceID")
+                if service_id:
+                    own_checks.setdefault(service_id, []).append(kept)
+                else:
+                    node_checks.append(kept)
         node_entry = {"Node": node.get("Node"), "Address": node.get("Address")}
         for service in node.get("Services") or ():
             if not isinstance(service, Mapping) or not isinstance(service.get("Service"), str):
                 continue
-            own = [c for c in checks if c.get("ServiceID") and c.get("ServiceID") == service.get("ID")]
+            kept_service = {key: service.get(key) for key in SERVICE_FIELDS}
+            checks = node_checks + own_checks.get(service.get("ID"), [])  # type: ignore[arg-type]
             by_service.setdefault(service["Service"], []).append(
-                {"Node": node_entry, "Service": service, "Checks": node_checks + own}
+                {"Node": node_entry, "Service": kept_service, "Checks": checks}
             )
     return by_service
 

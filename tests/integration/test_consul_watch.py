@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import logging
+import subprocess
 import threading
 import urllib.error
 from typing import List, Optional, Tuple
 
 import pytest
 
-from basenode.config import ConsulHTTP, Route, Settings, Watch
+from basenode.config import Agent, ConsulHTTP, Route, Settings, Watch
+from basenode.consul import agent_config, agent_program
 from basenode.snapshot import Snapshot
 from basenode.watch import Watcher, fetch_snapshot
+from tests.conftest import require_binary
 from tests.support import consul_agent as agents
 from tests.support.consul_agent import ConsulAgent
 from tests.support.waiting import eventually
@@ -231,3 +236,20 @@ def test_fetch_snapshot_reads_routes_and_healthy_instances_once(consul_agent_ses
     settings = Settings(routes=(Route(web, 19040),), consul_http=ConsulHTTP(addr=agent.http_addr))
     snapshot = fetch_snapshot(settings)
     assert [(s.route.service, [i.port for i in s.instances]) for s in snapshot.routes] == [(web, [8080])]
+
+
+def test_the_generated_agent_config_is_accepted_by_consul(tmp_path):
+    settings = Settings(
+        state_dir=tmp_path,
+        consul_http=ConsulHTTP(addr="127.0.0.1:18500", token="11111111-2222-3333-4444-555555555555"),
+        agent=Agent(
+            join=("10.0.0.2",), datacenter="dc2", node_name="n1", encrypt=base64.b64encode(b"k" * 32).decode()
+        ),
+    )
+    path = tmp_path / "consul.json"
+    path.write_text(json.dumps(agent_config(settings)))
+    result = subprocess.run(
+        [require_binary("consul"), "validate", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert agent_program(settings).command[2] == f"-config-file={path}"
