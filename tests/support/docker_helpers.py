@@ -218,7 +218,7 @@ class Compose:
     def __call__(
         self, *args: str, check: bool = True, timeout: float = BUILD_TIMEOUT
     ) -> subprocess.CompletedProcess:
-        cmd = ["docker-compose", "--no-ansi", "-p", self.project]
+        cmd = ["docker-compose", "--ansi", "never", "-p", self.project]
         for f in self.files:
             cmd += ["-f", str(f)]
         result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
