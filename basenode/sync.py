@@ -1,0 +1,309 @@
+"""The sync loop: watch -> render -> apply, and the one-shot commands built from the same steps.
+
+Data flows one way: watch emits validated Snapshots, render turns one into text, haproxy checks
+and applies the text. Whatever fails (Consul, the template, HAProxy's check), the last good
+config keeps serving and the failure is logged and recorded in the state file for `status`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from . import haproxy, render, watch
+from .config import Settings
+from .snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+STATE_FILE = "sync-state.json"
+TEMPLATE_POLL_SECONDS = 1.0  # how often a running sync looks for an edited template
+
+
+@dataclass
+class SyncState:
+    """What the loop last did; written to <state_dir>/sync-state.json for `status` and `health`."""
+
+    started: float = field(default_factory=time.time)
+    syncs: int = 0
+    last_sync: Optional[float] = None  # wall time of the last successful apply (or unchanged check)
+    last_duration: Optional[float] = None
+    last_how: Optional[str] = None  # unchanged | runtime | reload | restart | written
+    runtime_applies: int = 0
+    reloads: int = 0
+    render_errors: int = 0
+    check_failures: int = 0
+    last_error: Optional[str] = None
+    routes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def save(self, state_dir: Path) -> None:
+        haproxy.write_atomic(
+            state_dir / STATE_FILE, json.dumps(self.__dict__, indent=1, sort_keys=True) + "\n"
+        )
+
+
+def load_state(state_dir: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads((state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class TemplateSource:
+    """The template file and its compiled form; reloaded when the file changes on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stamp: Optional[tuple] = None
+        self.template: Any = None
+
+    def _stamp(self) -> Optional[tuple]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh(self) -> bool:
+        """Recompile if the file changed; True when a new good template took over. RenderError if bad."""
+        stamp = self._stamp()
+        if stamp == self.stamp and self.template is not None:
+            return False
+        template = render.load_template(self.path)  # raises RenderError: the old one stays
+        self.template, self.stamp = template, stamp
+        return True
+
+
+class Loop:
+    """One sync loop; `on_snapshot` runs on the watch thread, template checks on the main thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.template = TemplateSource(settings.template or render.default_template())
+        self.state = SyncState()
+        self.applied: Optional[Snapshot] = None  # what HAProxy runs
+        self.latest: Optional[Snapshot] = None  # newest from watch (may have failed to apply)
+        self.lock = threading.Lock()  # one apply at a time: watch thread vs template refresh
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        with self.lock:
+            self.latest = snapshot
+            self._apply(snapshot, template_changed=False)
+
+    def on_template_tick(self) -> None:
+        with self.lock:
+            try:
+                changed = self.template.refresh()
+            except render.RenderError as e:
+                if self.state.last_error != str(e):
+                    log.error("template: %s (the running config stays)", e)
+                    self.state.render_errors += 1
+                    self._fail(str(e))
+                return
+            if changed and self.latest is not None and self.applied is not None:
+                log.info("template %s changed: re-rendering", self.template.path)
+                self._apply(self.latest, template_changed=True)
+
+    def _apply(self, snapshot: Snapshot, template_changed: bool) -> None:
+        started = time.monotonic()
+        try:
+            if self.template.template is None:
+                self.template.refresh()
+            text = render.render(self.template.template, snapshot, self.settings)
+        except render.RenderError as e:
+            log.error("render: %s (the running config stays)", e)
+            self.state.render_errors += 1
+            self._fail(str(e))
+            return
+        previous = None if template_changed else self.applied
+        try:
+            result = haproxy.apply(self.settings, previous, snapshot, text)
+        except haproxy.CheckFailed as e:
+            log.error("haproxy -c rejected the new config (the running config stays): %s", e)
+            self.state.check_failures += 1
+            self._fail(f"haproxy check: {e}")
+            return
+        except haproxy.ApplyError as e:
+            log.error("apply failed: %s", e)
+            self._fail(f"apply: {e}")
+            return
+        self.applied = snapshot
+        self._record(snapshot, result.how, time.monotonic() - started)
+
+    def _record(self, snapshot: Snapshot, how: str, duration: float) -> None:
+        s = self.state
+        s.syncs += 1
+        s.last_sync = time.time()
+        s.last_duration = duration
+        s.last_how = how
+        s.last_error = None
+        s.runtime_applies += how == "runtime"
+        s.reloads += how in ("reload", "restart")
+        s.routes = {
+            r.route.service: {"port": r.route.port, "mode": r.route.mode, "instances": len(r.instances)}
+            for r in snapshot.routes
+        }
+        if how != "unchanged":
+            log.info(
+                "applied via %s in %.1f ms: %s",
+                how,
+                duration * 1000,
+                ", ".join(f"{r.route.service}={len(r.instances)}" for r in snapshot.routes) or "no routes",
+            )
+        self._save()
+
+    def _fail(self, message: str) -> None:
+        self.state.last_error = message
+        self._save()
+
+    def _save(self) -> None:
+        try:
+            self.state.save(self.settings.state_dir)
+        except OSError as e:  # a full state dir must not stop routing
+            log.warning("cannot write %s: %s", STATE_FILE, e)
+
+
+def run(settings: Settings, once: bool = False) -> int:
+    """`basenode sync [--once]`: until SIGTERM/SIGINT, or one pass with --once."""
+    loop = Loop(settings)
+    try:
+        loop.template.refresh()
+    except render.RenderError as e:
+        print(f"basenode: {e}", file=sys.stderr)
+        return 2
+    if once:
+        try:
+            snapshot = watch.fetch_snapshot(settings)
+        except watch.WatchError as e:
+            print(f"basenode: consul: {e}", file=sys.stderr)
+            return 1
+        loop.on_snapshot(snapshot)
+        return 0 if loop.state.last_error is None else 1
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    watcher = watch.Watcher(settings)
+    thread = threading.Thread(target=watcher.run, args=(loop.on_snapshot, stop), name="watch", daemon=True)
+    thread.start()
+    while not stop.wait(TEMPLATE_POLL_SECONDS):
+        loop.on_template_tick()
+        if not thread.is_alive():
+            log.error("watch thread ended unexpectedly")
+            return 1
+    thread.join(timeout=2.0)
+    return 0
+
+
+def render_once(settings: Settings, out: str = "-") -> int:
+    """`basenode render`: the config the live catalog gives, applying nothing."""
+    try:
+        template = render.load_template(settings.template or render.default_template())
+        snapshot = watch.fetch_snapshot(settings)
+        text = render.render(template, snapshot, settings)
+    except render.RenderError as e:
+        print(f"basenode: {e}", file=sys.stderr)
+        return 2
+    except watch.WatchError as e:
+        print(f"basenode: consul: {e}", file=sys.stderr)
+        return 1
+    if out == "-":
+        sys.stdout.write(text)
+    else:
+        haproxy.write_atomic(Path(out), text, mode=0o644)
+    return 0
+
+
+def check(settings: Settings) -> int:
+    """`basenode check`: the config (already loaded), the template, and `haproxy -c` on its output.
+
+    Rendered from the live catalog when Consul answers, else from the configured routes with no
+    instances, so that a check works on a build machine without a cluster.
+    """
+    path = settings.template or render.default_template()
+    try:
+        template = render.load_template(path)
+        try:
+            snapshot = watch.fetch_snapshot(settings, timeout=2.0)
+            source = "live catalog"
+        except watch.WatchError:
+            snapshot = watch.static_snapshot(settings)
+            source = "configured routes, no instances (Consul not reachable)"
+        text = render.render(template, snapshot, settings)
+    except render.RenderError as e:
+        print(f"basenode: {e}", file=sys.stderr)
+        return 2
+    if settings.run_haproxy:
+        candidate = settings.state_dir / "haproxy.cfg.check"
+        try:
+            settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            haproxy.write_atomic(candidate, text)
+            haproxy.check(settings.haproxy_bin, candidate)
+        except haproxy.CheckFailed as e:
+            print(f"basenode: haproxy -c rejected the rendered config: {e}", file=sys.stderr)
+            return 2
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(candidate)
+    print(f"ok: config, template {path} ({source}), haproxy -c")
+    return 0
+
+
+def health_command(settings: Settings) -> int:
+    """`basenode health`: 0 when the agent answers, HAProxy runs and the loop has synced."""
+    problems = health_problems(settings)
+    for problem in problems:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def health_problems(settings: Settings) -> list:
+    problems = []
+    if settings.run_consul or not settings.run_haproxy:
+        try:
+            watch.agent_reachable(settings, timeout=2.0)
+        except watch.WatchError as e:
+            problems.append(f"consul agent: {e}")
+    if settings.run_haproxy:
+        state = load_state(settings.state_dir)
+        if state is None or state.get("last_sync") is None:
+            problems.append("no sync yet")
+        elif state.get("last_error"):
+            problems.append(f"last sync failed: {state['last_error']}")
+        if not haproxy.running(settings):
+            problems.append("haproxy master socket does not answer")
+    return problems
+
+
+def status_command(settings: Settings, as_json: bool = False) -> int:
+    state = load_state(settings.state_dir) or {}
+    problems = health_problems(settings)
+    if as_json:
+        print(
+            json.dumps(
+                {"healthy": not problems, "problems": problems, "sync": state}, indent=2, sort_keys=True
+            )
+        )
+        return 0
+    print(f"healthy: {'yes' if not problems else 'no'}")
+    for problem in problems:
+        print(f"  problem: {problem}")
+    if state:
+        age = time.time() - state["last_sync"] if state.get("last_sync") else None
+        print(f"last sync: {f'{age:.1f}s ago' if age is not None else 'never'} via {state.get('last_how')}")
+        print(f"{'ROUTE':<32} {'PORT':>5} {'MODE':<5} {'HEALTHY':>7}")
+        for name, route in sorted(state.get("routes", {}).items()):
+            print(f"{name:<32} {route['port']:>5} {route['mode']:<5} {route['instances']:>7}")
+    return 0
