@@ -8,6 +8,7 @@ instance with any value we cannot prove safe is dropped, with one warning naming
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -19,8 +20,13 @@ from .config import SERVICE_NAME_RE, Route
 # nothing HAProxy or nginx treat as syntax (# ; " ' ` \ { }).
 SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@%+=,~-]{1,256}$")
 # RFC 1123 host names, as a node address may be one.
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 MAX_WEIGHT = 256
+# HAProxy accepts only these characters in proxy and server names (anything else fails `haproxy -c`,
+# and one bad name would then block every later update).
+SERVER_NAME_BAD_RE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,16 @@ class Instance:
 
     @property
     def key(self) -> str:
-        """Stable server name inside its backend (unique per service)."""
-        return f"{self.node}_{self.id}"
+        """Stable server name inside its backend (unique per service), always a valid HAProxy name.
+
+        Consul IDs may contain `/`, `@`, `%`... which HAProxy refuses in a server name: those are
+        replaced by `_`, and a short hash of the original keeps two such IDs apart.
+        """
+        raw = f"{self.node}_{self.id}"
+        safe = SERVER_NAME_BAD_RE.sub("_", raw)
+        if safe == raw:
+            return raw
+        return f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)

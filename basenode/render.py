@@ -1,0 +1,193 @@
+"""Render: a validated Snapshot -> HAProxy config text, through a sandboxed Jinja2 template.
+
+The template sees only plain data built here from a `snapshot.Snapshot` (whose values were all
+validated against Consul's anything-goes registrations) and a small subset of the settings: no
+tokens, no keys, no objects with methods worth calling. The environment is sandboxed (a user
+template cannot reach Python internals), undefined names are errors (a typo must fail `check`,
+not render an empty string into the config), and nothing is HTML-escaped.
+
+The template context
+--------------------
+routes         list of routes, sorted by service name; each has
+                 service    Consul service name, [A-Za-z0-9._-]{1,128} (also a valid HAProxy proxy name)
+                 port       local frontend port, 1-65535
+                 mode       "tcp" or "http"
+                 tag        the route's tag filter, or None
+                 instances  list of healthy, validated instances, sorted by key; each has
+                   id        Consul service ID
+                   node      Consul node name
+                   address   IP address (normalised) or host name
+                   hostname  True when address is a host name (resolved by HAProxy at start/reload)
+                   port      the instance's catalog port, 1-65535
+                   endpoint  "address:port", with [brackets] around an IPv6 address
+                   tags      list of tags
+                   meta      dict of service meta
+                   weight    0-256 (Consul's Weights.Passing; default 1)
+                   key       server name, unique in its backend and valid for HAProxy
+bind           the address frontends bind (--bind, default 127.0.0.1)
+bind_host      the same, with [brackets] when it is an IPv6 address, ready for "host:port"
+state_dir      the state directory (absolute path)
+stats_socket   the runtime-API socket path HAProxy must open (<state_dir>/haproxy.sock); basenode
+               applies server changes through it, so a template must keep it, with `level admin`
+master_socket  the master CLI socket (given to HAProxy with -S, not in the config)
+settings       bind, state_dir, stats_socket, master_socket, apply_mode, include_warning,
+               datacenter, node_name
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .config import Settings
+from .snapshot import Instance, RouteState, Snapshot
+
+log = logging.getLogger(__name__)
+TEMPLATE_NAME = "haproxy.cfg.j2"
+
+
+class RenderError(Exception):
+    """A template that cannot be loaded or rendered; str() is `file:line: message`."""
+
+    def __init__(self, file: str, line: Optional[int], message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {message}")
+
+
+def default_template() -> Path:
+    """The bundled template: inside the package in the zipapp, at the repository root in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates" / TEMPLATE_NAME, here.parent / "templates" / TEMPLATE_NAME):
+        if candidate.is_file():
+            return candidate
+    return here.parent / "templates" / TEMPLATE_NAME
+
+
+def _environment(directory: Path) -> jinja2.Environment:
+    # Immutable sandbox: templates may not call methods that mutate lists or dicts either.
+    return ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(directory)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def load_template(path: Path) -> jinja2.Template:
+    """Compile the template at `path`; RenderError naming file:line on a syntax error."""
+    path = Path(path).absolute()
+    env = _environment(path.parent)
+    try:
+        return env.get_template(path.name)
+    except jinja2.TemplateNotFound:
+        raise RenderError(str(path), None, "template file not found") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise RenderError(e.filename or str(path), e.lineno, e.message or "syntax error") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RenderError(str(path), None, f"cannot read template: {e}") from None
+
+
+def context(snapshot: Snapshot, settings: Settings) -> Dict[str, Any]:
+    """The documented template context (see the module docstring); plain data only."""
+    state_dir = str(Path(settings.state_dir).absolute())
+    stats_socket = str(Path(settings.haproxy_stats_socket).absolute())
+    master_socket = str(Path(settings.haproxy_master_socket).absolute())
+    bind_host = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+    return {
+        "routes": [_route(r) for r in snapshot.routes],
+        "bind": settings.bind,
+        "bind_host": bind_host,
+        "state_dir": state_dir,
+        "stats_socket": stats_socket,
+        "master_socket": master_socket,
+        "settings": {
+            "bind": settings.bind,
+            "state_dir": state_dir,
+            "stats_socket": stats_socket,
+            "master_socket": master_socket,
+            "apply_mode": settings.watch.apply_mode,
+            "include_warning": settings.watch.include_warning,
+            "datacenter": settings.agent.datacenter,
+            "node_name": settings.agent.node_name,
+        },
+    }
+
+
+def render(template: jinja2.Template, snapshot: Snapshot, settings: Settings) -> str:
+    """Snapshot -> config text; RenderError naming the template's file:line on any runtime error."""
+    try:
+        return template.render(context(snapshot, settings))
+    except jinja2.TemplateSyntaxError as e:  # e.g. a broken {% include %}d file
+        raise RenderError(
+            e.filename or template.filename or "?", e.lineno, e.message or "syntax error"
+        ) from None
+    except Exception as e:
+        file, line = _template_position(e, template)
+        message = str(e) if isinstance(e, jinja2.TemplateError) else f"{type(e).__name__}: {e}"
+        raise RenderError(file, line, message) from None
+
+
+def _route(state: RouteState) -> Dict[str, Any]:
+    route = state.route
+    return {
+        "service": route.service,
+        "port": route.port,
+        "mode": route.mode,
+        "tag": route.tag,
+        "instances": [_instance(i) for i in state.instances],
+    }
+
+
+def _instance(instance: Instance) -> Dict[str, Any]:
+    return {
+        "id": instance.id,
+        "node": instance.node,
+        "address": instance.address,
+        "hostname": not _is_ip(instance.address),
+        "port": instance.port,
+        "endpoint": f"{_host(instance.address)}:{instance.port}",
+        "tags": list(instance.tags),
+        "meta": dict(instance.meta),
+        "weight": instance.weight,
+        "key": instance.key,
+    }
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _host(address: str) -> str:
+    try:
+        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        return address  # a host name
+
+
+def _template_position(error: BaseException, template: jinja2.Template) -> tuple[str, Optional[int]]:
+    """The innermost template frame of the traceback: Jinja2 rewrites frames to template file:line."""
+    own = template.filename or "?"
+    found: tuple[str, Optional[int]] = (own, None)
+    tb = error.__traceback__ or sys.exc_info()[2]
+    while tb is not None:
+        # Frames Jinja2 rewrote carry the template's file name instead of a Python module's.
+        filename = tb.tb_frame.f_code.co_filename
+        if "__jinja_template__" in tb.tb_frame.f_globals or not filename.endswith(".py"):
+            found = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found

@@ -1,0 +1,94 @@
+"""Real HTTP backends on loopback that answer every request with their own name.
+
+Each backend is a ThreadingHTTPServer in a daemon thread: HTTP/1.1 with keep-alive (so HAProxy
+keeps idle server connections, as it would in production), and a body that says who answered,
+so a test can tell exactly which instances a request reached.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, Iterator, List, Optional
+
+from .ports import free_port
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = self.server.name.encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet: thousands of requests per test
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # HAProxy resetting an idle keep-alive connection is normal, not worth a traceback
+
+
+class Backend:
+    """One named HTTP server on 127.0.0.1:<port>; `close()` stops it."""
+
+    def __init__(self, name: str, port: Optional[int] = None) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.server = _Server(("127.0.0.1", self.port), _Handler)
+        self.server.name = name  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.server.serve_forever, name=f"backend-{name}", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Backends:
+    """A set of named backends, closed together."""
+
+    def __init__(self) -> None:
+        self.by_name: Dict[str, Backend] = {}
+
+    def start(self, name: str) -> Backend:
+        backend = Backend(name)
+        self.by_name[name] = backend
+        return backend
+
+    def __getitem__(self, name: str) -> Backend:
+        return self.by_name[name]
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self.by_name.values())
+
+    def close(self) -> None:
+        for backend in self.by_name.values():
+            backend.close()
+
+
+def get(port: int, path: str = "/", timeout: float = 5.0) -> str:
+    """One request on a fresh connection; the body (the answering backend's name). Raises on failure."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read().decode()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+        return body
+    finally:
+        conn.close()
+
+
+def names_seen(port: int, requests: int = 20) -> List[str]:
+    """Sorted distinct backend names answering `requests` consecutive requests."""
+    return sorted({get(port) for _ in range(requests)})
