@@ -657,7 +657,9 @@ def _sync_servers(sock: Path, old: ParsedConfig, new: ParsedConfig, drain_timeou
                 changes.added.append(f"{backend}/{name}")
                 continue
             old_line = before.get(name)
-            if old_line is None or old_line.options != line.options:
+            # A server left draining by an earlier apply has no line in the live file: it was added
+            # with the template's options of that time, which only plain lines (no options) can match.
+            if (old_line.options if old_line is not None else ()) != line.options:
                 raise _NeedReload(f"server {backend}/{name} options changed")
             updated = False
             if (state.address, state.port) != (line.address, line.port):
@@ -693,6 +695,7 @@ def _drain_and_delete(
     deadline = time.monotonic() + drain_timeout
     pause = 0.002
     left: List[str] = []
+    rounds = 0
     while pending:
         busy = []
         for backend, name in pending:
@@ -706,12 +709,25 @@ def _drain_and_delete(
             else:
                 left.append(f"{backend}/{name}")
         pending = busy
+        rounds += 1
         if pending:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+            if rounds % 4 == 0:
+                for backend, name in pending:
+                    _purge_idle(sock, backend, name)
     if left:
         log.info("haproxy: %d removed servers still have sessions; deleting them later", len(left))
     return left
+
+
+def _purge_idle(sock: Path, backend: str, name: str) -> None:
+    """Close a server's idle connections: HAProxy does so when a server enters maintenance, but a
+    request that was in flight then leaves its connection idle afterwards, where it would stay until
+    the pool's purge (5 s). Leaving maintenance for drain (which takes no new traffic: there is no
+    persistence) and entering it again closes them."""
+    set_server_state(sock, backend, name, "drain")
+    set_server_state(sock, backend, name, "maint")
 
 
 def _verify(sock: Path, new: ParsedConfig) -> None:

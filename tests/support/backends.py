@@ -45,7 +45,9 @@ class Backend:
         self.port = port or free_port()
         self.server = _Server(("127.0.0.1", self.port), _Handler)
         self.server.name = name  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.server.serve_forever, name=f"backend-{name}", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), name=f"backend-{name}", daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:

@@ -1,0 +1,332 @@
+"""Applying a rendered config to a real HAProxy (master-worker) in front of real loopback HTTP backends.
+
+What users rely on: server changes take effect through the runtime API with no reload (the worker
+and the master's reload counter stay the same); structural changes reload seamlessly; a config
+HAProxy rejects changes nothing; membership churn under load fails no request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import pytest
+
+from basenode import haproxy, render
+from basenode.config import Route, Settings, Watch
+from basenode.snapshot import Instance, RouteState, Snapshot
+from tests.conftest import require_binary
+from tests.support.backends import Backends, get, names_seen
+from tests.support.haproxy_proc import HAProxy
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
+
+
+class Rig:
+    """Settings in a temp state dir, named backends, the default template, and HAProxy once started."""
+
+    def __init__(self, tmp_path: Path, backends: Backends, apply_mode: str = "runtime") -> None:
+        self.settings = Settings(
+            state_dir=tmp_path, haproxy_bin=require_binary("haproxy"), watch=Watch(apply_mode=apply_mode)
+        )
+        self.backends = backends
+        self.template = render.load_template(render.default_template())
+        self.port = free_port()
+        self.haproxy: Optional[HAProxy] = None
+
+    def snapshot(
+        self, members: Iterable[str], extra_routes: Sequence[Route] = (), weight: int = 1
+    ) -> Snapshot:
+        instances = tuple(
+            Instance(name, "node1", "127.0.0.1", self.backends[name].port, weight=weight)
+            for name in sorted(members)
+        )
+        routes = [RouteState(Route("web", self.port, "http"), instances)]
+        routes += [RouteState(route, ()) for route in extra_routes]
+        return Snapshot(tuple(sorted(routes, key=lambda r: r.route.service)))
+
+    def apply(self, snapshot: Snapshot, template=None) -> haproxy.ApplyResult:
+        text = render.render(template or self.template, snapshot, self.settings)
+        return haproxy.apply(self.settings, None, snapshot, text, drain_timeout=2.0)
+
+    def start(self, members: Iterable[str]) -> HAProxy:
+        assert self.apply(self.snapshot(members)).how == "written"
+        self.haproxy = HAProxy(self.settings).start()
+        return self.haproxy
+
+    def serving(self) -> Tuple[int, int, int]:
+        """(master pid, master reload count, current worker pid)."""
+        assert self.haproxy is not None
+        info = self.haproxy.proc_info()
+        return info.master_pid, info.reloads, self.haproxy.worker_pid()
+
+
+@pytest.fixture
+def backends():
+    group = Backends()
+    for name in ("a", "b", "c", "d"):
+        group.start(name)
+    yield group
+    group.close()
+
+
+@pytest.fixture
+def rig(tmp_path, backends):
+    rig = Rig(tmp_path, backends)
+    yield rig
+    if rig.haproxy is not None:
+        rig.haproxy.stop()
+
+
+def test_server_additions_and_removals_apply_without_any_reload(rig):
+    rig.start(["a", "b"])
+    before = rig.serving()
+    assert eventually(lambda: names_seen(rig.port) == ["a", "b"], what="traffic on a and b")
+
+    result = rig.apply(rig.snapshot(["b"]))
+    assert (result.how, result.removed, result.added) == ("runtime", ("web/node1_a",), ())
+    assert names_seen(rig.port) == ["b"]
+
+    result = rig.apply(rig.snapshot(["b", "c", "d"]))
+    assert (result.how, result.added) == ("runtime", ("web/node1_c", "web/node1_d"))
+    assert names_seen(rig.port, requests=30) == ["b", "c", "d"]
+
+    result = rig.apply(rig.snapshot(["a"]))
+    assert result.how == "runtime"
+    assert names_seen(rig.port) == ["a"]
+
+    assert rig.serving() == before  # same master, no reload, same worker
+    assert rig.settings.haproxy_cfg.read_text() == render.render(
+        rig.template, rig.snapshot(["a"]), rig.settings
+    )
+
+
+def test_the_same_snapshot_twice_is_unchanged(rig):
+    rig.start(["a"])
+    assert rig.apply(rig.snapshot(["a"])).how == "unchanged"
+
+
+def test_a_new_port_or_weight_is_set_in_place(rig):
+    rig.start(["a", "b"])
+    before = rig.serving()
+    moved = rig.backends.start("a2")  # instance "a" moves to a new port
+    snapshot = Snapshot(
+        (
+            RouteState(
+                Route("web", rig.port, "http"),
+                (
+                    Instance("a", "node1", "127.0.0.1", moved.port, weight=3),
+                    Instance("b", "node1", "127.0.0.1", rig.backends["b"].port),
+                ),
+            ),
+        )
+    )
+    result = rig.apply(snapshot)
+    assert (result.how, result.updated) == ("runtime", ("web/node1_a",))
+    state = haproxy.show_servers_state(rig.settings.haproxy_stats_socket)["web"]["node1_a"]
+    assert (state.port, state.weight) == (moved.port, 3)
+    assert names_seen(rig.port) == ["a2", "b"]
+    assert rig.serving() == before
+
+
+def test_a_backend_without_instances_answers_503_at_once(rig):
+    rig.start([])
+    conn = http.client.HTTPConnection("127.0.0.1", rig.port, timeout=5)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 503
+    conn.close()
+
+
+def test_a_tcp_route_without_instances_closes_the_connection_at_once(rig):
+    rig.start(["a"])
+    tcp = Route("pg", free_port(), "tcp")
+    assert rig.apply(rig.snapshot(["a"], extra_routes=[tcp])).how == "reload"
+    with socket.create_connection(("127.0.0.1", tcp.port), timeout=5) as conn:
+        conn.sendall(b"hello\n")
+        assert conn.recv(100) == b""  # closed, not left hanging until a timeout
+
+
+def test_a_new_route_reloads_seamlessly_and_serves(rig):
+    rig.start(["a"])
+    master, reloads, worker = rig.serving()
+    extra = Route("api", free_port(), "http")
+    snapshot = Snapshot(
+        (
+            RouteState(extra, (Instance("c", "node1", "127.0.0.1", rig.backends["c"].port),)),
+            *rig.snapshot(["a"]).routes,
+        )
+    )
+    with Load(rig.port) as load:
+        result = rig.apply(snapshot)
+        load.wait_for_more(20)
+    assert result.how == "reload"
+    assert load.failures == []
+    assert get(extra.port) == "c"
+    assert names_seen(rig.port) == ["a"]
+    new_master, new_reloads, new_worker = rig.serving()
+    assert (new_master, new_reloads) == (master, reloads + 1)
+    assert new_worker != worker
+
+    result = rig.apply(rig.snapshot(["a"]))  # the route goes away again
+    assert result.how == "reload"
+    with pytest.raises(OSError):
+        get(extra.port)
+
+
+def test_a_config_haproxy_rejects_leaves_the_old_config_serving(rig, tmp_path):
+    rig.start(["a"])
+    before = rig.serving()
+    live = rig.settings.haproxy_cfg.read_text()
+    broken = tmp_path / "broken.j2"
+    broken.write_text(render.default_template().read_text().replace("balance roundrobin", "balance nonsense"))
+    with pytest.raises(haproxy.CheckFailed, match=r"haproxy\.cfg\.new:\d+\] : balance only supports"):
+        rig.apply(rig.snapshot(["a", "b"]), template=render.load_template(broken))
+    assert rig.settings.haproxy_cfg.read_text() == live
+    assert not list(tmp_path.glob("haproxy.cfg.new"))
+    assert names_seen(rig.port) == ["a"]
+    assert rig.serving() == before
+    # and the next good config goes through as usual
+    assert rig.apply(rig.snapshot(["a", "b"])).how == "runtime"
+
+
+def test_apply_mode_reload_reloads_for_every_change(tmp_path, backends):
+    rig = Rig(tmp_path, backends, apply_mode="reload")
+    try:
+        rig.start(["a"])
+        _, reloads, _ = rig.serving()
+        assert rig.apply(rig.snapshot(["a", "b"])).how == "reload"
+        assert rig.serving()[1] == reloads + 1
+        assert names_seen(rig.port) == ["a", "b"]
+    finally:
+        if rig.haproxy is not None:
+            rig.haproxy.stop()
+
+
+def test_apply_mode_restart_hands_the_restart_to_the_caller(tmp_path, backends):
+    rig = Rig(tmp_path, backends, apply_mode="restart")
+    restarts: List[str] = []
+
+    def restart() -> None:  # what the supervisor does: stop HAProxy, start it again from the file
+        assert rig.haproxy is not None
+        rig.haproxy.stop()
+        rig.haproxy = HAProxy(rig.settings).start()
+        restarts.append("restart")
+
+    try:
+        rig.start(["a"])
+        master = rig.serving()[0]
+        text = render.render(rig.template, rig.snapshot(["b"]), rig.settings)
+        result = haproxy.apply(rig.settings, None, rig.snapshot(["b"]), text, restart_hook=restart)
+        assert (result.how, restarts) == ("restart", ["restart"])
+        assert rig.serving()[0] != master
+        assert names_seen(rig.port) == ["b"]
+    finally:
+        if rig.haproxy is not None:
+            rig.haproxy.stop()
+
+
+def test_a_removed_server_with_a_long_session_drains_instead_of_being_cut(rig):
+    """A TCP client pinned to a removed instance keeps its connection; the server is deleted once it ends."""
+    rig.start(["a"])
+    tcp = Route("pg", free_port(), "tcp")
+    a = Instance("a", "node1", "127.0.0.1", rig.backends["a"].port)
+    b = Instance("b", "node1", "127.0.0.1", rig.backends["b"].port)
+
+    def snapshot(*instances: Instance) -> Snapshot:
+        return Snapshot((RouteState(tcp, instances), *rig.snapshot(["a"]).routes))
+
+    assert rig.apply(snapshot(a)).how == "reload"
+    conn = http.client.HTTPConnection("127.0.0.1", tcp.port, timeout=5)  # keep-alive, through TCP mode
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"a"
+
+    result = rig.apply(snapshot(b))
+    assert result.how == "runtime"
+    assert result.draining == ("pg/node1_a",)
+    conn.request("GET", "/")  # the pinned session still works
+    assert conn.getresponse().read() == b"a"
+    assert get(tcp.port) == "b"  # new connections go to b
+    conn.close()
+
+    def deleted() -> bool:
+        rig.apply(snapshot(b))  # each apply retries the pending deletion
+        return "node1_a" not in haproxy.show_servers_state(rig.settings.haproxy_stats_socket)["pg"]
+
+    eventually(deleted, what="the drained server deleted")
+
+
+def test_two_hundred_membership_changes_under_load_fail_no_request(rig):
+    rig.start(["a", "b", "c"])
+    before = rig.serving()
+    cycle = [["a", "b"], ["b", "c"], ["a", "c"], ["a", "b", "c"], ["c"], ["a", "b", "c", "d"], ["d", "a"]]
+    with Load(rig.port) as load:
+        load.wait_for_more(20)
+        hows: Dict[str, int] = {}
+        for i in range(200):
+            result = rig.apply(rig.snapshot(cycle[i % len(cycle)]))
+            hows[result.how] = hows.get(result.how, 0) + 1
+            if i % 20 == 0:
+                load.wait_for_more(5)  # the load really runs between the changes
+        load.wait_for_more(20)
+    assert hows == {"runtime": 200}
+    assert load.failures == []
+    assert load.ok > 200
+    assert len(load.seen) == 4  # every backend answered at some point
+    assert rig.serving() == before
+
+
+class Load:
+    """HTTP requests through HAProxy in a loop from two threads until closed: one client keeps its
+    connection alive (as a connection pool would), the other opens a new connection per request."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: List[str] = []
+        self.seen: set = set()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
+            for keep_alive in (True, False)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+    def wait_for_more(self, count: int) -> None:
+        target = self.ok + count
+        eventually(lambda: self.ok >= target or self.failures, what=f"{count} more requests under load")
+
+    def _run(self, keep_alive: bool) -> None:
+        conn: Optional[http.client.HTTPConnection] = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read().decode()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {body[:100]!r}")
+                with self.lock:
+                    self.ok += 1
+                    self.seen.add(body)
+            except Exception as e:  # every failure counts, whatever its kind
+                with self.lock:
+                    self.failures.append(f"{type(e).__name__}: {e}")
+                conn = None
+                continue
+            if not keep_alive:
+                conn.close()
+                conn = None
