@@ -229,23 +229,31 @@ class Processes:
                 self._seen.setdefault(pid, st)
         return kids
 
-    def stop(self, proc: subprocess.Popen, grace: float = 5.0) -> None:
-        """SIGTERM (a graceful stop for every subject), SIGKILL the group after `grace`."""
-        if proc.poll() is None:
+    def stop(self, proc: subprocess.Popen, grace: float = 20.0) -> Optional[float]:
+        """SIGTERM (a graceful stop for every subject), SIGKILL the group after `grace` seconds.
+
+        Returns the seconds from SIGTERM until the process had exited, None if it was gone already
+        or had to be killed. Its group is killed while the exited leader is still unreaped, so the
+        group id cannot have been reused by then.
+        """
+        took = None
+        if proc.returncode is None:
             self.remember_descendants(proc)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid)
-                proc.wait()
-        _killpg(proc.pid)  # anything left in its process group
+            t0 = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            if _wait_unreaped(proc.pid, grace):
+                took = time.monotonic() - t0
+            _killpg(proc.pid)
+            proc.wait()
+        if proc in self._started:
+            self._started.remove(proc)
         self._sweep()
+        return took
 
     def stop_all(self) -> None:
-        for proc in reversed(self._started):
+        for proc in reversed(list(self._started)):
             self.stop(proc)
-        self._started.clear()
 
     def _sweep(self) -> None:
         for pid, st in list(self._seen.items()):
@@ -257,6 +265,17 @@ class Processes:
 
     def leftovers(self) -> List[int]:
         return [pid for pid, st in self._seen.items() if start_time(pid) == st]
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """True once `pid` has exited (left as a zombie for us to reap), False after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is not None:
+            return True
+        time.sleep(0.001)
+    return False
 
 
 def _killpg(pgid: int) -> None:
@@ -291,6 +310,15 @@ def first_line(argv: Sequence[str]) -> str:
 def consul_binary() -> Optional[str]:
     local = ROOT / ".deps" / "bin" / "consul"
     return str(local) if local.exists() else shutil.which("consul")
+
+
+def load_average() -> str:
+    """Other work on the machine skews every figure: say how busy it was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return ", ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def machine_facts(python: str) -> Tuple[Tuple[str, str], ...]:

@@ -28,7 +28,9 @@ IDLE_PROGRAMS = 10
 IDLE_COMMAND = ("sleep", "1000000")
 SUPERVISORD = "/usr/bin/supervisord"
 MIB = 1024.0
-RESTART_CAP = 60.0  # seconds per subject: supervisord restarts about once a second
+RESTART_CAP = 30.0  # seconds per subject: supervisord restarts about once a second
+LEAN_NAME = "basenode without shiv's bootstrap (experiment)"
+SETTLE = 1.2  # seconds after all programs are up: past startsecs (1 s), all RUNNING
 NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
@@ -54,7 +56,12 @@ def extract(ctx: Context) -> Roots:
 
 def run(ctx: Context) -> Section:
     roots = extract(ctx)
-    tables = (memory_table(ctx, roots), restart_table(ctx, roots), startup_table(ctx, roots))
+    tables = []
+    for measure in (memory_tables, restart_table, startup_table):
+        t0 = time.monotonic()
+        made = measure(ctx, roots)
+        tables += made if isinstance(made, tuple) else [made]
+        print(f"({measure.__name__}: {time.monotonic() - t0:.0f} s)", flush=True)
     method = (
         f"basenode runs as `{ctx.python} {_rel(ctx.zipapp)} run --no-consul --no-haproxy --config FILE`, "
         "from an already extracted shiv cache unless the row says cold; supervisord is Debian's "
@@ -62,7 +69,7 @@ def run(ctx: Context) -> Section:
         "Each subject runs alone, one after the other, interleaved round by round so that drift "
         "on the machine hits all subjects alike; every process started is stopped before the next.",
     )
-    return Section(TITLE, tables, method)
+    return Section(TITLE, tuple(tables), method)
 
 
 # --- subjects -----------------------------------------------------------------------------------
@@ -110,6 +117,7 @@ def basenode_subject(
     shiv_root: Path,
     name: str = "basenode",
     extra_env: Optional[Mapping[str, str]] = None,
+    launcher: Optional[Sequence[str]] = None,  # what runs `basenode ...`; default: python + zipapp
 ) -> Subject:
     """basenode supervising `programs` ({name: {key: value}}) from a TOML file, nothing else."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -123,8 +131,7 @@ def basenode_subject(
     conf = workdir / "basenode.toml"
     conf.write_text("\n".join(lines))
     argv = (
-        ctx.python,
-        str(ctx.zipapp),
+        *(launcher or (ctx.python, str(ctx.zipapp))),
         "run",
         "--no-consul",
         "--no-haproxy",
@@ -166,18 +173,36 @@ def memory_subjects(ctx: Context, roots: Roots) -> List[Subject]:
     base = ctx.scratch / "memory"
     idle = {f"p{i}": {"command": list(IDLE_COMMAND)} for i in range(IDLE_PROGRAMS)}
     sv_idle = {f"p{i}": {"command": " ".join(IDLE_COMMAND)} for i in range(IDLE_PROGRAMS)}
+    # basenode's modules straight from the extracted site-packages, without shiv's bootstrap
+    # (which imports zipfile, hashlib with OpenSSL's libcrypto, compileall): what a zipapp
+    # entry point that skips the bootstrap once the archive is extracted would cost.
+    site_packages = next(roots.warm.glob("*/site-packages"))
+    lean = (
+        ctx.python,
+        "-c",
+        f"import sys; sys.path.insert(0, {str(site_packages)!r}); sys.argv[0] = 'basenode'; "
+        "from basenode.cli import main; sys.exit(main())",
+    )
     return [
         basenode_subject(ctx, base / "basenode", idle, roots.warm),
         basenode_subject(
             ctx, base / "no-pyc", idle, roots.no_pyc, "basenode, PYTHONDONTWRITEBYTECODE=1", NO_PYC
         ),
+        basenode_subject(ctx, base / "lean", idle, roots.warm, LEAN_NAME, launcher=lean),
         supervisord_subject(base / "supervisord", sv_idle),
         Subject("tini", ("tini", "-s", "--", *IDLE_COMMAND), _env(), 1),
         Subject("python3 (interpreter only)", (ctx.python, "-c", "import time; time.sleep(1000)"), _env(), 0),
     ]
 
 
-def measure_memory(procs: Processes, subject: Subject, log: Path, settle: float) -> common.Memory:
+@dataclass(frozen=True)
+class IdleSample:
+    memory: common.Memory
+    stop_s: Optional[float]  # SIGTERM to exit; None if it had to be killed
+
+
+def measure_idle(procs: Processes, subject: Subject, log: Path, settle: float) -> IdleSample:
+    """Start `subject`, wait for its programs and `settle` seconds, read its memory, stop it."""
     proc = procs.start(subject.argv, subject.env, log)
     try:
 
@@ -188,37 +213,42 @@ def measure_memory(procs: Processes, subject: Subject, log: Path, settle: float)
             return sum(common.comm(pid) == IDLE_COMMAND[0] for pid in kids) >= subject.programs
 
         common.wait_for(all_running, timeout=30, what=f"{subject.name}: {subject.programs} programs running")
-        time.sleep(settle)  # past startsecs (1 s by default in both supervisors): all RUNNING
+        time.sleep(settle)
         all_running()
-        return common.memory_of(proc.pid)
-    finally:
+        memory = common.memory_of(proc.pid)
+    except BaseException:
         procs.stop(proc)
+        raise
+    return IdleSample(memory, procs.stop(proc))
 
 
-def memory_table(ctx: Context, roots: Roots) -> Table:
+def memory_tables(ctx: Context, roots: Roots) -> Tuple[Table, Table]:
     subjects = memory_subjects(ctx, roots)
     rounds = ctx.reps(5, 1)
-    samples: Dict[str, List[common.Memory]] = {s.name: [] for s in subjects}
+    samples: Dict[str, List[IdleSample]] = {s.name: [] for s in subjects}
     with Processes() as procs:
-        # Round 0 is not counted: it writes basenode's .pyc files for the modules that `run`
-        # imports (as the first start of a container would) and warms the page cache for all.
-        for i in range(rounds + 1):
+        # Not counted: the first `run` writes .pyc files for the modules it imports, as the
+        # first start of a container would.
+        measure_idle(procs, subjects[0], ctx.scratch / "memory" / "warm-up.log", 0)
+        for _ in range(rounds):
             for n, s in enumerate(subjects):
-                settle = 2.0 if s.programs > 1 else 1.0
-                log = ctx.scratch / "memory" / f"subject-{n}.log"
-                sample = measure_memory(procs, s, log, settle)
-                if i:
-                    samples[s.name].append(sample)
+                settle = SETTLE if s.programs > 1 else 0.5
+                samples[s.name].append(measure_idle(procs, s, ctx.scratch / "memory" / f"{n}.log", settle))
+    return memory_table(subjects, samples, rounds), stop_table(subjects, samples, rounds)
 
+
+def memory_table(
+    subjects: Sequence[Subject], samples: Mapping[str, Sequence[IdleSample]], rounds: int
+) -> Table:
     def mib(values: Sequence[Optional[int]]) -> List[float]:
         return [v / MIB for v in values if v is not None]
 
-    ref = median(mib([m.rss_kb for m in samples["basenode"]]))
+    ref = median(mib([x.memory.rss_kb for x in samples["basenode"]]))
     rows = []
     for s in subjects:
-        rss = mib([m.rss_kb for m in samples[s.name]])
-        pss = mib([m.pss_kb for m in samples[s.name]])
-        uss = mib([m.uss_kb for m in samples[s.name]])
+        rss = mib([x.memory.rss_kb for x in samples[s.name]])
+        pss = mib([x.memory.pss_kb for x in samples[s.name]])
+        uss = mib([x.memory.uss_kb for x in samples[s.name]])
         rows.append(
             (
                 s.name,
@@ -240,14 +270,49 @@ def memory_table(ctx: Context, roots: Roots) -> Table:
             "The supervising process alone, read from /proc/PID/status (VmRSS) and /proc/PID/smaps_rollup "
             "(Pss; USS = Private_Clean + Private_Dirty, what the process alone adds); its children (`sleep`) "
             "cost the same under every supervisor and are not counted.",
-            f"Measured {IDLE_PROGRAMS}+ programs running plus a settle period (2 s, past startsecs; 1 s for "
-            "tini and the interpreter). tini runs one program (`tini -s -- sleep 1000000`): the floor. "
+            f"Read once all programs run plus {SETTLE:g} s (past startsecs, 1 s in both supervisors; 0.5 s "
+            "for tini and the interpreter). tini runs one program (`tini -s -- sleep 1000000`): the floor. "
             "The interpreter row is `python3 -c 'import time; time.sleep(1000)'`, the same interpreter "
             "as basenode.",
             "PYTHONDONTWRITEBYTECODE=1 (common in Dockerfiles): no .pyc is ever written in the extraction "
             "root, so basenode compiles its modules at every start; the compiler's memory stays in the RSS.",
+            "The experiment row runs the same basenode modules from the extracted site-packages with "
+            "`python3 -c 'sys.path.insert(0, SITE_PACKAGES); from basenode.cli import main; ...'`: no shiv "
+            "bootstrap, which imports zipfile, hashlib (OpenSSL's libcrypto) and compileall only to find "
+            "or make the extraction. The difference to the first row is what a zipapp entry point that "
+            "skips the bootstrap once the archive is extracted would save.",
             f"Target (issue 2): basenode <= 22 MiB RSS with {IDLE_PROGRAMS} programs: {target} "
             f"({fmt(ref)} MiB).",
+        ),
+    )
+
+
+def stop_table(
+    subjects: Sequence[Subject], samples: Mapping[str, Sequence[IdleSample]], rounds: int
+) -> Table:
+    ref = median([x.stop_s * 1000 for x in samples["basenode"] if x.stop_s is not None])
+    rows = []
+    for s in subjects:
+        took = [x.stop_s * 1000 for x in samples[s.name] if x.stop_s is not None]
+        killed = sum(x.stop_s is None for x in samples[s.name])
+        rows.append(
+            (
+                s.name,
+                str(s.programs),
+                pct(took, 50),
+                f"{fmt(min(took))}-{fmt(max(took))}" if took else "-",
+                str(killed),
+                ratio(median(took), ref) if took else "-",
+            )
+        )
+    return Table(
+        f"Graceful stop: SIGTERM to the supervising process until it has exited (ms, median of {rounds})",
+        ("subject", "programs", "p50", "range", "killed", "p50 vs basenode"),
+        tuple(rows),
+        (
+            "Same runs as the memory table, measured when each is stopped: every program is `sleep`, which "
+            "dies at once on SIGTERM, so this is the supervisor's own stop path. `killed` counts runs that "
+            "were still alive 20 s after SIGTERM.",
         ),
     )
 
@@ -300,6 +365,9 @@ def floor_intervals(procs: Processes, starts: Path, wanted: int) -> List[float]:
     return _intervals_ms(_read_starts(starts))[:wanted]
 
 
+FLOOR = "bash loop, no supervisor (reference)"
+
+
 def restart_table(ctx: Context, roots: Roots) -> Table:
     base = ctx.scratch / "restart"
     wanted = ctx.reps(200, 20)
@@ -307,7 +375,7 @@ def restart_table(ctx: Context, roots: Roots) -> Table:
     with Processes() as procs:
         starts = base / "floor" / "starts"
         starts.parent.mkdir(parents=True, exist_ok=True)
-        results["bash loop (no supervisor): the floor"] = floor_intervals(procs, starts, wanted)
+        results[FLOOR] = floor_intervals(procs, starts, wanted)
 
         starts = base / "basenode" / "starts"
         program = {
@@ -355,7 +423,9 @@ def restart_table(ctx: Context, roots: Roots) -> Table:
             "The program is `bash -c 'echo $EPOCHREALTIME >> FILE; exit 1'`; it writes its own start "
             "time, so an interval is: bash's exit, the supervisor noticing it (SIGCHLD/reap), deciding "
             "to restart, fork+exec of the next bash and bash's start-up until the echo. Nothing is "
-            "subtracted; the floor row is the same command run back to back by a bash loop.",
+            "subtracted.",
+            "The reference row is the same command run back to back by a bash loop. It is no hard floor: "
+            "bash starts each child with fork(), Python's subprocess with vfork(), which is cheaper.",
             'basenode: `autorestart = "always"`, `startsecs = 0`, `startretries = 1000000`, '
             "`backoff_initial = 0`, `backoff_max = 0`. supervisord: `autorestart=true`, `startsecs=0`, "
             "`startretries=1000000` (supervisord has no backoff setting; with startsecs=0 it never "
