@@ -14,6 +14,7 @@ import datetime
 import importlib
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from bench import common
 
     args = parse_args(argv)
+    # A stopped harness still stops what it started: the `with Processes()` blocks run on exit.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     if not args.zipapp.exists():
         print(f"bench: {args.zipapp} not found; run `make zipapp`", file=sys.stderr)
         return 2

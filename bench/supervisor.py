@@ -1,9 +1,10 @@
 """Supervisor figures of issue 2: basenode against supervisord, tini and the bare interpreter.
 
-Three tables, all from the same run on the same machine:
-1. resident memory while supervising 10 idle programs;
-2. crash-to-restart time with no backoff (start-to-start interval of a program that exits at once);
-3. start time of `basenode version`, cold (fresh shiv extraction) and warm.
+Four tables, all from the same run on the same machine:
+1. resident memory while supervising 10 idle programs (plus rows that show where basenode's goes);
+2. graceful stop of those 10 programs, timed on the same runs;
+3. crash-to-restart time with no backoff (start-to-start interval of a program that exits at once);
+4. start time of `basenode version`, cold (fresh shiv extraction) and warm.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def run(ctx: Context) -> Section:
         f"basenode runs as `{ctx.python} {_rel(ctx.zipapp)} run --no-consul --no-haproxy --config FILE`, "
         "from an already extracted shiv cache unless the row says cold; supervisord is Debian's "
         f"`{SUPERVISORD} -n -c FILE` (it runs on /usr/bin/python3).",
-        "Each subject runs alone, one after the other, interleaved round by round so that drift "
-        "on the machine hits all subjects alike; every process started is stopped before the next.",
+        "Each subject runs alone, one after the other (the memory runs interleaved round by round, so "
+        "that drift on the machine hits all subjects alike); every process started is stopped, "
+        "descendants included, before the next starts.",
     )
     return Section(TITLE, tuple(tables), method)
 
@@ -269,7 +271,8 @@ def memory_table(
         (
             "The supervising process alone, read from /proc/PID/status (VmRSS) and /proc/PID/smaps_rollup "
             "(Pss; USS = Private_Clean + Private_Dirty, what the process alone adds); its children (`sleep`) "
-            "cost the same under every supervisor and are not counted.",
+            "cost the same under every supervisor and are not counted. PSS shares pages among every "
+            "process that maps them, so it also depends on what else runs on the machine.",
             f"Read once all programs run plus {SETTLE:g} s (past startsecs, 1 s in both supervisors; 0.5 s "
             "for tini and the interpreter). tini runs one program (`tini -s -- sleep 1000000`): the floor. "
             "The interpreter row is `python3 -c 'import time; time.sleep(1000)'`, the same interpreter "
@@ -431,8 +434,9 @@ def restart_table(ctx: Context, roots: Roots) -> Table:
             "`startretries=1000000` (supervisord has no backoff setting; with startsecs=0 it never "
             "backs off).",
             f"Up to {wanted} restarts per subject, capped at {ctx.reps(RESTART_CAP, 10)} s each; the count "
-            "column says how many were seen (supervisord wakes up once a second, so it gets fewer in the "
-            "time that `make bench` can spend). p99 only from 100 samples up.",
+            "column says how many were seen. supervisord restarts on its main loop's one-second tick "
+            "(its intervals sit at 1 s and 2 s), so it gets fewer in the time `make bench` can spend. "
+            "p99 only from 100 samples up.",
             f"Target (issue 2): basenode restart < 50 ms: {target} (p50 {fmt(ref, 2)} ms).",
         ),
     )
@@ -450,11 +454,11 @@ class Timed:
     warmup: int = 3
 
 
-def time_runs(item: Timed, runs: int, scratch: Path) -> List[float]:
+def time_runs(item: Timed, runs: int, scratch: Path, index: int) -> List[float]:
     """Wall times (ms) of `runs` runs: hyperfine when installed, else a plain loop."""
     hyperfine = shutil.which("hyperfine")
     if hyperfine:
-        out = scratch / f"hyperfine-{abs(hash(item.name))}.json"
+        out = scratch / f"hyperfine-{index}.json"
         argv = [hyperfine, "-N", "--style", "none", "--runs", str(runs), "--export-json", str(out)]
         argv += ["--warmup", str(item.warmup)] if item.warmup else []
         argv += ["--prepare", shlex.join(item.prepare)] if item.prepare else []
@@ -516,7 +520,7 @@ def startup_items(ctx: Context, roots: Roots) -> List[Timed]:
 def startup_table(ctx: Context, roots: Roots) -> Table:
     runs = ctx.reps(20, 5)
     items = startup_items(ctx, roots)
-    times = {item.name: time_runs(item, runs, ctx.scratch) for item in items}
+    times = {item.name: time_runs(item, runs, ctx.scratch, i) for i, item in enumerate(items)}
     floor = median(times[items[0].name])
     warm = median(times["basenode version, warm"])
     rows = tuple(
@@ -538,8 +542,9 @@ def startup_table(ctx: Context, roots: Roots) -> Table:
         rows,
         (
             f"Wall time of the whole process measured by {tool}; 3 untimed warm-up runs before each "
-            "warm row. Cold: SHIV_ROOT is removed before every run, so shiv extracts the archive and "
-            "compiles nothing cached; warm: the extraction of an earlier run is reused.",
+            "warm row. Cold: SHIV_ROOT is removed before every run, so each run extracts the archive "
+            "and compiles the modules it imports; warm: the extraction and .pyc files of earlier runs "
+            "are reused (with PYTHONDONTWRITEBYTECODE=1 there are no .pyc files to reuse).",
             f"Rows without a path run `{ctx.python}` explicitly; the shebang row runs `dist/basenode` "
             "as a user would, through `#!/usr/bin/env python3` and whatever PATH finds first.",
             f"Target (issue 2): warm start < 150 ms: {target} (p50 {fmt(warm)} ms).",
