@@ -23,6 +23,7 @@ state dir (mode 0600). Nothing here knows about Consul.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -128,24 +129,32 @@ def _promote(candidate: Path, live: Path) -> None:
 
 def check(haproxy_bin: str, cfg_path: Path, timeout: float = CHECK_TIMEOUT) -> None:
     """`haproxy -c -f cfg_path`; CheckFailed with HAProxy's alert lines when it rejects the file."""
+    _finish_check(_start_check(haproxy_bin, cfg_path), haproxy_bin, timeout)
+
+
+def _start_check(haproxy_bin: str, cfg_path: Path) -> subprocess.Popen:
     try:
-        proc = subprocess.run(
+        return subprocess.Popen(
             [haproxy_bin, "-c", "-f", str(cfg_path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            timeout=timeout,
-            check=False,
         )
     except FileNotFoundError:
         raise CheckFailed(f"{haproxy_bin}: not found") from None
     except PermissionError as e:
         raise CheckFailed(f"{haproxy_bin}: {e.strerror}") from None
+
+
+def _finish_check(proc: subprocess.Popen, haproxy_bin: str, timeout: float = CHECK_TIMEOUT) -> None:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise CheckFailed(f"{haproxy_bin} -c did not finish within {timeout:.0f}s") from None
-    if proc.returncode == 0:
-        return
-    raise CheckFailed(_alerts(proc.stdout.decode("utf-8", "replace")) or f"exit status {proc.returncode}")
+    if proc.returncode != 0:
+        raise CheckFailed(_alerts(output.decode("utf-8", "replace")) or f"exit status {proc.returncode}")
 
 
 def _alerts(output: str) -> str:
@@ -391,7 +400,8 @@ def reload(settings: Settings, timeout: float = RELOAD_TIMEOUT) -> ProcInfo:
             continue  # the master is re-executing
         if now.failed_reloads > before.failed_reloads:
             raise ApplyError(
-                "HAProxy rejected the reload (the previous workers keep serving); see its log for the reason"
+                "HAProxy rejected the reload (the previous workers keep serving, the old config file "
+                "is back); its log says why, e.g. a port already in use"
             )
         fresh = [pid for pid in now.workers if pid not in before.workers]
         if now.reloads > before.reloads and fresh and _stats_pid(settings) == fresh[0]:
@@ -454,7 +464,10 @@ class ParsedConfig:
     servers: Dict[str, Dict[str, ServerLine]] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=4)  # the text applied now is the live text of the next apply
 def parse_config(text: str) -> ParsedConfig:
+    """Split a config into its skeleton and its backends' server lines. The result is shared (cached):
+    treat it as read-only."""
     skeleton: List[str] = []
     backends: List[str] = []
     servers: Dict[str, Dict[str, ServerLine]] = {}
@@ -551,14 +564,21 @@ def apply(
         live_text = None
     changed = text != live_text
     candidate = live.with_name(live.name + ".new")
+    mode = settings.watch.apply_mode
+    parsed: Optional[Tuple[ParsedConfig, ParsedConfig]] = None
     if changed:
         write_atomic(candidate, text)
+        checking = _start_check(settings.haproxy_bin, candidate)
         try:
-            check(settings.haproxy_bin, candidate)
-        except CheckFailed:
-            with contextlib.suppress(OSError):
-                candidate.unlink()
-            raise
+            if mode == "runtime" and live_text is not None:
+                parsed = (parse_config(live_text), parse_config(text))  # while haproxy -c runs
+        finally:
+            try:
+                _finish_check(checking, settings.haproxy_bin)
+            except CheckFailed:
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+                raise
 
     def result(how: str, changes: Optional[_Changes] = None, reason: str = "") -> ApplyResult:
         c = changes or _Changes()
@@ -588,7 +608,6 @@ def apply(
             _promote(candidate, live)
         return result("written" if changed else "unchanged")
 
-    mode = settings.watch.apply_mode
     if mode in ("reload", "restart") or live_text is None:
         if not changed:
             return result("unchanged")
@@ -602,7 +621,7 @@ def apply(
         _reload_or_restore(settings, live_text)
         return result("reload", reason="apply mode reload" if mode == "reload" else "no live config")
 
-    old, new = parse_config(live_text), parse_config(text)
+    old, new = parsed or (parse_config(live_text), parse_config(text))
     if old.skeleton != new.skeleton:
         _promote(candidate, live)
         _reload_or_restore(settings, live_text)
@@ -610,8 +629,11 @@ def apply(
     if changed:
         _promote(candidate, live)
     try:
-        changes = _sync_servers(settings.haproxy_stats_socket, old, new, drain_timeout)
-        _verify(settings.haproxy_stats_socket, new)
+        # Only backends whose server lines changed need a look, unless nothing changed at all: then
+        # everything is compared (which also retries deletions left over from an earlier apply).
+        scope = _changed_backends(old, new) if changed else None
+        changes = _sync_servers(settings.haproxy_stats_socket, old, new, drain_timeout, scope)
+        _verify(settings.haproxy_stats_socket, new, scope)
     except _NeedReload as e:
         _reload_or_restore(settings, live_text)
         return result("reload", reason=str(e))
@@ -632,12 +654,33 @@ def _reload_or_restore(settings: Settings, live_text: Optional[str]) -> None:
         raise
 
 
-def _sync_servers(sock: Path, old: ParsedConfig, new: ParsedConfig, drain_timeout: float) -> _Changes:
-    """Bring the running servers to the ones `new` lists; the skeletons are known to be equal."""
-    actual = show_servers_state(sock)
+def _changed_backends(old: ParsedConfig, new: ParsedConfig) -> Tuple[str, ...]:
+    return tuple(b for b in new.backends if old.servers.get(b) != new.servers.get(b))
+
+
+def _servers_state(sock: Path, scope: Optional[Sequence[str]]) -> Dict[str, Dict[str, ServerState]]:
+    """All backends (scope None), or just those in scope: one small query each when they are few."""
+    if scope is None or len(scope) > 20:
+        return show_servers_state(sock)
+    actual: Dict[str, Dict[str, ServerState]] = {}
+    for backend in scope:
+        actual.update(show_servers_state(sock, backend))
+    return actual
+
+
+def _sync_servers(
+    sock: Path,
+    old: ParsedConfig,
+    new: ParsedConfig,
+    drain_timeout: float,
+    scope: Optional[Sequence[str]] = None,
+) -> _Changes:
+    """Bring the running servers (of the backends in scope) to the ones `new` lists; the skeletons
+    are known to be equal."""
+    actual = _servers_state(sock, scope)
     changes = _Changes()
     to_remove: List[Tuple[str, str]] = []
-    for backend in new.backends:
+    for backend in new.backends if scope is None else scope:
         desired = new.servers.get(backend, {})
         running_now = actual.get(backend, {})
         before = old.servers.get(backend, {})
@@ -730,11 +773,11 @@ def _purge_idle(sock: Path, backend: str, name: str) -> None:
     set_server_state(sock, backend, name, "maint")
 
 
-def _verify(sock: Path, new: ParsedConfig) -> None:
+def _verify(sock: Path, new: ParsedConfig, scope: Optional[Sequence[str]] = None) -> None:
     """`show servers state` must show every wanted server ready at its address and weight, and any other
     server in maintenance (still draining)."""
-    actual = show_servers_state(sock)
-    for backend in new.backends:
+    actual = _servers_state(sock, scope)
+    for backend in new.backends if scope is None else scope:
         running_now = actual.get(backend, {})
         for name, line in new.servers.get(backend, {}).items():
             if not line.runtime_ok:

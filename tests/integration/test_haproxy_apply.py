@@ -192,6 +192,39 @@ def test_a_config_haproxy_rejects_leaves_the_old_config_serving(rig, tmp_path):
     assert rig.apply(rig.snapshot(["a", "b"])).how == "runtime"
 
 
+def test_a_reload_haproxy_refuses_restores_the_old_file_and_keeps_serving(rig):
+    """A config can pass `haproxy -c` and still fail to load: here a route on a port already taken."""
+    rig.start(["a"])
+    live = rig.settings.haproxy_cfg.read_text()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        clash = Route("clash", taken.getsockname()[1], "tcp")
+        with pytest.raises(haproxy.ApplyError, match="rejected the reload"):
+            rig.apply(rig.snapshot(["a"], extra_routes=[clash]))
+    assert rig.settings.haproxy_cfg.read_text() == live  # the file on disk is what runs
+    assert names_seen(rig.port) == ["a"]
+    result = rig.apply(rig.snapshot(["a", "b"]))  # and later changes still apply
+    assert result.how == "runtime"
+    assert names_seen(rig.port) == ["a", "b"]
+
+
+def test_haproxy_stops_gracefully_on_the_programs_stop_signal(rig):
+    rig.start(["a"])
+    program = haproxy.program(rig.settings, depends_on=("sync",))
+    assert program.command[:4] == (
+        rig.settings.haproxy_bin,
+        "-W",
+        "-S",
+        f"{rig.settings.haproxy_master_socket},mode,600",
+    )
+    assert program.depends_on == ("sync",)
+    assert rig.haproxy is not None and rig.haproxy.proc is not None
+    rig.haproxy.proc.send_signal(program.stop_signal)
+    assert rig.haproxy.proc.wait(timeout=program.stop_timeout) == 0
+    assert not haproxy.running(rig.settings)
+
+
 def test_apply_mode_reload_reloads_for_every_change(tmp_path, backends):
     rig = Rig(tmp_path, backends, apply_mode="reload")
     try:
