@@ -94,7 +94,6 @@ def test_a_single_server_container_becomes_healthy_with_haproxy_workers_unprivil
         except AssertionError:
             raise AssertionError(dh.logs(name)[-4000:]) from None
         users = dh.process_users(name)
-        assert users.get("basenode", []) and set(users["basenode"]) == {"root"}
         # HAProxy's master stays root to re-bind on reload; every worker is `haproxy`.
         haproxy = users.get("haproxy", [])
         assert haproxy.count("root") == 1, users
