@@ -44,7 +44,11 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 60.0
 SOCKET_TIMEOUT = 5.0
-DRAIN_TIMEOUT = 2.0  # how long a removed server may take to finish its sessions before we move on
+# How long apply waits for a removed server's sessions to end so that it can be deleted at once.
+# Waiting is not what protects those sessions (maintenance already stops new traffic and never cuts
+# a session); it only tidies up. A longer session (a database pool's connection) keeps running and
+# its server, in maintenance, is deleted by a later apply.
+DRAIN_TIMEOUT = 0.5
 RELOAD_TIMEOUT = 15.0
 RESTART_TIMEOUT = 30.0
 

@@ -4,7 +4,8 @@ The template sees only plain data built here from a `snapshot.Snapshot` (whose v
 validated against Consul's anything-goes registrations) and a small subset of the settings: no
 tokens, no keys, no objects with methods worth calling. The environment is sandboxed (a user
 template cannot reach Python internals), undefined names are errors (a typo must fail `check`,
-not render an empty string into the config), and nothing is HTML-escaped.
+not render an empty string into the config), and nothing is HTML-escaped. Block tags eat their
+own line (trim_blocks, lstrip_blocks), and a final newline is kept.
 
 The template context
 --------------------

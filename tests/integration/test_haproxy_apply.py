@@ -50,7 +50,7 @@ class Rig:
 
     def apply(self, snapshot: Snapshot, template=None) -> haproxy.ApplyResult:
         text = render.render(template or self.template, snapshot, self.settings)
-        return haproxy.apply(self.settings, None, snapshot, text, drain_timeout=2.0)
+        return haproxy.apply(self.settings, None, snapshot, text)
 
     def start(self, members: Iterable[str]) -> HAProxy:
         assert self.apply(self.snapshot(members)).how == "written"
@@ -282,10 +282,18 @@ def test_a_removed_server_with_a_long_session_drains_instead_of_being_cut(rig):
     conn.request("GET", "/")  # the pinned session still works
     assert conn.getresponse().read() == b"a"
     assert get(tcp.port) == "b"  # new connections go to b
+
+    result = rig.apply(snapshot(a, b))  # the instance comes back while its old session still runs
+    assert (result.how, result.updated) == ("runtime", ("pg/node1_a",))
+    assert sorted({get(tcp.port) for _ in range(10)}) == ["a", "b"]
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"a"
+
+    assert rig.apply(snapshot(b)).draining == ("pg/node1_a",)
     conn.close()
 
     def deleted() -> bool:
-        rig.apply(snapshot(b))  # each apply retries the pending deletion
+        rig.apply(snapshot(b))  # an apply with nothing new retries the pending deletion
         return "node1_a" not in haproxy.show_servers_state(rig.settings.haproxy_stats_socket)["pg"]
 
     eventually(deleted, what="the drained server deleted")
