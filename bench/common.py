@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -281,6 +282,27 @@ def _wait_unreaped(pid: int, timeout: float) -> bool:
 def _killpg(pgid: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def clean_env(**extra: str) -> Dict[str, str]:
+    """The caller's environment without PYTHON* variables, plus `extra`.
+
+    PYTHON* variables change what an interpreter does: PYTHONDONTWRITEBYTECODE=1 (set in many
+    shells and Dockerfiles) makes basenode compile its modules at every start, while Debian's
+    supervisord reads the .pyc files its package installed. A row that wants one says so.
+    LC_ALL=C: bash's $EPOCHREALTIME and other tools print a decimal point.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["LC_ALL"] = "C"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A free loopback TCP port; other work on the machine may hold any fixed one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(probe: Callable[[], T], timeout: float, interval: float = 0.01, what: str = "") -> T:

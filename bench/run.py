@@ -3,8 +3,12 @@
     .venv/bin/python bench/run.py --out docs/benchmarks.md      (what `make bench` runs)
     .venv/bin/python bench/run.py --only supervisor --quick     (a smoke run of the harness)
 
-A family is a module in bench/ with `TITLE` and `run(ctx: Context) -> Section`; add its name
-to FAMILIES to have it measured and written in the same run as the others.
+A family is a module bench/NAME.py with `TITLE: str` and `run(ctx: common.Context) -> common.Section`;
+add NAME to FAMILIES to have it measured and written in the same run as the others. Inside, start
+processes only through `common.Processes` (everything is stopped, descendants included, when its
+`with` block ends), write files only under `ctx.scratch` (removed at the end), size repetitions
+with `ctx.reps(full, quick)`, bind only loopback (`common.free_port()`), and return tables of
+percentiles and ratios with notes that say what each figure includes.
 """
 
 from __future__ import annotations

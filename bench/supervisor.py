@@ -10,10 +10,8 @@ Four tables, all from the same run on the same machine:
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench import common
-from bench.common import Context, Processes, Section, Table, fmt, median, pct, ratio
+from bench.common import Context, Processes, Section, Table, clean_env, fmt, median, pct, ratio
 
 TITLE = "Supervisor: basenode as PID 1 (issue 2)"
 
@@ -48,7 +46,7 @@ def extract(ctx: Context) -> Roots:
     for root, extra in ((roots.warm, {}), (roots.no_pyc, NO_PYC)):
         subprocess.run(
             [ctx.python, str(ctx.zipapp), "version"],
-            env=_env(SHIV_ROOT=str(root), **extra),
+            env=clean_env(SHIV_ROOT=str(root), **extra),
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -85,27 +83,11 @@ class Subject:
     programs: int  # children that must be running before we measure
 
 
-def _env(**extra: str) -> Dict[str, str]:
-    """The caller's environment without PYTHON* variables, which change what an interpreter does
-    (PYTHONDONTWRITEBYTECODE=1 would make basenode compile its modules at every start, while
-    Debian's supervisord reads the .pyc files its package installed): rows that want one say so."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["LC_ALL"] = "C"  # $EPOCHREALTIME with a decimal point
-    env.update(extra)
-    return env
-
-
 def _rel(path: Path) -> str:
     try:
         return str(path.relative_to(common.ROOT))
     except ValueError:
         return str(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _toml_list(items: Sequence[str]) -> str:
@@ -143,9 +125,9 @@ def basenode_subject(
         str(workdir / "state"),
         # other work may run on this machine: never take the default status port
         "--status-addr",
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{common.free_port()}",
     )
-    return Subject(name, argv, _env(SHIV_ROOT=str(shiv_root), **(extra_env or {})), len(programs))
+    return Subject(name, argv, clean_env(SHIV_ROOT=str(shiv_root), **(extra_env or {})), len(programs))
 
 
 def supervisord_subject(workdir: Path, programs: Mapping[str, Mapping[str, object]]) -> Subject:
@@ -165,7 +147,7 @@ def supervisord_subject(workdir: Path, programs: Mapping[str, Mapping[str, objec
         lines += ["stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0", "redirect_stderr=true", ""]
     conf = workdir / "supervisord.conf"
     conf.write_text("\n".join(lines))
-    return Subject("supervisord", (SUPERVISORD, "-n", "-c", str(conf)), _env(), len(programs))
+    return Subject("supervisord", (SUPERVISORD, "-n", "-c", str(conf)), clean_env(), len(programs))
 
 
 # --- 1. memory ----------------------------------------------------------------------------------
@@ -192,8 +174,10 @@ def memory_subjects(ctx: Context, roots: Roots) -> List[Subject]:
         ),
         basenode_subject(ctx, base / "lean", idle, roots.warm, LEAN_NAME, launcher=lean),
         supervisord_subject(base / "supervisord", sv_idle),
-        Subject("tini", ("tini", "-s", "--", *IDLE_COMMAND), _env(), 1),
-        Subject("python3 (interpreter only)", (ctx.python, "-c", "import time; time.sleep(1000)"), _env(), 0),
+        Subject("tini", ("tini", "-s", "--", *IDLE_COMMAND), clean_env(), 1),
+        Subject(
+            "python3 (interpreter only)", (ctx.python, "-c", "import time; time.sleep(1000)"), clean_env(), 0
+        ),
     ]
 
 
@@ -362,7 +346,7 @@ def floor_intervals(procs: Processes, starts: Path, wanted: int) -> List[float]:
     """The same program started back to back by a bash loop: fork, exec, exit, wait and nothing else."""
     inner = shlex.join(_crash_command(starts))
     loop = f"for i in $(seq {wanted + 2}); do {inner}; done"
-    proc = procs.start(("bash", "-c", loop), _env(), starts.with_suffix(".log"))
+    proc = procs.start(("bash", "-c", loop), clean_env(), starts.with_suffix(".log"))
     proc.wait(120)
     procs.stop(proc)
     return _intervals_ms(_read_starts(starts))[:wanted]
@@ -488,31 +472,31 @@ def startup_items(ctx: Context, roots: Roots) -> List[Timed]:
     zipapp = str(ctx.zipapp)
     path_python = shutil.which("python3") or "?"
     items = [
-        Timed("python3 -c pass (the interpreter floor)", (ctx.python, "-c", "pass"), _env()),
+        Timed("python3 -c pass (the interpreter floor)", (ctx.python, "-c", "pass"), clean_env()),
         Timed(
             "basenode version, warm",
             (ctx.python, zipapp, "version"),
-            _env(SHIV_ROOT=str(roots.warm)),
+            clean_env(SHIV_ROOT=str(roots.warm)),
         ),
         Timed(
             "basenode version, warm, PYTHONDONTWRITEBYTECODE=1",
             (ctx.python, zipapp, "version"),
-            _env(SHIV_ROOT=str(roots.no_pyc), **NO_PYC),
+            clean_env(SHIV_ROOT=str(roots.no_pyc), **NO_PYC),
         ),
         Timed(
             "basenode version, cold (fresh extraction)",
             (ctx.python, zipapp, "version"),
-            _env(SHIV_ROOT=str(cold_root)),
+            clean_env(SHIV_ROOT=str(cold_root)),
             prepare=("rm", "-rf", str(cold_root)),
             warmup=0,
         ),
         Timed(
             f"dist/basenode version, warm, via its shebang (python3 on PATH: {path_python})",
             (zipapp, "version"),
-            _env(SHIV_ROOT=str(roots.warm)),
+            clean_env(SHIV_ROOT=str(roots.warm)),
         ),
-        Timed("supervisord --version", (SUPERVISORD, "--version"), _env()),
-        Timed("tini --version", ("tini", "--version"), _env()),
+        Timed("supervisord --version", (SUPERVISORD, "--version"), clean_env()),
+        Timed("tini --version", ("tini", "--version"), clean_env()),
     ]
     return items
 
