@@ -261,6 +261,36 @@ def test_apply_mode_restart_hands_the_restart_to_the_caller(tmp_path, backends):
             rig.haproxy.stop()
 
 
+def test_apply_mode_restart_stops_haproxy_and_waits_for_its_supervisor_to_start_it_again(tmp_path, backends):
+    """The seed's behaviour, for the benchmark: the master gets SIGTERM and the supervisor (here a
+    thread standing in for basenode's) starts HAProxy again from the new file."""
+    rig = Rig(tmp_path, backends, apply_mode="restart")
+    stop = threading.Event()
+
+    def supervisor() -> None:
+        while not stop.is_set():
+            current = rig.haproxy
+            if current is not None and current.proc is not None and current.proc.poll() is not None:
+                rig.haproxy = HAProxy(rig.settings).start()
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=supervisor, daemon=True)
+    try:
+        rig.start(["a"])
+        master = rig.serving()[0]
+        watcher.start()
+        result = rig.apply(rig.snapshot(["b"]))
+        assert result.how == "restart"
+        assert rig.serving()[0] != master
+        assert names_seen(rig.port) == ["b"]
+    finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join(timeout=10)
+        if rig.haproxy is not None:
+            rig.haproxy.stop()
+
+
 def test_a_removed_server_with_a_long_session_drains_instead_of_being_cut(rig):
     """A TCP client pinned to a removed instance keeps its connection; the server is deleted once it ends."""
     rig.start(["a"])
