@@ -1,0 +1,82 @@
+"""Reading a rendered config: which changes the runtime API can make, and which need a reload."""
+
+from __future__ import annotations
+
+from basenode.haproxy import _alerts, parse_config
+
+BASE = """global
+    stats socket /run/basenode/haproxy.sock mode 600 level admin
+
+frontend web
+    bind 127.0.0.1:9302
+    default_backend web
+
+backend web  # the web service
+    balance roundrobin
+{servers}
+listen db
+    bind 127.0.0.1:9301
+    server n1_db-1 10.0.0.9:5432 weight 1
+"""
+
+
+def config(*servers: str) -> str:
+    return BASE.format(servers="".join(f"    {s}\n" for s in servers))
+
+
+def test_server_lines_are_not_part_of_the_structure():
+    one = parse_config(config("server n1_a 10.0.0.5:8080 weight 1"))
+    two = parse_config(config("server n1_a 10.0.0.6:8081 weight 3", "server n1_b [fd00::5]:80 weight 1"))
+    assert one.skeleton == two.skeleton
+    assert one.backends == two.backends == ("web", "db")
+    a = two.servers["web"]["n1_a"]
+    assert (a.address, a.port, a.weight, a.options) == ("10.0.0.6", 8081, 3, ())
+    b = two.servers["web"]["n1_b"]
+    assert (b.address, b.port, b.args) == ("fd00::5", 80, ("[fd00::5]:80", "weight", "1"))
+    assert list(two.servers["db"]) == ["n1_db-1"]
+
+
+def test_anything_but_server_lines_is_structure():
+    plain = parse_config(config("server n1_a 10.0.0.5:8080"))
+    assert parse_config(config("server n1_a 10.0.0.5:8080").replace("roundrobin", "leastconn")).skeleton != (
+        plain.skeleton
+    )
+    assert (
+        parse_config(config("server n1_a 10.0.0.5:8080").replace("9302", "9303")).skeleton != plain.skeleton
+    )
+    assert parse_config(config("server-template s 3 10.0.0.5:8080")).skeleton != plain.skeleton
+
+
+def test_comments_do_not_count_as_structure():
+    plain = parse_config(config("server n1_a 10.0.0.5:8080"))
+    commented = parse_config(config("server n1_a 10.0.0.5:8080  # instance a").replace("# the web", "# web"))
+    assert commented.skeleton == plain.skeleton
+    assert commented.servers == plain.servers
+
+
+def test_host_names_options_and_odd_lines_are_left_to_a_reload():
+    parsed = parse_config(
+        config(
+            "server n1_h db.example.internal:8080 weight 1 init-addr last,libc,none",
+            "server n1_d 10.0.0.5:8080 disabled",
+            "server n1_c 10.0.0.5:8081 check inter 2s",
+        )
+    )
+    servers = parsed.servers["web"]
+    assert not servers["n1_h"].runtime_ok
+    assert not servers["n1_d"].runtime_ok
+    assert servers["n1_c"].runtime_ok and servers["n1_c"].options == ("check", "inter", "2s")
+    quoted = parse_config(config('server n1_q "10.0.0.5:8080"'))
+    assert "n1_q" not in quoted.servers["web"]  # quoting: part of the structure, so any change reloads
+
+
+def test_haproxy_alerts_are_reported_without_pid_noise():
+    output = (
+        "[NOTICE]   (12) : haproxy version is 2.6.12\n"
+        "[ALERT]    (12) : config : parsing [/run/basenode/haproxy.cfg.new:33] : unknown keyword 'bogus'\n"
+        "[ALERT]    (12) : config : Fatal errors found in configuration.\n"
+    )
+    assert _alerts(output) == (
+        "config : parsing [/run/basenode/haproxy.cfg.new:33] : unknown keyword 'bogus' | "
+        "config : Fatal errors found in configuration."
+    )
