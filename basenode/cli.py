@@ -250,7 +250,7 @@ def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[con
                 stop_timeout=5.0,
             )
         )
-        programs.append(haproxy.program(settings))
+        programs.append(haproxy.program(settings, depends_on=("sync",)))
     return programs
 
 
