@@ -198,35 +198,86 @@ def catalog_dump(
     return _index(raw_index), nodes
 
 
+def service_summaries(
+    client: pyconsul.Consul, index: int = 0, wait: Optional[str] = None
+) -> Tuple[int, Dict[str, Mapping[str, Any]]]:
+    """One summary per service (/v1/internal/ui/services): name, tags, nodes, instance and check counts.
+
+    Its index is the catalog's (nodes, services, checks): it moves on any change anywhere, and a
+    service whose summary differs from the last one has surely changed (the converse does not hold:
+    see watch.CatalogReader).
+    """
+    params: List[Tuple[str, Any]] = []
+    if index:
+        params.append(("index", index))
+        if wait:
+            params.append(("wait", wait))
+    raw_index, items = client.http.get(
+        CB.json(index=True), "/v1/internal/ui/services", params=params, headers=client.prepare_headers()
+    )
+    if not isinstance(items, list):
+        raise pyconsul.ConsulException(f"service summaries are not a list: {type(items).__name__}")
+    summaries = {i["Name"]: i for i in items if isinstance(i, Mapping) and isinstance(i.get("Name"), str)}
+    return _index(raw_index), summaries
+
+
+def service_entries(client: pyconsul.Consul, service: str) -> Tuple[int, List[Dict[str, Any]]]:
+    """All entries of one service, healthy or not, trimmed as health_entries_from_dump trims them."""
+    raw_index, entries = client.health.service(service)
+    trimmed = [
+        trim_entry(e.get("Node"), e.get("Service"), e.get("Checks"))
+        for e in entries or ()
+        if isinstance(e, Mapping)
+    ]
+    return _index(raw_index), sorted(trimmed, key=_entry_order)
+
+
+def trim_entry(node: Any, service: Any, checks: Any) -> Dict[str, Any]:
+    """A health entry with only what a snapshot reads; checks sorted, so that equal states compare equal."""
+    node = node if isinstance(node, Mapping) else {}
+    service = service if isinstance(service, Mapping) else {}
+    kept_checks = [
+        {"CheckID": c.get("CheckID"), "Status": c.get("Status")}
+        for c in checks or ()
+        if isinstance(c, Mapping)
+    ]
+    return {
+        "Node": {"Node": node.get("Node"), "Address": node.get("Address")},
+        "Service": {key: service.get(key) for key in SERVICE_FIELDS},
+        "Checks": sorted(kept_checks, key=lambda c: str(c["CheckID"])),
+    }
+
+
+def _entry_order(entry: Mapping[str, Any]) -> Tuple[str, str]:
+    return str(entry["Node"]["Node"]), str(entry["Service"]["ID"])
+
+
 def health_entries_from_dump(nodes: Sequence[Any]) -> Dict[str, List[Dict[str, Any]]]:
     """The dump regrouped as /v1/health/service/<name> would answer: {service: [{Node, Service, Checks}]}.
 
     An entry's checks are its node's checks plus its own, as in the health endpoint. Only the fields a
-    snapshot reads are kept: at 5,000 instances the full dump is megabytes that would stay in memory.
+    snapshot reads are kept (trim_entry): at 5,000 instances the full dump is megabytes.
     """
     by_service: Dict[str, List[Dict[str, Any]]] = {}
     for node in nodes:
         if not isinstance(node, Mapping):
             continue
-        node_checks: List[Dict[str, Any]] = []
-        own_checks: Dict[str, List[Dict[str, Any]]] = {}
+        node_checks: List[Mapping[str, Any]] = []
+        own_checks: Dict[str, List[Mapping[str, Any]]] = {}
         for check in node.get("Checks") or ():
             if isinstance(check, Mapping):
-                kept = {"CheckID": check.get("CheckID"), "Status": check.get("Status")}
                 service_id = check.get("ServiceID")
                 if service_id:
-                    own_checks.setdefault(service_id, []).append(kept)
+                    own_checks.setdefault(service_id, []).append(check)
                 else:
-                    node_checks.append(kept)
-        node_entry = {"Node": node.get("Node"), "Address": node.get("Address")}
+                    node_checks.append(check)
         for service in node.get("Services") or ():
             if not isinstance(service, Mapping) or not isinstance(service.get("Service"), str):
                 continue
-            kept_service = {key: service.get(key) for key in SERVICE_FIELDS}
             checks = node_checks + own_checks.get(service.get("ID"), [])  # type: ignore[arg-type]
-            by_service.setdefault(service["Service"], []).append(
-                {"Node": node_entry, "Service": kept_service, "Checks": checks}
-            )
+            by_service.setdefault(service["Service"], []).append(trim_entry(node, service, checks))
+    for entries in by_service.values():
+        entries.sort(key=_entry_order)
     return by_service
 
 

@@ -7,23 +7,26 @@ value is skipped with one warning naming the key and the value; a KV route whose
 static route already uses is skipped too: static routes win, because they were chosen for this
 container, the KV tree for the whole cluster.
 
-Shape of the watch (measured; see the report in docs and the numbers in bench/): in "blocking" mode two
-long polls run, whatever the number of routes:
-- one on the catalog dump (/v1/internal/ui/nodes), whose index moves on any node, service or check
-  change, answering every instance with its checks, so that one read gives the state of every route;
-- one on the KV routes prefix.
-A long poll per routed service would wake only for its own service, but 1,000 routes would mean
-1,000 threads and 1,000 connections, and a Consul 1.8 agent refuses more than 200 connections from
-one address (limits.http_max_conns_per_client). Consul 1.8 has no read that lists which services
-changed since an index (check ModifyIndex does not move when a service is re-registered at a new
-address, and filters cannot compare numbers), so the dump is the one read that is both complete and
-single.
+Shape of the watch, measured against Consul 1.8.7 on 2 cores (numbers: docs/benchmarks.md). In
+"blocking" mode two long polls run, whatever the number of routes, in two threads:
+- the catalog (CatalogReader): a blocking read of the per-service summaries, whose index moves on any
+  node, service or check change; only the services whose summary changed are read again; a full dump
+  when the summaries cannot tell, and a few seconds after targeted reads to catch a change they hid;
+- the KV routes prefix.
+Idle, that is 2 requests per `wait` (5 min) in all: 0.4/min for 100 or 1,000 routes. A long poll per
+routed service wakes only for its own service, but costs one request per route per wait (20/min idle
+for 100 routes), a thread and a connection each, and a Consul 1.8 agent refuses more than 200
+connections from one address (limits.http_max_conns_per_client): at 1,000 routes 800 of the polls
+fail. Consul 1.8 has no read that lists which services changed since an index (a check's ModifyIndex
+does not move when its service is re-registered at a new address; filters cannot compare numbers),
+hence summaries + targeted reads + a dump as the safety net.
 
 Consul's blocking-query rules, as its documentation gives them: the index is reset to 0 when it goes
-backwards, and never sent as 0 after a response (at least 1); `wait` gets jitter (we ask for up to wait/16
-less, Consul adds up to wait/16 more); a read that comes back at once with an unmoved index is
-rate-limited; errors back off exponentially with full jitter. A failed read is "unknown", never "no
-instances": the last good state stays in force until a read succeeds again.
+backwards, and never sent as 0 after a response (at least 1); after a failed read the next read is a
+plain one (index 0), since a restarted agent may be behind the old index and would hold the read;
+`wait` gets jitter (we ask for up to wait/16 less, Consul adds up to wait/16 more); a read that comes
+back at once with an unmoved index is rate-limited; errors back off exponentially with full jitter.
+A failed read is "unknown", never "no instances": the last good state stays until a read succeeds.
 
 Debounce works on the leading edge: an isolated change is emitted at once; changes that follow within
 wait_min are coalesced into one further emission, which waits for wait_min of quiet but never longer
@@ -226,6 +229,85 @@ class Debouncer:
         self._last_change = None
 
 
+# --- the catalog as one blocking query -------------------------------------------------------------
+
+RECONCILE_AFTER = 5.0  # seconds after a targeted update until the full read that catches hidden changes
+MAX_TARGETED = 16  # more changed services than this in one wake: one full read is cheaper
+
+
+class CatalogReader:
+    """The catalog behind one blocking query, read as cheaply as Consul 1.8 allows.
+
+    It blocks on the per-service summaries (/v1/internal/ui/services), whose index moves on any catalog
+    change. A service whose summary changed is read alone (/v1/health/service/<name>). When no summary
+    changed (the change is one the counts cannot show: an instance re-registered at a new address, two
+    checks flipping opposite ways at once), or too many did, or on the first read, everything is read
+    in one dump (/v1/internal/ui/nodes). A hidden change can ride along with a visible one in the same
+    wake, so RECONCILE_AFTER seconds after targeted reads one full read makes sure: state is exact at
+    once for every change the summary shows, and within seconds for any other.
+
+    `read(index, wait)` fits Watcher._blocking_loop; the callables are consul.py's reads (or fakes).
+    """
+
+    def __init__(
+        self,
+        read_summary: Callable[[int, Optional[str]], Tuple[int, Mapping[str, Any]]],
+        read_dump: Callable[[], Entries],
+        read_service: Callable[[str], List[Mapping[str, Any]]],
+        clock: Callable[[], float] = time.monotonic,
+        reconcile_after: float = RECONCILE_AFTER,
+        max_targeted: int = MAX_TARGETED,
+    ) -> None:
+        self.read_summary = read_summary
+        self.read_dump = read_dump
+        self.read_service = read_service
+        self.clock = clock
+        self.reconcile_after = reconcile_after
+        self.max_targeted = max_targeted
+        self.summary: Optional[Mapping[str, Any]] = None
+        self.entries: Optional[Entries] = None
+        self.reconcile_at: Optional[float] = None
+        self.full_reads = 0
+        self.targeted_reads = 0
+
+    def read(self, index: int, wait: Optional[str]) -> Tuple[int, Entries]:
+        if self.entries is None or self.summary is None or not index:
+            return self._full(*self.read_summary(0, None))
+        if self.reconcile_at is not None:
+            remaining = self.reconcile_at - self.clock()
+            if remaining <= 0:
+                return self._full(*self.read_summary(0, None))
+            if wait:
+                wait = consul.format_wait(min(consul.parse_wait(wait), remaining))
+        new_index, summary = self.read_summary(index, wait)
+        if new_index == index:
+            return new_index, self.entries  # the wait ran out: nothing moved
+        old = self.summary
+        changed = sorted(name for name in {*old, *summary} if old.get(name) != summary.get(name))
+        if not changed or len(changed) > self.max_targeted or new_index < index:
+            return self._full(new_index, summary)
+        entries = dict(self.entries)
+        for name in changed:
+            service_entries = self.read_service(name)
+            self.targeted_reads += 1
+            if service_entries:
+                entries[name] = service_entries
+            else:
+                entries.pop(name, None)
+        self.summary, self.entries = summary, entries
+        if self.reconcile_at is None:
+            self.reconcile_at = self.clock() + self.reconcile_after
+        return new_index, entries
+
+    def _full(self, index: int, summary: Mapping[str, Any]) -> Tuple[int, Entries]:
+        # Summary first, dump second: the dump is at least as new as the index we block on next, so a
+        # change between the two reads is seen twice (harmless), never missed.
+        entries = self.read_dump()
+        self.full_reads += 1
+        self.summary, self.entries, self.reconcile_at = summary, entries, None
+        return index, entries
+
+
 # --- the watcher ----------------------------------------------------------------------------------
 
 
@@ -276,6 +358,7 @@ class Watcher:
         self._route_warnings = WarnOnce()
         self._instance_warnings = WarnOnce()
         self._builder = SnapshotBuilder()
+        self.catalog = self._catalog_reader()
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -345,7 +428,7 @@ class Watcher:
             targets = [("poll", self._poll_loop, ())]
         else:
             targets = [
-                ("catalog", self._blocking_loop, ("catalog", self._read_catalog, self._store_entries)),
+                ("catalog", self._blocking_loop, ("catalog", self.catalog.read, self._store_entries)),
                 ("kv", self._blocking_loop, ("kv", self._read_kv, self._store_kv)),
             ]
         threads = []
@@ -362,9 +445,18 @@ class Watcher:
         # Consul adds up to wait/16 itself; asking for up to wait/16 less spreads clients started together.
         return consul.format_wait(self.wait_seconds * (1.0 - self.rng.random() / 16))
 
-    def _read_catalog(self, index: int, wait: Optional[str]) -> Tuple[int, Entries]:
-        new_index, nodes = consul.catalog_dump(self.client, index=index, wait=wait)
-        return new_index, consul.health_entries_from_dump(nodes)
+    def _catalog_reader(self) -> CatalogReader:
+        client = self.client
+
+        def read_dump() -> Entries:
+            return consul.health_entries_from_dump(consul.catalog_dump(client)[1])
+
+        return CatalogReader(
+            read_summary=lambda index, wait: consul.service_summaries(client, index=index, wait=wait),
+            read_dump=read_dump,
+            read_service=lambda name: consul.service_entries(client, name)[1],
+            clock=self.clock,
+        )
 
     def _read_kv(self, index: int, wait: Optional[str]) -> Tuple[int, Dict[str, Optional[str]]]:
         return consul.kv_recurse(self.client, ROUTES_KV_PREFIX, index=index, wait=wait)
@@ -417,6 +509,9 @@ class Watcher:
                 new_index, data = read(index, self._jittered_wait() if index else None)
             except consul.ERRORS as e:
                 self._failed(status, e, stop)
+                # The agent may have restarted with a lower index: a blocking read on the old one would
+                # wait out the whole `wait` before anything is seen, so the next read is a plain one.
+                index = 0
                 continue
             if stop.is_set():
                 return
@@ -424,6 +519,7 @@ class Watcher:
             self._recovered(status)
             if store(data):
                 self._changed()
+            new_index = max(new_index, 1)  # Consul's rule: 0 is never a valid index to block on
             if new_index < index:
                 # Consul's rule: an index that goes backwards (a restored or restarted cluster) starts over.
                 log.debug("consul %s index went back from %d to %d: reset", name, index, new_index)
@@ -431,9 +527,9 @@ class Watcher:
             elif index and new_index == index and self.clock() - started < QUICK_RETURN:
                 # Unmoved index, yet no wait: do not spin; treat it like a failed read for pacing.
                 stop.wait(backoff_delay(1, self.rng))
-                index = max(new_index, 1)
+                index = new_index
             else:
-                index = max(new_index, 1)  # never block on index 0, which would return at once forever
+                index = new_index
             status.index = index
 
     def _poll_loop(self, stop: threading.Event) -> None:
@@ -444,9 +540,7 @@ class Watcher:
                 routes, _ = merge_routes(self.settings.routes, values)
                 entries = dict(self._entries or {})
                 for route in routes:
-                    _, entries[route.service] = consul.health_service(
-                        self.client, route.service, self.watch.include_warning
-                    )
+                    _, entries[route.service] = consul.service_entries(self.client, route.service)
             except consul.ERRORS as e:
                 # Nothing read this round is kept: one round is one consistent picture.
                 self._failed(status, e, stop)
@@ -467,9 +561,7 @@ def fetch_snapshot(settings: Settings, client: Optional[consul.Client] = None) -
         routes, route_warnings = merge_routes(settings.routes, values)
         entries: Entries = {}
         for route in routes:
-            _, entries[route.service] = consul.health_service(
-                client, route.service, settings.watch.include_warning
-            )
+            _, entries[route.service] = consul.service_entries(client, route.service)
     except consul.ERRORS as e:
         raise ConsulUnavailable(
             f"cannot read Consul at {settings.consul_http.addr}: {type(e).__name__}: {e}"

@@ -165,6 +165,17 @@ class ConsulAgent:
         """A registration exactly as given (hostile input); urllib.error.HTTPError if Consul refuses it."""
         self.request("PUT", "/v1/agent/service/register", body)
 
+    def catalog_register(self, node: str, name: str, port: int, address: str = "127.0.0.2") -> str:
+        """Register straight into the catalog on an external `node` (no agent: not restored on restart)."""
+        service_id = f"{name}-{port}"
+        body = {
+            "Node": node,
+            "Address": address,
+            "Service": {"ID": service_id, "Service": name, "Port": port},
+        }
+        self.request("PUT", "/v1/catalog/register", body)
+        return service_id
+
     def deregister(self, service_id: str) -> None:
         self.request("PUT", f"/v1/agent/service/deregister/{service_id}")
 
