@@ -77,7 +77,8 @@ class Section:
 
     title: str
     tables: Tuple[Table, ...]
-    method: Tuple[str, ...] = ()
+    method: Tuple[str, ...] = ()  # paragraphs: how it was measured
+    summary: Tuple[str, ...] = ()  # one line per target of the issue, met or missed, shown first
 
 
 # --- statistics ---------------------------------------------------------------------------------

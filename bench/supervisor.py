@@ -69,7 +69,8 @@ def run(ctx: Context) -> Section:
         "that drift on the machine hits all subjects alike); every process started is stopped, "
         "descendants included, before the next starts.",
     )
-    return Section(TITLE, tuple(tables), method)
+    summary = tuple(note for table in tables for note in table.notes if note.startswith("Target"))
+    return Section(TITLE, tuple(tables), method, summary)
 
 
 # --- subjects -----------------------------------------------------------------------------------
