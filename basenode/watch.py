@@ -347,6 +347,8 @@ class Watcher:
         self.watch = settings.watch
         self.wait_seconds = consul.parse_wait(self.watch.blocking_wait)
         self.client = client or consul.make_client(settings.consul_http)
+        # Each long poll gets its own client: a requests Session is not meant to be shared by threads.
+        self.kv_client = client or consul.make_client(settings.consul_http)
         self.clock = clock
         self.rng = rng or random.Random()
         self.last_snapshot: Optional[Snapshot] = None
@@ -364,8 +366,9 @@ class Watcher:
 
     @property
     def requests(self) -> int:
-        """Requests sent to Consul so far by this watcher's client."""
-        return consul.request_count(self.client)
+        """Requests sent to Consul so far by this watcher."""
+        clients = {id(c): c for c in (self.client, self.kv_client)}
+        return sum(consul.request_count(c) for c in clients.values())
 
     def run(self, on_snapshot: Callable[[Snapshot], None], stop: threading.Event) -> None:
         for thread in self._start_sources(stop):
@@ -459,7 +462,7 @@ class Watcher:
         )
 
     def _read_kv(self, index: int, wait: Optional[str]) -> Tuple[int, Dict[str, Optional[str]]]:
-        return consul.kv_recurse(self.client, ROUTES_KV_PREFIX, index=index, wait=wait)
+        return consul.kv_recurse(self.kv_client, ROUTES_KV_PREFIX, index=index, wait=wait)
 
     def _store_entries(self, entries: Entries) -> bool:
         with self._cond:
