@@ -26,12 +26,15 @@ Semantics the rest of basenode and its users rely on:
   hit those children twice. SIGKILL after the stop timeout goes to the whole group, and processes
   left in a program's groups after it exited get its stop signal, then SIGKILL, so nothing it
   started outlives basenode. Its own session also keeps the terminal's Ctrl-C away from the
-  children: only basenode gets it, and it stops everything once.
+  children: only basenode gets it, and it stops everything once. The price: the application has
+  no controlling terminal (an interactive shell as COMMAND runs without job control); its stdin
+  is still basenode's, the other programs get /dev/null.
 - Stop (SIGTERM, SIGINT, SIGQUIT; the main program's exit; a required program's FATAL; every
   program finished): programs are stopped one by one in reverse start order, each with its
   stop_signal and SIGKILL after its stop_timeout; every one still alive when the longest stop
-  timeout has passed since the stop began is killed, so basenode returns within that plus a
-  moment. A second stop signal during a stop is ignored. Programs do not restart during a stop.
+  timeout has passed since the stop began is killed, so basenode returns within that plus
+  KILL_GRACE (it gives up on what SIGKILL could not remove, e.g. a zombie whose parent is not
+  basenode). A second stop signal during a stop is ignored. Programs do not restart during a stop.
 - Exit status: 1 when a required program (or the main program) went FATAL; else the main
   program's status (128+N when killed by signal N) if it ran; else 128+N for the stop signal N
   (143 for SIGTERM, as docker expects); else 0 (every program finished). A main program that
@@ -79,6 +82,7 @@ STOPPED = "stopped"  # stopped by basenode's stop
 MAX_LINE = 64 * 1024  # longer lines are split: memory per stream stays bounded
 READ_SIZE = 64 * 1024
 POLL_INTERVAL = 0.05  # ready_file and "is the process group empty yet" checks
+KILL_GRACE = 0.5  # after SIGKILL at the stop deadline, how long to wait for the processes to go
 DRAIN_READS = 16  # reads of a dead program's pipes before its exit is logged
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -388,11 +392,16 @@ class Supervisor:
             status = self._exit_status()
             log.info("exiting with status %d", status)
             return status
+        except BaseException:
+            # A bug in the loop: leave no program behind us, running unsupervised.
+            for p in self._procs.values():
+                self._kill(p)
+            raise
         finally:
             self._reap()
             self._close_streams()
             self._states = tuple(p.view() for p in self._procs.values())
-            self._uninstall(restore)
+            restore()
 
     def _install(self) -> Callable[[], None]:
         """Self-pipe, signal handlers, empty mask, subreaper. Returns what undoes them."""
@@ -406,6 +415,7 @@ class Supervisor:
         caught = set(_CAUGHT)
         for p in self._procs.values():
             caught.update(p.program.forward_signals)
+        caught -= {signal.SIGKILL, signal.SIGSTOP}
         old_handlers = {}
         for sig in caught:
             old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -430,9 +440,6 @@ class Supervisor:
             os.close(w)
 
         return restore
-
-    def _uninstall(self, restore: Callable[[], None]) -> None:
-        restore()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # Runs in the main thread between bytecodes: only record it, the loop acts on it.
@@ -750,6 +757,17 @@ class Supervisor:
         if self._stop_queue and now >= self._stop_deadline:
             for p in self._stop_queue:
                 self._kill(p)
+        if self._stop_queue and now >= self._stop_deadline + KILL_GRACE:
+            # SIGKILLed and still there: a zombie whose parent is not us, or a process stuck in the
+            # kernel. Waiting longer would not help; basenode's exit must stay bounded.
+            for p in self._stop_queue:
+                log.warning(
+                    "%s: giving up on pid %s and process groups %s after SIGKILL",
+                    p.program.name,
+                    p.pid,
+                    p.groups,
+                )
+            self._stop_queue = []
 
     def _kill(self, p: _Proc) -> None:
         if p.pid is not None and p.pid not in p.groups:
