@@ -13,9 +13,13 @@ Two things py-consul 1.6.1 does not do for us, done here:
 from __future__ import annotations
 
 import logging
+import os
+import random
 import re
 import signal
+import sys
 import threading
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import consul as pyconsul
@@ -110,23 +114,28 @@ def request_count(client: pyconsul.Consul) -> int:
 
 # --- durations ------------------------------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_WAIT = 600.0  # Consul caps `wait` at 10 minutes
 
 
 def parse_wait(text: str) -> float:
-    """Consul's wait syntax ('5m', '30s', '1m30s') -> seconds. Raises ValueError."""
-    match = _DURATION_RE.match(text.strip()) if text else None
-    if not match or not any(match.groups()):
+    """Consul's (Go's) duration syntax ('5m', '30s', '1m30s', '500ms') -> seconds, capped at 10 minutes
+    as Consul caps it. Raises ValueError."""
+    text = text.strip() if isinstance(text, str) else ""
+    position, total = 0, 0.0
+    for match in _DURATION_PART_RE.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text) or total <= 0:
         raise ValueError(f"expected a duration like 5m or 30s, got {text!r}")
-    minutes, seconds = match.groups()
-    total = float(minutes or 0) * 60 + float(seconds or 0)
-    if not 0 < total <= 600:
-        raise ValueError(f"wait must be more than 0 and at most 10m (Consul's limit), got {text!r}")
-    return total
+    return min(total, MAX_WAIT)
 
 
 def format_wait(seconds: float) -> str:
-    return f"{max(1, int(seconds))}s"
+    return f"{max(1, int(seconds))}s" if seconds >= 1 else f"{max(1, int(seconds * 1000))}ms"
 
 
 def blocking_timeout(params: Any) -> Optional[float]:
@@ -325,6 +334,86 @@ def leader(client: pyconsul.Consul) -> str:
 def join(client: pyconsul.Consul, address: str, wan: bool = False) -> bool:
     """Ask the local agent to join `address` (raises on failure, as Consul answers 500 when it cannot)."""
     return bool(client.agent.join(address, wan=wan))
+
+
+# Where `basenode join` finds addresses when none are given: Docker links to a Consul server, as the
+# seed used them (CONSULSERVER_1_PORT_8500_TCP_ADDR); the serf LAN port first, the HTTP one second.
+LINK_VARIABLE_RE = re.compile(r"^[A-Z0-9_]+_PORT_(8301|8500)_TCP_ADDR$")
+JOIN_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.:-]{1,253})(:[0-9]{1,5})?$")
+
+
+def join_addresses(
+    settings: Settings, arguments: Sequence[str], environ: Optional[Mapping[str, str]] = None
+) -> Tuple[Tuple[str, ...], str]:
+    """The addresses to join and where they came from: arguments, then CONSUL_JOIN / the config file,
+    then link variables. Raises ValueError naming an address that is not a host[:port]."""
+    environ = os.environ if environ is None else environ
+    if arguments:
+        found, source = tuple(arguments), "arguments"
+    elif settings.agent.join:
+        found, source = settings.agent.join, "CONSUL_JOIN or the config file"
+    else:
+        links = sorted(
+            (LINK_VARIABLE_RE.match(name).group(1), name)  # type: ignore[union-attr]
+            for name in environ
+            if LINK_VARIABLE_RE.match(name)
+        )
+        found = tuple(dict.fromkeys(environ[name].strip() for _, name in links if environ[name].strip()))
+        source = "link variables " + ", ".join(name for _, name in links)
+    for address in found:
+        if not JOIN_ADDRESS_RE.match(address):
+            raise ValueError(f"{source}: expected host or host:port to join, got {address!r}")
+    return found, source
+
+
+def join_command(
+    settings: Settings,
+    arguments: Sequence[str],
+    timeout: float = 60.0,
+    environ: Optional[Mapping[str, str]] = None,
+) -> int:
+    """`basenode join`: ask the local agent to join until one address works or `timeout` passes.
+
+    Backoff between rounds doubles from 0.5 s to 5 s, with jitter. 0 once joined; 1 on timeout; 2 when
+    there is nothing (valid) to join. Messages name what was tried.
+    """
+    try:
+        addresses, source = join_addresses(settings, arguments, environ)
+    except ValueError as e:
+        print(f"basenode: join: {e}", file=sys.stderr)
+        return 2
+    if not addresses:
+        print(
+            "basenode: join: no address to join: give ADDRESS, set CONSUL_JOIN, or link a Consul server "
+            "(<ALIAS>_PORT_8301_TCP_ADDR)",
+            file=sys.stderr,
+        )
+        return 2
+    client = make_client(settings.consul_http, timeout=min(DEFAULT_TIMEOUT, max(timeout, 1.0)))
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    errors: Dict[str, str] = {}
+    while True:
+        for address in addresses:
+            try:
+                join(client, address)
+            except ERRORS as e:
+                errors[address] = f"{type(e).__name__}: {e}".replace("\n", " ")[:200]
+                continue
+            log.info("joined %s (from %s)", address, source)
+            print(f"joined {address}")
+            return 0
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(remaining, delay * (0.5 + random.random() / 2)))
+        delay = min(delay * 2, 5.0)
+    tried = "; ".join(f"{address}: {error}" for address, error in errors.items())
+    print(
+        f"basenode: join: could not join {', '.join(addresses)} (from {source}) within {timeout:g}s: {tried}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def register_service(

@@ -59,8 +59,12 @@ QUICK_RETURN = 1.0  # a blocking read back sooner than this with the same index 
 Entries = Dict[str, List[Mapping[str, Any]]]  # service name -> health entries ({Node, Service, Checks})
 
 
-class ConsulUnavailable(Exception):
+class WatchError(Exception):
     """Consul could not be read; str() says what failed (never the token)."""
+
+
+class ConsulUnavailable(WatchError):
+    """The agent did not answer, or answered with an error."""
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -556,9 +560,14 @@ class Watcher:
             stop.wait(self.watch.poll_interval)
 
 
-def fetch_snapshot(settings: Settings, client: Optional[consul.Client] = None) -> Snapshot:
-    """One snapshot, read now (for `basenode render` and `sync --once`). Raises ConsulUnavailable."""
-    client = client or consul.make_client(settings.consul_http)
+def fetch_snapshot(
+    settings: Settings, client: Optional[consul.Client] = None, timeout: float = consul.DEFAULT_TIMEOUT
+) -> Snapshot:
+    """One snapshot, read now (for `basenode render` and `sync --once`). Raises ConsulUnavailable.
+
+    Reads KV, then each routed service: one request per route, no catalog dump.
+    """
+    client = client or consul.make_client(settings.consul_http, timeout=timeout)
     try:
         _, values = consul.kv_recurse(client, ROUTES_KV_PREFIX)
         routes, route_warnings = merge_routes(settings.routes, values)
@@ -566,10 +575,32 @@ def fetch_snapshot(settings: Settings, client: Optional[consul.Client] = None) -
         for route in routes:
             _, entries[route.service] = consul.service_entries(client, route.service)
     except consul.ERRORS as e:
-        raise ConsulUnavailable(
-            f"cannot read Consul at {settings.consul_http.addr}: {type(e).__name__}: {e}"
-        ) from e
+        raise ConsulUnavailable(_unavailable(settings, e)) from e
     snapshot, warnings = build_snapshot(routes, entries, settings.watch.include_warning)
     for text in [*route_warnings, *warnings]:
         log.warning("%s", text)
     return snapshot
+
+
+def static_snapshot(settings: Settings) -> Snapshot:
+    """The configured routes with no instances: what `basenode check` renders without a cluster."""
+    snapshot, _ = build_snapshot(settings.routes, {})
+    return snapshot
+
+
+def agent_reachable(settings: Settings, timeout: float = consul.DEFAULT_TIMEOUT) -> str:
+    """The leader's address when the agent answers and the cluster has a leader; else ConsulUnavailable."""
+    client = consul.make_client(settings.consul_http, timeout=timeout)
+    try:
+        leader = consul.leader(client)
+    except consul.ERRORS as e:
+        raise ConsulUnavailable(_unavailable(settings, e)) from e
+    if not leader:
+        raise ConsulUnavailable(
+            f"the agent at {settings.consul_http.addr} answers but the cluster has no leader"
+        )
+    return leader
+
+
+def _unavailable(settings: Settings, error: BaseException) -> str:
+    return f"cannot read Consul at {settings.consul_http.addr}: {type(error).__name__}: {error}"[:500]

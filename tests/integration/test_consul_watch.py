@@ -13,13 +13,15 @@ from typing import List, Optional, Tuple
 
 import pytest
 
+from basenode import watch
 from basenode.config import Agent, ConsulHTTP, Route, Settings, Watch
-from basenode.consul import agent_config, agent_program
+from basenode.consul import agent_config, agent_program, join_command
 from basenode.snapshot import Snapshot
 from basenode.watch import ConsulUnavailable, Watcher, fetch_snapshot
 from tests.conftest import require_binary
 from tests.support import consul_agent as agents
 from tests.support.consul_agent import ConsulAgent
+from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 # The fixtures, under the names the tests ask for.
@@ -271,3 +273,34 @@ def test_the_generated_agent_config_is_accepted_by_consul(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert agent_program(settings).command[2] == f"-config-file={path}"
+
+
+def test_join_joins_the_local_agent_to_another_and_fails_clearly_on_a_dead_address(consul_agent, capsys):
+    other = agents.ConsulAgent(binary=require_binary("consul"))
+    other.start()
+    try:
+        settings = Settings(consul_http=ConsulHTTP(addr=consul_agent.http_addr))
+        target = f"127.0.0.1:{other.ports['serf_lan']}"
+        assert join_command(settings, [target], timeout=20, environ={}) == 0
+        eventually(
+            lambda: other.node_name in {m["Name"] for m in consul_agent.get("/v1/agent/members")},
+            what="the other agent among the members",
+        )
+        dead = f"127.0.0.1:{free_port()}"
+        assert join_command(settings, [dead], timeout=1, environ={}) == 1
+        assert dead in capsys.readouterr().err
+    finally:
+        other.close()
+
+
+def test_agent_reachable_and_static_snapshot_for_check_and_health(consul_agent_session):
+    settings = Settings(
+        routes=(Route("web", 19050),), consul_http=ConsulHTTP(addr=consul_agent_session.http_addr)
+    )
+    assert watch.agent_reachable(settings, timeout=2)
+    dead = Settings(consul_http=ConsulHTTP(addr=f"127.0.0.1:{free_port()}"))
+    with pytest.raises(watch.WatchError, match="cannot read Consul"):
+        watch.agent_reachable(dead, timeout=2)
+    with pytest.raises(watch.WatchError):
+        fetch_snapshot(dead, timeout=2)
+    assert [(s.route.service, s.instances) for s in watch.static_snapshot(settings).routes] == [("web", ())]

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from basenode.config import Agent, ConsulHTTP, Settings
-from basenode.consul import agent_config, agent_program, blocking_timeout, make_client, parse_wait
+from basenode.consul import (
+    agent_config,
+    agent_program,
+    blocking_timeout,
+    join_addresses,
+    join_command,
+    make_client,
+    parse_wait,
+)
 from basenode.watch import BACKOFF_MAX, backoff_delay
 
 SECRET_TOKEN = "11111111-2222-3333-4444-555555555555"
@@ -73,12 +81,15 @@ def test_the_token_given_wins_over_the_environment_and_is_not_in_the_client_repr
     assert client.http.verify is False
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("5m", 300), ("30s", 30), ("1m30s", 90), ("10m", 600)])
-def test_consul_wait_durations_parse(text, seconds):
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5m", 300), ("30s", 30), ("1m30s", 90), ("10m", 600), ("500ms", 0.5), ("11m", 600), ("1h", 600)],
+)
+def test_consul_wait_durations_parse_and_are_capped_at_consuls_ten_minutes(text, seconds):
     assert parse_wait(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5", "11m", "0s", "5h", "-1s"])
+@pytest.mark.parametrize("text", ["", "5", "0s", "-1s", "5 m", "m5", "5x", "1s2"])
 def test_bad_wait_durations_are_refused(text):
     with pytest.raises(ValueError):
         parse_wait(text)
@@ -96,3 +107,29 @@ def test_backoff_grows_is_capped_and_jittered():
     assert max(first) <= 0.25
     assert max(late) <= BACKOFF_MAX and max(late) > 1.0
     assert len(set(late)) > 40
+
+
+def test_join_addresses_come_from_arguments_then_consul_join_then_link_variables():
+    links = {
+        "CONSULSERVER_1_PORT_8500_TCP_ADDR": "172.17.0.2",
+        "OTHER_PORT_8301_TCP_ADDR": "172.17.0.3",
+        "PATH": "/x",
+    }
+    with_join = Settings(agent=Agent(join=("10.0.0.9",)))
+    assert join_addresses(with_join, ["10.0.0.1:8301"], links) == (("10.0.0.1:8301",), "arguments")
+    assert join_addresses(with_join, [], links)[0] == ("10.0.0.9",)
+    addresses, source = join_addresses(Settings(), [], links)
+    assert addresses == ("172.17.0.3", "172.17.0.2")  # the serf port's link first
+    assert "CONSULSERVER_1_PORT_8500_TCP_ADDR" in source
+    assert join_addresses(Settings(), [], {}) == ((), "link variables ")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1/../../kv/x", "a b", "host?x=1", ""])
+def test_a_join_address_that_is_not_host_port_is_refused_by_name(address):
+    with pytest.raises(ValueError, match="expected host or host:port"):
+        join_addresses(Settings(), [address], {})
+
+
+def test_join_with_nothing_to_join_says_where_it_looked(capsys):
+    assert join_command(Settings(), [], timeout=1, environ={}) == 2
+    assert "CONSUL_JOIN" in capsys.readouterr().err
