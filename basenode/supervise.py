@@ -329,14 +329,16 @@ class Supervisor:
     """Runs programs until done; `run()` returns basenode's exit status.
 
     `states()` may be called from any thread while `run()` is running (it returns an immutable
-    snapshot). `on_started(name)` is called in the loop each time a program becomes up and ready;
-    it must return quickly."""
+    snapshot). Callbacks run in the loop and must return quickly; an exception in one is logged:
+    `on_started(name)` each time a program becomes up and ready, `on_change(states)` with the new
+    snapshot each time a program's state changes (e.g. to keep a status file current)."""
 
     def __init__(
         self,
         programs: Sequence[config.Program],
         *,
         on_started: Optional[Callable[[str], None]] = None,
+        on_change: Optional[Callable[[Tuple[ProgramState, ...]], None]] = None,
     ) -> None:
         self._procs: Dict[str, _Proc] = {}
         for program in programs:
@@ -344,6 +346,7 @@ class Supervisor:
                 raise ValueError(f"program {program.name!r} defined twice")
             self._procs[program.name] = _Proc(program)
         self._on_started = on_started
+        self._on_change = on_change
         self._by_pid: Dict[int, _Proc] = {}
         self._start_order: List[_Proc] = []
         self._signals: List[int] = []
@@ -361,6 +364,18 @@ class Supervisor:
 
     def states(self) -> Tuple[ProgramState, ...]:
         return self._states
+
+    def _publish(self) -> None:
+        self._dirty = False
+        states = tuple(p.view() for p in self._procs.values())
+        if states == self._states:
+            return
+        self._states = states
+        if self._on_change is not None:
+            try:
+                self._on_change(states)
+            except Exception:
+                log.exception("on_change failed")
 
     # ----------------------------------------------------------------- the loop
 
@@ -380,8 +395,7 @@ class Supervisor:
                 now = time.monotonic()
                 self._step(now)
                 if self._dirty:
-                    self._states = tuple(p.view() for p in self._procs.values())
-                    self._dirty = False
+                    self._publish()
                 if self._stopping and not self._stop_queue:
                     break
                 for key, _ in self._selector.select(self._timeout(now)):
@@ -400,7 +414,7 @@ class Supervisor:
         finally:
             self._reap()
             self._close_streams()
-            self._states = tuple(p.view() for p in self._procs.values())
+            self._publish()
             restore()
 
     def _install(self) -> Callable[[], None]:
@@ -834,7 +848,10 @@ class Supervisor:
 
 
 def supervise(
-    programs: Sequence[config.Program], *, on_started: Optional[Callable[[str], None]] = None
+    programs: Sequence[config.Program],
+    *,
+    on_started: Optional[Callable[[str], None]] = None,
+    on_change: Optional[Callable[[Tuple[ProgramState, ...]], None]] = None,
 ) -> int:
     """Run `programs` until done and return basenode's exit status (see the module docstring)."""
-    return Supervisor(programs, on_started=on_started).run()
+    return Supervisor(programs, on_started=on_started, on_change=on_change).run()

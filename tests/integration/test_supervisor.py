@@ -388,3 +388,33 @@ def test_binary_output_and_a_one_megabyte_line_do_not_break_basenode(harness):
     assert [line for line in lines if line.startswith(b"ticker | ")] == [
         f"ticker | tick {i}".encode() for i in range(100)
     ]
+
+
+# ----------------------------------------------------------------------------- the read-only view
+
+
+def _history(events):
+    history = {}
+    for event in events:
+        for name, state in event.get("states", {}).items():
+            seen = history.setdefault(name, [])
+            if not seen or seen[-1] != state:
+                seen.append(state)
+    return history
+
+
+def test_callbacks_see_every_state_a_program_passes_through_and_each_time_it_is_ready(harness, tmp_path):
+    ready = tmp_path / "ready"
+    db = program("db", "sh", "-c", f"touch {ready}; exec sleep 100", ready_file=str(ready), startsecs=0.05)
+    run = harness([db, app("true", depends_on=["db"])])
+    assert run.wait() == 0, run.stderr()
+    assert [e["started"] for e in run.events() if "started" in e] == ["db", "app"]
+    history = _history(run.events())
+    assert history["db"] == ["starting", "running", "stopping", "stopped"]
+    assert history["app"] == ["waiting", "running", "exited"]
+
+    flaky = program("flaky", "sh", "-c", "exit 3", startsecs=10, startretries=2, backoff_initial=0.01)
+    run = harness([flaky])
+    assert run.wait() == 0, run.stderr()
+    assert [e for e in run.events() if "started" in e] == []
+    assert _history(run.events())["flaky"] == ["starting", "backoff", "starting", "fatal"]

@@ -1,8 +1,9 @@
 """Run basenode.supervise in a child process, so that its signals, reaping and exit status are real.
 
 As a module (`python -m tests.support.supervise_helpers SPEC STATES`) it is the harness: it reads
-the programs from the JSON file SPEC, runs Supervisor.run() in its main thread, writes the final
-ProgramState of every program to the JSON file STATES and exits with the status run() returned.
+the programs from the JSON file SPEC, runs Supervisor.run() in its main thread, records what its
+callbacks see in events.jsonl beside STATES, writes the final ProgramState of every program to the
+JSON file STATES and exits with the status run() returned.
 Imported, it gives tests `start()` and the `Run` handle. Only the standard library at import time.
 """
 
@@ -66,6 +67,11 @@ class Run:
     def states(self) -> Dict[str, Dict[str, Any]]:
         """ProgramState fields by program name, as run() left them."""
         return {s["name"]: s for s in json.loads((self.directory / "states.json").read_text())}
+
+    def events(self) -> List[Dict[str, Any]]:
+        """What the callbacks saw, in order: {"started": name} and {"states": {name: state}}."""
+        path = self.directory / "events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -147,8 +153,18 @@ def main(argv: List[str]) -> int:
     blocked = [config.signal_number(s) for s in spec.get("block_signals", [])]
     if blocked:
         signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    supervisor = supervise.Supervisor(programs)
-    status = supervisor.run()
+    with open(Path(argv[2]).with_name("events.jsonl"), "w") as events:
+
+        def record(event: Dict[str, Any]) -> None:
+            events.write(json.dumps(event) + "\n")
+            events.flush()
+
+        supervisor = supervise.Supervisor(
+            programs,
+            on_started=lambda name: record({"started": name}),
+            on_change=lambda states: record({"states": {s.name: s.state for s in states}}),
+        )
+        status = supervisor.run()
     Path(argv[2]).write_text(json.dumps([asdict(s) for s in supervisor.states()]))
     return status
 
