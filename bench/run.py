@@ -65,6 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = f"{_rel(sys.executable)} bench/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     started = datetime.datetime.now(datetime.timezone.utc)
     load_at_start = common.load_average()
+    measured_code = code_state()  # before the run: others may change the work tree meanwhile
     t0 = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="basenode-bench-"))
     sections: List[common.Section] = []
@@ -93,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         default_zipapp = args.zipapp.resolve() == (ROOT / "dist" / "basenode").resolve()
-        note = f"`dist/basenode`, built from {code_state()}" if default_zipapp else f"`{args.zipapp}`"
+        note = f"`dist/basenode`, built from {measured_code}" if default_zipapp else f"`{args.zipapp}`"
         args.out.write_text(render(command, note, started, elapsed, facts, sections, args.quick))
         print(f"bench: wrote {args.out}")
     return 0

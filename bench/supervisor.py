@@ -468,10 +468,20 @@ def _loop_times(item: Timed, runs: int) -> List[float]:
     return [once() for _ in range(runs)]
 
 
+def _is_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
 def startup_items(ctx: Context, roots: Roots) -> List[Timed]:
     cold_root = ctx.scratch / "shiv-cold"
     zipapp = str(ctx.zipapp)
     path_python = shutil.which("python3") or "?"
+    if _is_script(path_python):
+        path_python += ", a script that execs an interpreter (e.g. a pyenv shim)"
     items = [
         Timed("python3 -c pass (the interpreter floor)", (ctx.python, "-c", "pass"), clean_env()),
         Timed(
