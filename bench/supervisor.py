@@ -300,7 +300,8 @@ def stop_table(
         (
             "Same runs as the memory table, measured when each is stopped: every program is `sleep`, which "
             "dies at once on SIGTERM, so this is the supervisor's own stop path. `killed` counts runs that "
-            "were still alive 20 s after SIGTERM.",
+            "were still alive 20 s after SIGTERM. supervisord stops one program group per turn of its "
+            "main loop (each `[program:x]` is a group of its own), and a turn can wait up to 1 s.",
         ),
     )
 
@@ -419,8 +420,9 @@ def restart_table(ctx: Context, roots: Roots) -> Table:
             "`startretries=1000000` (supervisord has no backoff setting; with startsecs=0 it never "
             "backs off).",
             f"Up to {wanted} restarts per subject, capped at {ctx.reps(RESTART_CAP, 10)} s each; the count "
-            "column says how many were seen. supervisord restarts on its main loop's one-second tick "
-            "(its intervals sit at 1 s and 2 s), so it gets fewer in the time `make bench` can spend. "
+            "column says how many were seen. supervisord's main loop waits up to 1 s in poll() and "
+            "reaps after it has run the restart step, so a crash is restarted one wake-up later (its "
+            "intervals sit at 1 s and 2 s) and it gets fewer restarts in the time `make bench` can spend. "
             "p99 only from 100 samples up.",
             f"Target (issue 2): basenode restart < 50 ms: {target} (p50 {fmt(ref, 2)} ms).",
         ),
