@@ -25,8 +25,10 @@ Semantics the rest of basenode and its users rely on:
   it on (a shell script to its job, HAProxy's master to its workers), and a group-wide signal would
   hit those children twice. SIGKILL after the stop timeout goes to the whole group, and processes
   left in a program's groups after it exited get its stop signal, then SIGKILL, so nothing it
-  started outlives basenode. Its own session also keeps the terminal's Ctrl-C away from the
-  children: only basenode gets it, and it stops everything once. The price: the application has
+  started outlives basenode (short of a daemon that made a session of its own; in a PID
+  namespace the kernel ends those too when basenode, its PID 1, exits). Its own session also
+  keeps the terminal's Ctrl-C away from the children: only basenode gets it, and it stops
+  everything once. The price: the application has
   no controlling terminal (an interactive shell as COMMAND runs without job control); its stdin
   is still basenode's, the other programs get /dev/null.
 - Stop (SIGTERM, SIGINT, SIGQUIT; the main program's exit; a required program's FATAL; every
