@@ -28,9 +28,8 @@ Semantics the rest of basenode and its users rely on:
   started outlives basenode (short of a daemon that made a session of its own; in a PID
   namespace the kernel ends those too when basenode, its PID 1, exits). Its own session also
   keeps the terminal's Ctrl-C away from the children: only basenode gets it, and it stops
-  everything once. The price: the application has
-  no controlling terminal (an interactive shell as COMMAND runs without job control); its stdin
-  is still basenode's, the other programs get /dev/null.
+  everything once. The price: the application has no controlling terminal (an interactive shell
+  as COMMAND runs without job control); its stdin is still basenode's, the others get /dev/null.
 - Stop (SIGTERM, SIGINT, SIGQUIT; the main program's exit; a required program's FATAL; every
   program finished): programs are stopped one by one in reverse start order, each with its
   stop_signal and SIGKILL after its stop_timeout; every one still alive when the longest stop
