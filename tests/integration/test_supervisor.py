@@ -58,12 +58,15 @@ def test_a_crashing_program_is_restarted_with_doubling_backoff_and_its_restarts_
         autorestart="on-failure",
         backoff_initial=0.05,
         backoff_max=0.4,
+        startretries=1,  # crashes after it was up are not failed starts: they never make it FATAL
     )
     waiter = app("sh", "-c", f"until [ $(cat {runs} 2>/dev/null | wc -l) -ge 5 ]; do sleep 0.02; done")
     run = harness([crasher, waiter])
     assert run.wait() == 0, run.stderr()
 
-    assert run.states()["crasher"]["restarts"] >= 4
+    crasher_state = run.states()["crasher"]
+    assert crasher_state["restarts"] >= 4
+    assert crasher_state["state"] != "fatal"
     delays = [float(d) for d in re.findall(r"crasher: restart \d+ in ([0-9.]+)s", run.stderr())]
     assert len(delays) >= 4
     # Doubling from backoff_initial, capped at backoff_max, each with at most 20 % jitter down.
@@ -160,6 +163,24 @@ def test_a_program_that_ignores_sigterm_is_killed_after_its_stop_timeout(harness
     assert "stubborn: did not stop within its stop timeout: SIGKILL" in run.stderr()
     assert run.states()["stubborn"]["last_exit"] == 128 + signal.SIGKILL
     assert not pid_alive(pid)
+
+
+def test_a_program_is_stopped_with_its_own_stop_signal(harness):
+    agent = program(
+        "agent",
+        "sh",
+        "-c",
+        "trap 'echo leaving on INT; exit 0' INT; trap 'echo got TERM' TERM;"
+        " echo up; while :; do sleep 0.05; done",
+        stop_signal="INT",
+        startsecs=0,
+    )
+    run = harness([agent])
+    wait_for_text(run.stdout, "agent | up")
+    run.send(signal.SIGTERM)
+    assert run.wait() == 128 + signal.SIGTERM
+    assert prefixed(run.stdout(), "agent") == ["up", "leaving on INT"]
+    assert run.states()["agent"]["last_exit"] == 0
 
 
 def test_processes_a_program_started_in_the_background_do_not_outlive_basenode(harness):
