@@ -55,8 +55,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pwd
-import random
 import selectors
 import signal
 import subprocess
@@ -129,8 +127,13 @@ def describe_exit(status: int) -> str:
     return f"exited with status {exit_code(status)}"
 
 
+def _random_fraction() -> float:
+    """Uniform in [0, 1): enough for jitter, without importing `random` (PID 1 memory)."""
+    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
+
+
 def backoff_delay(
-    attempt: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
+    attempt: int, initial: float, maximum: float, rand: Callable[[], float] = _random_fraction
 ) -> float:
     """Delay before the `attempt`-th restart in a row (1-based): initial * 2**(attempt-1), capped at
     maximum, minus up to 20 % jitter. initial <= 0 means restart at once."""
@@ -296,6 +299,8 @@ def _user_args(user: Optional[str]) -> Tuple[dict, Dict[str, str]]:
     gets (as gosu and su-exec set them). KeyError when the user does not exist."""
     if not user:
         return {}, {}
+    import pwd  # only when a program asks for a user
+
     pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
     if os.geteuid() == pw.pw_uid and os.getegid() == pw.pw_gid:

@@ -138,3 +138,9 @@ def test_supervise_refuses_to_run_outside_the_main_thread():
     thread.start()
     thread.join()
     assert errors and "main thread" in errors[0]
+
+
+def test_backoff_jitter_stays_within_its_bounds_with_the_real_random_source():
+    delays = {backoff_delay(3, 1.0, 30.0) for _ in range(200)}
+    assert all(3.2 <= d <= 4.0 for d in delays)
+    assert len(delays) > 100  # it does vary
