@@ -310,25 +310,34 @@ def _user_args(user: Optional[str]) -> Tuple[dict, Dict[str, str]]:
 
 
 def _unresolvable(programs: Sequence[config.Program]) -> Dict[str, str]:
-    """Programs that could never start: a dependency unknown, in a cycle, or behind one -> reason."""
-    names = {p.name for p in programs}
+    """Programs that can never start because of themselves -> why: a dependency that does not exist,
+    or a cycle through depends_on. (Programs behind them go FATAL in turn when the loop runs.)"""
+    deps = {p.name: p.depends_on for p in programs}
     bad: Dict[str, str] = {}
     for p in programs:
-        unknown = [d for d in p.depends_on if d not in names]
+        unknown = [d for d in p.depends_on if d not in deps]
         if unknown:
             bad[p.name] = f"depends on unknown program {unknown[0]!r}"
-    resolved = set()
-    changed = True
-    while changed:
-        changed = False
-        for p in programs:
-            if p.name not in resolved and p.name not in bad and all(d in resolved for d in p.depends_on):
-                resolved.add(p.name)
-                changed = True
-    for p in programs:
-        if p.name not in resolved and p.name not in bad:
-            bad[p.name] = "depends_on has a cycle: " + ", ".join(d for d in p.depends_on if d not in resolved)
+        else:
+            cycle = _cycle_through(p.name, deps)
+            if cycle:
+                bad[p.name] = "depends_on has a cycle: " + " -> ".join(cycle)
     return bad
+
+
+def _cycle_through(start: str, deps: Dict[str, Tuple[str, ...]]) -> Optional[List[str]]:
+    """A path of depends_on from `start` back to itself, or None."""
+    stack = [[start]]
+    seen = set()
+    while stack:
+        path = stack.pop()
+        for d in deps.get(path[-1], ()):
+            if d == start:
+                return [*path, d]
+            if d not in seen:
+                seen.add(d)
+                stack.append([*path, d])
+    return None
 
 
 class Supervisor:

@@ -271,10 +271,12 @@ def test_a_program_whose_dependency_is_fatal_goes_fatal_instead_of_waiting_forev
 
 def test_a_dependency_cycle_does_not_hang_basenode(harness):
     a = program("a", "sleep", "100", depends_on=["b"])
-    b = program("b", "sleep", "100", depends_on=["a"], required=True)
-    run = harness([a, b])
+    b = program("b", "sleep", "100", depends_on=["a"])
+    web = program("web", "sleep", "100", depends_on=["a"], required=True)
+    run = harness([a, b, web])
     assert run.wait() == 1
-    assert "b: FATAL: depends_on has a cycle: a" in run.stderr()
+    assert "b: FATAL: depends_on has a cycle: b -> a -> b" in run.stderr()
+    assert "web: FATAL: dependency 'a' is FATAL" in run.stderr()
 
 
 # ----------------------------------------------------------------------------- PID-1 duties and signals
