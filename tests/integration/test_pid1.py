@@ -48,7 +48,8 @@ class Namespace:
         if unshare is None:
             pytest.fail("unshare (util-linux) not found", pytrace=False)
         self.proc = subprocess.Popen(
-            [unshare, "--pid", "--fork", "--mount-proc", *basenode_run(*command)],
+            # --kill-child: should the test kill unshare, the namespace goes with it.
+            [unshare, "--pid", "--fork", "--mount-proc", "--kill-child", *basenode_run(*command)],
             cwd=ROOT,
             env=_env(),
             stdin=subprocess.DEVNULL,
@@ -227,9 +228,13 @@ def test_ctrl_c_in_a_terminal_stops_everything_once_cleanly(tmp_path):
         status = proc.wait(timeout=30)
         reader.join(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # the test failed: still stop its programs
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         os.close(master)
 
     screen_text = text()
