@@ -194,6 +194,30 @@ def test_processes_a_program_started_in_the_background_do_not_outlive_basenode(h
     assert not pid_alive(child)
 
 
+ZOMBIE_KEEPER = """
+import os, time
+if os.fork() == 0:
+    zombie = os.fork()
+    if zombie == 0:
+        os._exit(0)  # exits at once: a zombie of its parent, left in the program's process group
+    os.setsid()  # the parent leaves the group and never reaps it
+    print("keeper", os.getpid(), flush=True)
+    time.sleep(1000)
+time.sleep(1000)
+"""
+
+
+def test_a_zombie_in_a_programs_group_that_basenode_cannot_reap_does_not_hang_the_stop(harness):
+    run = harness([program("z", sys.executable, "-c", ZOMBIE_KEEPER, startsecs=0, stop_timeout=0.3)])
+    keeper = int(re.search(r"z \| keeper (\d+)", wait_for_text(run.stdout, "z | keeper")).group(1))
+    try:
+        run.send(signal.SIGTERM)
+        assert run.wait() == 128 + signal.SIGTERM
+        assert re.search(r"z: giving up on pid None and process groups \[\d+\] after SIGKILL", run.stderr())
+    finally:
+        os.kill(keeper, signal.SIGKILL)
+
+
 def test_programs_stop_in_reverse_start_order(harness, tmp_path):
     ready = tmp_path / "db-ready"
     db = program("db", "sh", "-c", f"touch {ready}; exec sleep 100", ready_file=str(ready), startsecs=0)
