@@ -23,12 +23,12 @@ rm -rf "$site/bin"  # console scripts of the bundled packages: not used, and pip
     "$(grep -i '^markupsafe==' "$root/requirements/runtime.lock")"
 "$python" -m pip install -q --disable-pip-version-check --no-compile --no-deps --target "$site" "$root"
 find "$site" \( -name '*.so' -o -name '*.pyd' -o -name '*.c' \) -delete
-rm -rf "$site/bin"
+rm -rf "$site/bin" "$site/docs" "$site"/*.txt  # scripts and stray files some wheels put at the top
 # The default template travels inside the package.
 mkdir -p "$site/basenode/templates"
 cp -R "$root/templates/." "$site/basenode/templates/"
 
-"$python" -m shiv --site-packages "$site" --reproducible --no-modify \
+"$python" -m shiv --site-packages "$site" --reproducible \
     -p '/usr/bin/env python3' -e basenode.cli:main -o "$build/basenode.pyz" >/dev/null
 
 # Swap shiv's __main__.py for ours (extraction root that works on a read-only root fs).

@@ -35,6 +35,38 @@ if not os.environ.get("SHIV_ROOT"):
     home_root = os.path.expanduser("~/.shiv")
     os.environ["SHIV_ROOT"] = home_root if _writable_dir(home_root) else _private_temp_root()
 
-import _bootstrap  # noqa: E402  (shiv's bootstrap, bundled at the archive's root)
+
+
+def _extracted_site_packages():
+    """The site-packages a previous run unpacked for this very archive, or None.
+
+    Fast path for every start after the first: shiv's bootstrap imports zipfile, hashlib
+    (OpenSSL) and compileall and re-hashes every bundled file; as PID 1 that would cost ~5 MB
+    for the container's whole life. The directory name carries the archive's build id (a hash
+    of its contents), and shiv renames it into place only once fully unpacked.
+    """
+    if os.environ.get("SHIV_FORCE_EXTRACT"):
+        return None
+    import json
+    import zipimport
+
+    archive = os.path.realpath(sys.argv[0])
+    try:
+        env = json.loads(zipimport.zipimporter(archive).get_data("environment.json"))
+    except (OSError, ValueError, zipimport.ZipImportError):
+        return None
+    name = "%s_%s" % (os.path.basename(archive), env.get("build_id"))
+    site_packages = os.path.join(os.environ["SHIV_ROOT"], name, "site-packages")
+    return site_packages if os.path.isdir(os.path.join(site_packages, "basenode")) else None
+
+
+_site_packages = _extracted_site_packages()
+if _site_packages:
+    sys.path.insert(0, _site_packages)
+    from basenode.cli import main
+
+    sys.exit(main())
+
+import _bootstrap  # noqa: E402  (shiv's bootstrap, bundled at the archive's root: first run)
 
 _bootstrap.bootstrap()
