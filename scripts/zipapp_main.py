@@ -3,6 +3,7 @@
 # shiv unpacks the bundled packages under ~/.shiv on first run. On a read-only root file
 # system (or with no writable HOME) that fails, so pick a root that works before shiv runs:
 # $SHIV_ROOT if set, else ~/.shiv if writable, else a private directory in the temp dir.
+import contextlib
 import os
 import stat
 import sys
@@ -21,20 +22,19 @@ def _private_temp_root():
     # A shared temp dir is writable by everyone: only use a directory we own and nobody
     # else can write, or another user could plant code that we would then import.
     path = os.path.join(tempfile.gettempdir(), "basenode-shiv-%d" % os.getuid())
-    try:
+    with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        sys.exit("basenode: %s is not a private directory owned by uid %d; set SHIV_ROOT" % (path, os.getuid()))
+        sys.exit(
+            "basenode: %s is not a private directory owned by uid %d; set SHIV_ROOT" % (path, os.getuid())
+        )
     return path
 
 
 if not os.environ.get("SHIV_ROOT"):
     home_root = os.path.expanduser("~/.shiv")
     os.environ["SHIV_ROOT"] = home_root if _writable_dir(home_root) else _private_temp_root()
-
 
 
 def _extracted_site_packages():
@@ -55,7 +55,7 @@ def _extracted_site_packages():
         env = json.loads(zipimport.zipimporter(archive).get_data("environment.json"))
     except (OSError, ValueError, zipimport.ZipImportError):
         return None
-    name = "%s_%s" % (os.path.basename(archive), env.get("build_id"))
+    name = "{}_{}".format(os.path.basename(archive), env.get("build_id"))
     site_packages = os.path.join(os.environ["SHIV_ROOT"], name, "site-packages")
     return site_packages if os.path.isdir(os.path.join(site_packages, "basenode")) else None
 
