@@ -21,14 +21,12 @@ def _writable_dir(path):
 def _private_temp_root():
     # A shared temp dir is writable by everyone: only use a directory we own and nobody
     # else can write, or another user could plant code that we would then import.
-    path = os.path.join(tempfile.gettempdir(), "basenode-shiv-%d" % os.getuid())
+    path = os.path.join(tempfile.gettempdir(), f"basenode-shiv-{os.getuid()}")
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        sys.exit(
-            "basenode: %s is not a private directory owned by uid %d; set SHIV_ROOT" % (path, os.getuid())
-        )
+        sys.exit(f"basenode: {path} is not a private directory owned by uid {os.getuid()}; set SHIV_ROOT")
     return path
 
 
@@ -55,7 +53,7 @@ def _extracted_site_packages():
         env = json.loads(zipimport.zipimporter(archive).get_data("environment.json"))
     except (OSError, ValueError, zipimport.ZipImportError):
         return None
-    name = "{}_{}".format(os.path.basename(archive), env.get("build_id"))
+    name = f"{os.path.basename(archive)}_{env.get('build_id')}"
     site_packages = os.path.join(os.environ["SHIV_ROOT"], name, "site-packages")
     return site_packages if os.path.isdir(os.path.join(site_packages, "basenode")) else None
 
