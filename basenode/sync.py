@@ -182,7 +182,7 @@ def run(settings: Settings, once: bool = False) -> int:
     if once:
         try:
             snapshot = watch.fetch_snapshot(settings)
-        except watch.WatchError as e:
+        except watch.ConsulUnavailable as e:
             print(f"basenode: consul: {e}", file=sys.stderr)
             return 1
         loop.on_snapshot(snapshot)
@@ -216,7 +216,7 @@ def render_once(settings: Settings, out: str = "-") -> int:
     except render.RenderError as e:
         print(f"basenode: {e}", file=sys.stderr)
         return 2
-    except watch.WatchError as e:
+    except watch.ConsulUnavailable as e:
         print(f"basenode: consul: {e}", file=sys.stderr)
         return 1
     if out == "-":
@@ -238,7 +238,7 @@ def check(settings: Settings) -> int:
         try:
             snapshot = watch.fetch_snapshot(settings, timeout=2.0)
             source = "live catalog"
-        except watch.WatchError:
+        except watch.ConsulUnavailable:
             snapshot = watch.static_snapshot(settings)
             source = "configured routes, no instances (Consul not reachable)"
         text = render.render(template, snapshot, settings)
@@ -274,7 +274,7 @@ def health_problems(settings: Settings) -> list:
     if settings.run_consul or not settings.run_haproxy:
         try:
             watch.agent_reachable(settings, timeout=2.0)
-        except watch.WatchError as e:
+        except watch.ConsulUnavailable as e:
             problems.append(f"consul agent: {e}")
     if settings.run_haproxy:
         state = load_state(settings.state_dir)
