@@ -7,6 +7,7 @@ Heavy modules (jinja2, py-consul) are imported inside the commands that need the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -226,6 +227,11 @@ def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[con
     programs: List[config.Program] = []
     if settings.run_consul or settings.run_haproxy:
         prepare_state_dir(settings.state_dir)
+    if settings.run_haproxy:
+        # HAProxy waits for this file (the sync loop's first render). One left by an earlier run
+        # would start HAProxy on routes from who knows when: start from this run's catalog.
+        with contextlib.suppress(FileNotFoundError):
+            settings.haproxy_cfg.unlink()
     if settings.run_consul:
         from . import consul
 

@@ -454,7 +454,11 @@ def _text_list(value: Any) -> Tuple[str, ...]:
 def _signal_list(value: Any) -> Tuple[int, ...]:
     if not isinstance(value, (list, tuple)):
         raise ValueError("")
-    return tuple(signal_number(v) for v in value)
+    numbers = tuple(signal_number(v) for v in value)
+    for number in numbers:
+        if number in (signal.SIGKILL, signal.SIGSTOP):  # a process cannot catch, so cannot forward, them
+            raise ValueError(f"{signal.Signals(number).name} cannot be forwarded, got {_show(value)}")
+    return numbers
 
 
 def _environment(value: Any) -> Tuple[Tuple[str, str], ...]:

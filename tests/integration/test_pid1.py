@@ -1,6 +1,6 @@
 """`basenode run` as a container's PID 1: the real CLI in its own PID namespace (and on a terminal).
 
-`unshare --pid --fork --mount-proc python -m basenode run --no-consul --no-haproxy -- COMMAND`
+`unshare --pid --fork --mount-proc python dist/basenode run --no-consul --no-haproxy -- COMMAND`
 makes basenode PID 1 of a fresh namespace, as in a container; the test looks at that namespace
 through /proc from outside, and COMMAND looks at it from inside.
 """
@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import pytest
 
+from tests.conftest import ZIPAPP
 from tests.support.ports import free_port
 from tests.support.supervise_helpers import ROOT, wait_for_text
 from tests.support.waiting import eventually
@@ -33,7 +34,9 @@ def _env() -> dict:
 
 
 def basenode_run(*command: str, config: Optional[Path] = None) -> List[str]:
-    argv = [sys.executable, "-m", "basenode", "run", "--no-consul", "--no-haproxy"]
+    if not ZIPAPP.exists():
+        pytest.fail(f"{ZIPAPP} is missing; run `make zipapp`", pytrace=False)
+    argv = [sys.executable, str(ZIPAPP), "run", "--no-consul", "--no-haproxy"]
     argv += ["--status-addr", f"127.0.0.1:{free_port()}"]
     if config is not None:
         argv += ["--config", str(config)]
@@ -139,7 +142,7 @@ def test_basenode_is_pid_1_and_50_orphaned_grandchildren_leave_no_zombie(namespa
     # Unreaped, they would stay as 50 zombies named sleep and the loop would give up after 10 s.
     status, out, err = namespace("sh", "-c", ORPHANS).run()
     assert status == 0, err
-    assert re.search(r"^app \| pid 1: \S*python\S* -m basenode run ", out, re.M), out
+    assert re.search(r"^app \| pid 1: \S*python\S* \S*dist/basenode run ", out, re.M), out
     assert "app | sleeps left: 0\n" in out
     assert "app | zombies: 0\n" in out
 

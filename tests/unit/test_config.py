@@ -205,3 +205,18 @@ def test_missing_haproxy_binary_names_its_source():
     assert (
         str(e.value) == '--haproxy-bin: haproxy binary "/nonexistent/haproxy" not found (or use --no-haproxy)'
     )
+
+
+def test_signals_that_cannot_be_caught_cannot_be_forwarded(tmp_path):
+    text = '[programs.web]\ncommand = ["true"]\nforward_signals = ["HUP", "KILL"]\n'
+    assert error_of(tmp_path, text) == (
+        'basenode.toml:3: programs.web.forward_signals: SIGKILL cannot be forwarded, got ["HUP", "KILL"]'
+    )
+
+
+def test_negative_durations_are_refused(tmp_path):
+    text = '[programs.web]\ncommand = ["true"]\nstartsecs = -1\n'
+    assert (
+        error_of(tmp_path, text)
+        == "basenode.toml:3: programs.web.startsecs: expected a number of seconds, got -1"
+    )
