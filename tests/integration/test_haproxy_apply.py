@@ -19,7 +19,7 @@ from basenode import haproxy, render
 from basenode.config import Route, Settings, Watch
 from basenode.snapshot import Instance, RouteState, Snapshot
 from tests.conftest import require_binary
-from tests.support.backends import Backends, get, names_seen
+from tests.support.backends import Backends, Load, get, names_seen
 from tests.support.haproxy_proc import HAProxy
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
@@ -347,57 +347,3 @@ def test_two_hundred_membership_changes_under_load_fail_no_request(rig):
     assert load.ok > 200
     assert len(load.seen) == 4  # every backend answered at some point
     assert rig.serving() == before
-
-
-class Load:
-    """HTTP requests through HAProxy in a loop from two threads until closed: one client keeps its
-    connection alive (as a connection pool would), the other opens a new connection per request."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.ok = 0
-        self.failures: List[str] = []
-        self.seen: set = set()
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
-            for keep_alive in (True, False)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=10)
-
-    def wait_for_more(self, count: int) -> None:
-        target = self.ok + count
-        eventually(lambda: self.ok >= target or self.failures, what=f"{count} more requests under load")
-
-    def _run(self, keep_alive: bool) -> None:
-        conn: Optional[http.client.HTTPConnection] = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                body = response.read().decode()
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}: {body[:100]!r}")
-                with self.lock:
-                    self.ok += 1
-                    self.seen.add(body)
-            except Exception as e:  # every failure counts, whatever its kind
-                with self.lock:
-                    self.failures.append(f"{type(e).__name__}: {e}")
-                conn = None
-                continue
-            if not keep_alive:
-                conn.close()
-                conn = None

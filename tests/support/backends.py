@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Iterator, List, Optional
 
 from .ports import free_port
+from .waiting import eventually
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -94,3 +95,57 @@ def get(port: int, path: str = "/", timeout: float = 5.0) -> str:
 def names_seen(port: int, requests: int = 20) -> List[str]:
     """Sorted distinct backend names answering `requests` consecutive requests."""
     return sorted({get(port) for _ in range(requests)})
+
+
+class Load:
+    """HTTP requests through HAProxy in a loop from two threads until closed: one client keeps its
+    connection alive (as a connection pool would), the other opens a new connection per request."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: List[str] = []
+        self.seen: set = set()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
+            for keep_alive in (True, False)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+    def wait_for_more(self, count: int) -> None:
+        target = self.ok + count
+        eventually(lambda: self.ok >= target or self.failures, what=f"{count} more requests under load")
+
+    def _run(self, keep_alive: bool) -> None:
+        conn: Optional[http.client.HTTPConnection] = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read().decode()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {body[:100]!r}")
+                with self.lock:
+                    self.ok += 1
+                    self.seen.add(body)
+            except Exception as e:  # every failure counts, whatever its kind
+                with self.lock:
+                    self.failures.append(f"{type(e).__name__}: {e}")
+                conn = None
+                continue
+            if not keep_alive:
+                conn.close()
+                conn = None

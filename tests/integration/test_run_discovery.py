@@ -1,0 +1,290 @@
+"""`basenode run` end to end: a real Consul agent, the zipapp supervising sync and HAProxy, real backends.
+
+These are issue 3's acceptance points as a user meets them: register in Consul, reach the service
+on 127.0.0.1:<route port>. The Consul agent is the test's own (`--no-consul`), so a test can stop
+and start it while basenode keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from basenode import haproxy
+from basenode.config import Settings
+from tests.conftest import ZIPAPP, require_binary
+from tests.support.backends import Backends, Load, get, names_seen
+from tests.support.consul_agent import ConsulAgent
+from tests.support.ports import free_port, wait_for_port
+from tests.support.waiting import eventually
+
+
+class Basenode:
+    """`dist/basenode run --no-consul` against the given agent, output captured to a file."""
+
+    def __init__(self, agent: ConsulAgent, tmp: Path, routes: str, *extra: str) -> None:
+        require_binary("haproxy")
+        self.state_dir = tmp / "state"
+        self.log_path = tmp / "basenode.log"
+        self.settings = Settings(state_dir=self.state_dir)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
+            "CONSUL_HTTP_ADDR": agent.http_addr,
+            "BASENODE_CONFIG": os.devnull,
+        }
+        self.argv = [
+            sys.executable,
+            str(ZIPAPP),
+            "run",
+            "--no-consul",
+            "--state-dir",
+            str(self.state_dir),
+            "--routes",
+            routes,
+            "--status-addr",
+            f"127.0.0.1:{free_port()}",
+            *extra,
+        ]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        base = [sys.executable, str(ZIPAPP), *args[:1], "--no-consul", "--state-dir", str(self.state_dir)]
+        return subprocess.run([*base, *args[1:]], env=self.env, capture_output=True, text=True, timeout=60)
+
+    def proc_info(self) -> haproxy.ProcInfo:
+        return haproxy.show_proc(self.settings.haproxy_master_socket)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    pool = Backends()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def start_basenode(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator:
+    if not ZIPAPP.exists():
+        pytest.fail(f"{ZIPAPP} is missing; run `make zipapp`", pytrace=False)
+    started: List[Basenode] = []
+
+    def start(routes: str, *extra: str) -> Basenode:
+        node = Basenode(consul_agent, tmp_path, routes, *extra)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def serving(port: int, expected: List[str]):
+    """A probe: the set of backends answering on `port` is exactly `expected`."""
+
+    def probe() -> bool:
+        try:
+            return names_seen(port, 12) == sorted(expected)
+        except (OSError, RuntimeError):
+            return False
+
+    return probe
+
+
+def test_traffic_follows_the_catalog_without_any_haproxy_reload(consul_agent, backends, start_basenode):
+    a, b = backends.start("a"), backends.start("b")
+    consul_agent.register("web", a.port, service_id="web-a")
+    consul_agent.register("web", b.port, service_id="web-b")
+    port = free_port()
+    node = start_basenode(f"web:{port}/http")
+    eventually(serving(port, ["a", "b"]), timeout=30, what="both backends through basenode")
+    before = node.proc_info()
+
+    consul_agent.deregister("web-b")
+    eventually(serving(port, ["a"]), what="deregistered b to stop receiving")
+    consul_agent.register("web", b.port, service_id="web-b")
+    eventually(serving(port, ["a", "b"]), what="re-registered b to receive again")
+    consul_agent.set_check("web-a", "critical")
+    eventually(serving(port, ["b"]), what="a with a failing check to stop receiving")
+    consul_agent.set_check("web-a", "passing")
+    eventually(serving(port, ["a", "b"]), what="a passing again to receive")
+
+    after = node.proc_info()
+    assert (after.reloads, after.workers) == (before.reloads, before.workers)
+    assert "applied by runtime" in node.output()
+
+
+def test_a_route_added_in_consul_kv_gets_a_frontend_and_leaves_with_its_key(
+    consul_agent, backends, start_basenode
+):
+    a, c = backends.start("a"), backends.start("c")
+    consul_agent.register("web", a.port, service_id="web-a")
+    consul_agent.register("cache", c.port, service_id="cache-c")
+    web_port, cache_port = free_port(), free_port()
+    node = start_basenode(f"web:{web_port}/http")
+    eventually(serving(web_port, ["a"]), timeout=30, what="the static route")
+    reloads = node.proc_info().reloads
+
+    consul_agent.kv_put("basenode/routes/cache", f"{cache_port}/http")
+    eventually(serving(cache_port, ["c"]), what="the KV route's new frontend")
+    assert node.proc_info().reloads == reloads + 1  # one seamless reload for the new frontend
+    assert get(web_port) == "a"  # the static route kept serving
+
+    consul_agent.kv_delete("basenode/routes/cache")
+
+    def frontend_gone() -> bool:
+        try:
+            get(cache_port, timeout=1)
+        except OSError:
+            return True
+        return False
+
+    eventually(frontend_gone, what="the frontend to disappear with its key")
+    assert get(web_port) == "a"
+
+
+def test_haproxy_keeps_routing_while_consul_is_down_and_changes_flow_when_it_is_back(
+    consul_agent,
+    backends,
+    start_basenode,
+):
+    a, b = backends.start("a"), backends.start("b")
+    consul_agent.register("web", a.port, service_id="web-a")
+    port = free_port()
+    node = start_basenode(f"web:{port}/http")
+    eventually(serving(port, ["a"]), timeout=30, what="a through basenode")
+
+    consul_agent.stop()  # a -dev agent forgets its catalog: a restart starts empty
+    deadline = time.monotonic() + 3  # longer than wait_max and the first retry backoffs
+    while time.monotonic() < deadline:
+        assert get(port) == "a"  # the last known instances keep serving
+        time.sleep(0.05)
+    assert node.proc.poll() is None
+
+    consul_agent.start()
+    consul_agent.register("web", a.port, service_id="web-a")
+    consul_agent.register("web", b.port, service_id="web-b")
+    eventually(serving(port, ["a", "b"]), timeout=30, what="changes to flow again after the agent came back")
+
+
+def test_hostile_registrations_change_nothing_and_are_named_in_one_warning_each(
+    consul_agent,
+    backends,
+    start_basenode,
+):
+    a = backends.start("a")
+    consul_agent.register("web", a.port, service_id="web-a")
+    port = free_port()
+    node = start_basenode(f"web:{port}/http")
+    eventually(serving(port, ["a"]), timeout=30, what="a through basenode")
+    rendered = node.settings.haproxy_cfg.read_text()
+
+    hostile = {
+        "web-newline-tag": {"Tags": ["ok\n    bind :1"]},
+        "web-shell-address": {"Address": "1.2.3.4; rm"},
+        "web-huge-tag": {"Tags": ["x" * 1_000_000]},
+    }
+    for service_id, fields in hostile.items():
+        body = {"ID": service_id, "Name": "web", "Port": a.port, "Address": "127.0.0.1", **fields}
+        consul_agent.register_raw(body)
+    # Port 70000 and a name with a newline are refused by Consul itself; the unit tests of
+    # snapshot validation cover them as values that reach us anyway.
+    eventually(
+        lambda: all(f"dropped instance '{sid}'" in node.output() for sid in hostile),
+        what="one warning per hostile registration",
+    )
+    for _ in range(20):
+        assert get(port) == "a"
+    assert node.settings.haproxy_cfg.read_text() == rendered
+    out = node.output()
+    for service_id in hostile:
+        assert out.count(f"dropped instance '{service_id}'") == 1, out[-3000:]
+    assert len(max(out.splitlines(), key=len)) < 2000  # the 1 MB tag is not echoed into the log
+    assert node.proc.poll() is None
+
+
+def test_a_broken_template_is_refused_with_its_line_and_the_old_config_keeps_serving(
+    tmp_path,
+    consul_agent,
+    backends,
+    start_basenode,
+):
+    from basenode import render
+
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text(render.default_template().read_text())
+    a = backends.start("a")
+    consul_agent.register("web", a.port, service_id="web-a")
+    port = free_port()
+    node = start_basenode(f"web:{port}/http", "--template", str(template))
+    eventually(serving(port, ["a"]), timeout=30, what="a through basenode")
+    rendered = node.settings.haproxy_cfg.read_text()
+
+    lines = template.read_text().splitlines()
+    lines.insert(5, "{% if %}")
+    template.write_text("\n".join(lines) + "\n")
+    eventually(lambda: f"{template}:6:" in node.output(), what="the template error with its file:line")
+    assert get(port) == "a"
+    assert node.settings.haproxy_cfg.read_text() == rendered
+
+    for command in ("check", "render"):
+        result = node.cli(command, "--routes", f"web:{port}/http", "--template", str(template))
+        assert result.returncode != 0
+        assert f"{template}:6:" in result.stderr, result.stderr
+
+    lines[5] = "{{ no_such_variable }}"
+    template.write_text("\n".join(lines) + "\n")
+    eventually(lambda: "no_such_variable" in node.output(), what="the undefined variable to be reported")
+    result = node.cli("render", "--routes", f"web:{port}/http", "--template", str(template))
+    assert result.returncode != 0 and f"{template}:6:" in result.stderr, result.stderr
+    assert get(port) == "a"
+    assert node.settings.haproxy_cfg.read_text() == rendered
+
+
+def test_200_membership_changes_under_load_fail_no_request(consul_agent, backends, start_basenode):
+    pool = [backends.start(name) for name in ("a", "b", "c", "d")]
+    for backend in pool:
+        consul_agent.register("web", backend.port, service_id=f"web-{backend.name}")
+    port = free_port()
+    node = start_basenode(f"web:{port}/http")
+    eventually(serving(port, ["a", "b", "c", "d"]), timeout=30, what="all four backends")
+    wait_for_port(port)
+    before = node.proc_info()
+    with Load(port) as load:
+        for i in range(200):
+            backend = pool[i % 3]  # d always stays, so some instance is always there
+            step = (i // 3) % 3
+            if step == 0:
+                consul_agent.deregister(f"web-{backend.name}")
+            elif step == 1:
+                consul_agent.register("web", backend.port, service_id=f"web-{backend.name}")
+            else:
+                consul_agent.set_check(f"web-{backend.name}", "critical" if i % 2 else "passing")
+            if i % 20 == 0:
+                load.wait_for_more(5)
+        load.wait_for_more(20)
+    assert load.failures == []
+    assert load.ok > 200
+    after = node.proc_info()
+    assert (after.reloads, after.workers) == (before.reloads, before.workers)
