@@ -514,7 +514,9 @@ class Watcher:
             started = self.clock()
             try:
                 new_index, data = read(index, self._jittered_wait() if index else None)
-            except consul.ERRORS as e:
+            except Exception as e:
+                if not isinstance(e, consul.ERRORS):  # a bug must not silently freeze routing: log, retry
+                    log.exception("consul %s read: unexpected error", name)
                 self._failed(status, e, stop)
                 # The agent may have restarted with a lower index: a blocking read on the old one would
                 # wait out the whole `wait` before anything is seen, so the next read is a plain one.

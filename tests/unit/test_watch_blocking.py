@@ -97,3 +97,9 @@ def test_an_unmoved_index_returned_at_once_is_paced_not_spun():
     asked, _, stop = run_script([(5, "a"), (5, "a"), (5, "a")], seconds_per_read=0.001)
     assert [i for i, _ in asked] == [0, 5, 5, 5]
     assert len(stop.waits) == 2
+
+
+def test_an_unexpected_error_in_a_read_is_logged_and_retried_not_fatal(caplog):
+    asked, _, _ = run_script([(5, "a"), KeyError("bug"), (6, "b")])
+    assert [i for i, _ in asked] == [0, 5, 0, 6]
+    assert any("unexpected error" in r.getMessage() for r in caplog.records)
