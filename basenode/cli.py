@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         _common_options(p)
         return p
 
-    command("run", "run as the container's entrypoint: supervise Consul, HAProxy, sync and COMMAND")
+    run = command("run", "run as the container's entrypoint: supervise Consul, HAProxy, sync and COMMAND")
+    # `basenode run -- COMMAND` is the contract; a Dockerfile's CMD appended to ENTRYPOINT
+    # ["basenode", "run"] comes without the `--`, so a bare COMMAND is taken too.
+    run.add_argument("app_command", nargs=argparse.REMAINDER, metavar="COMMAND", help=argparse.SUPPRESS)
     join = command("join", "join the local Consul agent to the cluster")
     join.add_argument("addresses", nargs="*", metavar="ADDRESS")
     join.add_argument(
@@ -153,6 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     own, command = split_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(own)
+    bare = getattr(args, "app_command", None) or []
+    if bare:
+        command = [*bare, "--", *command] if command else bare
     if command and args.command_name != "run":
         parser.error("COMMAND after -- is only for `basenode run`")
     if args.command_name == "version":
