@@ -239,9 +239,10 @@ def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[con
         with contextlib.suppress(FileNotFoundError):
             settings.haproxy_cfg.unlink()
     if settings.run_consul:
-        from . import consul
+        from . import agent
 
-        programs.append(consul.agent_program(settings))
+        agent.write_agent_config(settings)
+        programs.append(agent.agent_program(settings))
     if settings.run_haproxy:
         from . import haproxy
 

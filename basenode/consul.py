@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import re
-import signal
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ import consul.std
 import requests
 from consul.callback import CB
 
-from .config import ROUTES_KV_PREFIX, ConsulHTTP, Program, Settings
+from .config import ROUTES_KV_PREFIX, ConsulHTTP, Settings
 
 log = logging.getLogger(__name__)
 
@@ -440,73 +439,3 @@ def register_service(
 
 def deregister_service(client: pyconsul.Consul, service_id: str) -> bool:
     return bool(client.agent.service.deregister(service_id))
-
-
-# --- the agent basenode runs --------------------------------------------------------------------
-
-DEFAULT_BIND_TEMPLATE = "{{ GetPrivateIP }}"  # go-sockaddr: the container's one private address
-
-
-def agent_config(settings: Settings) -> Dict[str, Any]:
-    """The Consul agent's JSON config. Holds secrets (encrypt key, token): write it 0600, never log it.
-
-    The caller writes it to <state_dir>/consul.json; agent_program() points the agent at it.
-    Secrets live only here, never on a command line, where any process could read them in ps.
-    """
-    agent = settings.agent
-    http = settings.consul_http
-    _, http_port = http.host_port
-    config: Dict[str, Any] = {
-        "data_dir": str(settings.consul_data_dir),
-        "client_addr": "127.0.0.1",
-        # Consul picks the address to gossip on; with more than one private address it refuses to start,
-        # and Agent.extra_args (-bind=...) override this on the command line.
-        "bind_addr": DEFAULT_BIND_TEMPLATE,
-        "disable_update_check": True,
-        "enable_script_checks": False,
-        "ports": {"https": http_port, "http": -1} if http.scheme == "https" else {"http": http_port},
-        "retry_join": list(agent.join),
-        "server": agent.server,
-    }
-    if agent.node_name:
-        config["node_name"] = agent.node_name
-    if agent.datacenter:
-        config["datacenter"] = agent.datacenter
-    if agent.encrypt:
-        config["encrypt"] = agent.encrypt
-    if agent.server:
-        config["bootstrap_expect"] = agent.bootstrap_expect or 1
-        config["ui"] = False
-    if http.token:
-        # The agent uses it for its own requests (anti-entropy, and ours when they carry no token).
-        config["acl"] = {"tokens": {"agent": http.token, "default": http.token}}
-    if http.cacert:
-        config["ca_file"] = http.cacert
-        config["verify_outgoing"] = http.ssl_verify
-    if http.client_cert:
-        config["cert_file"] = http.client_cert
-    if http.client_key:
-        config["key_file"] = http.client_key
-    return config
-
-
-def agent_config_path(settings: Settings) -> str:
-    return str(settings.state_dir / "consul.json")
-
-
-def agent_program(settings: Settings) -> Program:
-    """`consul agent -config-file <state_dir>/consul.json [extra args]` as a supervised program."""
-    return Program(
-        name="consul",
-        command=(
-            settings.consul_bin,
-            "agent",
-            f"-config-file={agent_config_path(settings)}",
-            *settings.agent.extra_args,
-        ),
-        autorestart="always",
-        startsecs=1.0,
-        # SIGINT makes a client agent leave the cluster gracefully; the stop timeout covers the leave.
-        stop_signal=signal.SIGINT,
-        stop_timeout=10.0,
-    )

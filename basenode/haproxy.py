@@ -31,13 +31,13 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import Program, Settings
+from .files import fsync_dir, write_atomic
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -100,35 +100,9 @@ class ApplyResult:
 # Files and the check
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace `path` with `text` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(str(directory), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _promote(candidate: Path, live: Path) -> None:
     os.replace(candidate, live)
-    _fsync_dir(live.parent)
+    fsync_dir(live.parent)
 
 
 def check(haproxy_bin: str, cfg_path: Path, timeout: float = CHECK_TIMEOUT) -> None:

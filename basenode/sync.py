@@ -151,8 +151,8 @@ class Loop:
             r.route.service: {"port": r.route.port, "mode": r.route.mode, "instances": len(r.instances)}
             for r in snapshot.routes
         }
-        if how != "unchanged":
-            log.info(
+        if how != "unchanged":  # haproxy.apply logged how; this adds the routes' sizes
+            log.debug(
                 "applied via %s in %.1f ms: %s",
                 how,
                 duration * 1000,

@@ -14,8 +14,9 @@ from typing import List, Optional, Tuple
 import pytest
 
 from basenode import watch
+from basenode.agent import agent_config, agent_program
 from basenode.config import Agent, ConsulHTTP, Route, Settings, Watch
-from basenode.consul import agent_config, agent_program, join_command
+from basenode.consul import join_command
 from basenode.snapshot import Snapshot
 from basenode.watch import ConsulUnavailable, Watcher, fetch_snapshot
 from tests.conftest import require_binary

@@ -9,12 +9,14 @@ T = TypeVar("T")
 
 
 def eventually(probe: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
-    """Call probe until it returns a truthy value; AssertionError naming `what` and the last value after timeout."""
+    """Call probe until it is truthy; after `timeout`, AssertionError naming `what` and the last value."""
     deadline = time.monotonic() + timeout
     last: T = probe()
     while not last:
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe!r}; last value {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or probe!r}; last value {last!r}"
+            )
         time.sleep(interval)
         last = probe()
     return last

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from basenode.agent import agent_config, agent_program
 from basenode.config import Agent, ConsulHTTP, Settings
 from basenode.consul import (
-    agent_config,
-    agent_program,
     blocking_timeout,
     join_addresses,
     join_command,
