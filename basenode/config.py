@@ -114,6 +114,7 @@ class Agent:
     """The Consul agent basenode runs (unless --no-consul)."""
 
     join: Tuple[str, ...] = ()
+    join_source: str = ""  # where `join` came from, for messages: CONSUL_JOIN, file:line, link variables
     datacenter: Optional[str] = None
     encrypt: Optional[str] = field(default=None, repr=False)
     server: bool = False
@@ -787,13 +788,40 @@ def _load_watch(flags: Flags, file: Optional[FileValues], values: Mapping[str, A
     return watch
 
 
+# Docker links to a Consul server, as the seed used them (CONSULSERVER_1_PORT_8500_TCP_ADDR):
+# the serf LAN port's variables first, the HTTP port's second.
+LINK_VARIABLE_RE = re.compile(r"^[A-Z0-9_]+_PORT_(8301|8500)_TCP_ADDR$")
+JOIN_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.:-]{1,253})(:[0-9]{1,5})?$")
+
+
+def link_addresses(environ: Environ) -> Tuple[Tuple[str, ...], str]:
+    """Addresses from Docker link variables, and their names as the source."""
+    links = sorted((m.group(1), name) for name in environ for m in [LINK_VARIABLE_RE.match(name)] if m)
+    found = tuple(dict.fromkeys(environ[name].strip() for _, name in links if environ[name].strip()))
+    return found, "link variables " + ", ".join(name for _, name in links)
+
+
+def check_join_address(address: str, source: str) -> str:
+    if not JOIN_ADDRESS_RE.match(address):
+        raise ConfigError(source, "", f"expected host or host:port to join, got {_show(address)}")
+    return address
+
+
+def _join(environ: Environ, t: _Table) -> Tuple[Tuple[str, ...], str]:
+    """CONSUL_JOIN > the file's consul.join > link variables."""
+    t.used.add("join")
+    if environ.get("CONSUL_JOIN"):
+        found = tuple(a.strip() for a in environ["CONSUL_JOIN"].split(",") if a.strip())
+        source = "CONSUL_JOIN"
+    elif "join" in t.values:
+        found, source = t.get("join", "text_list", ()), t.source("join")
+    else:
+        found, source = link_addresses(environ)
+    return tuple(check_join_address(a, source) for a in found), source
+
+
 def _load_agent(environ: Environ, t: _Table) -> Agent:
-    join_env = environ.get("CONSUL_JOIN")
-    join = (
-        tuple(a.strip() for a in join_env.split(",") if a.strip())
-        if join_env
-        else t.get("join", "text_list", ())
-    )
+    join, join_source = _join(environ, t)
     server_env = _env_flag(environ, "CONSUL_SERVER")
     server = server_env if server_env is not None else t.get("server", "flag", False)
     expect_env = environ.get("CONSUL_BOOTSTRAP_EXPECT")
@@ -807,6 +835,7 @@ def _load_agent(environ: Environ, t: _Table) -> Agent:
         bootstrap_expect = t.get("bootstrap_expect", "count")
     return Agent(
         join=join,
+        join_source=join_source,
         datacenter=environ.get("CONSUL_DATACENTER") or t.get("datacenter", "text"),
         encrypt=environ.get("CONSUL_ENCRYPT") or None,
         server=server,

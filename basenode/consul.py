@@ -13,7 +13,6 @@ Two things py-consul 1.6.1 does not do for us, done here:
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import sys
@@ -26,7 +25,7 @@ import consul.std
 import requests
 from consul.callback import CB
 
-from .config import ROUTES_KV_PREFIX, ConsulHTTP, Settings
+from .config import ROUTES_KV_PREFIX, ConfigError, ConsulHTTP, Settings, check_join_address
 
 log = logging.getLogger(__name__)
 
@@ -335,41 +334,18 @@ def join(client: pyconsul.Consul, address: str, wan: bool = False) -> bool:
     return bool(client.agent.join(address, wan=wan))
 
 
-# Where `basenode join` finds addresses when none are given: Docker links to a Consul server, as the
-# seed used them (CONSULSERVER_1_PORT_8500_TCP_ADDR); the serf LAN port first, the HTTP one second.
-LINK_VARIABLE_RE = re.compile(r"^[A-Z0-9_]+_PORT_(8301|8500)_TCP_ADDR$")
-JOIN_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.:-]{1,253})(:[0-9]{1,5})?$")
-
-
-def join_addresses(
-    settings: Settings, arguments: Sequence[str], environ: Optional[Mapping[str, str]] = None
-) -> Tuple[Tuple[str, ...], str]:
-    """The addresses to join and where they came from: arguments, then CONSUL_JOIN / the config file,
-    then link variables. Raises ValueError naming an address that is not a host[:port]."""
-    environ = os.environ if environ is None else environ
+def join_addresses(settings: Settings, arguments: Sequence[str]) -> Tuple[Tuple[str, ...], str]:
+    """The addresses to join and where they came from: the arguments, else what the settings found
+    (CONSUL_JOIN, the config file, link variables). ConfigError names an address that is not host[:port]."""
     if arguments:
-        found, source = tuple(arguments), "arguments"
-    elif settings.agent.join:
-        found, source = settings.agent.join, "CONSUL_JOIN or the config file"
-    else:
-        links = sorted(
-            (LINK_VARIABLE_RE.match(name).group(1), name)  # type: ignore[union-attr]
-            for name in environ
-            if LINK_VARIABLE_RE.match(name)
-        )
-        found = tuple(dict.fromkeys(environ[name].strip() for _, name in links if environ[name].strip()))
-        source = "link variables " + ", ".join(name for _, name in links)
-    for address in found:
-        if not JOIN_ADDRESS_RE.match(address):
-            raise ValueError(f"{source}: expected host or host:port to join, got {address!r}")
-    return found, source
+        return tuple(check_join_address(a, "arguments") for a in arguments), "arguments"
+    return settings.agent.join, settings.agent.join_source
 
 
 def join_command(
     settings: Settings,
     arguments: Sequence[str],
     timeout: float = 60.0,
-    environ: Optional[Mapping[str, str]] = None,
 ) -> int:
     """`basenode join`: ask the local agent to join until one address works or `timeout` passes.
 
@@ -377,8 +353,8 @@ def join_command(
     there is nothing (valid) to join. Messages name what was tried.
     """
     try:
-        addresses, source = join_addresses(settings, arguments, environ)
-    except ValueError as e:
+        addresses, source = join_addresses(settings, arguments)
+    except ConfigError as e:
         print(f"basenode: join: {e}", file=sys.stderr)
         return 2
     if not addresses:

@@ -282,13 +282,13 @@ def test_join_joins_the_local_agent_to_another_and_fails_clearly_on_a_dead_addre
     try:
         settings = Settings(consul_http=ConsulHTTP(addr=consul_agent.http_addr))
         target = f"127.0.0.1:{other.ports['serf_lan']}"
-        assert join_command(settings, [target], timeout=20, environ={}) == 0
+        assert join_command(settings, [target], timeout=20) == 0
         eventually(
             lambda: other.node_name in {m["Name"] for m in consul_agent.get("/v1/agent/members")},
             what="the other agent among the members",
         )
         dead = f"127.0.0.1:{free_port()}"
-        assert join_command(settings, [dead], timeout=1, environ={}) == 1
+        assert join_command(settings, [dead], timeout=1) == 1
         assert dead in capsys.readouterr().err
     finally:
         other.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from basenode import config
 from basenode.agent import agent_config, agent_program
 from basenode.config import Agent, ConsulHTTP, Settings
 from basenode.consul import (
@@ -114,21 +115,24 @@ def test_join_addresses_come_from_arguments_then_consul_join_then_link_variables
         "OTHER_PORT_8301_TCP_ADDR": "172.17.0.3",
         "PATH": "/x",
     }
-    with_join = Settings(agent=Agent(join=("10.0.0.9",)))
-    assert join_addresses(with_join, ["10.0.0.1:8301"], links) == (("10.0.0.1:8301",), "arguments")
-    assert join_addresses(with_join, [], links)[0] == ("10.0.0.9",)
-    addresses, source = join_addresses(Settings(), [], links)
+    no_components = config.Flags(no_consul=True, no_haproxy=True)
+    with_join = config.load(no_components, {**links, "CONSUL_JOIN": "10.0.0.9"})
+    assert join_addresses(with_join, ["10.0.0.1:8301"]) == (("10.0.0.1:8301",), "arguments")
+    assert join_addresses(with_join, []) == (("10.0.0.9",), "CONSUL_JOIN")
+    addresses, source = join_addresses(config.load(no_components, links), [])
     assert addresses == ("172.17.0.3", "172.17.0.2")  # the serf port's link first
-    assert "CONSULSERVER_1_PORT_8500_TCP_ADDR" in source
-    assert join_addresses(Settings(), [], {}) == ((), "link variables ")
+    assert source == "link variables OTHER_PORT_8301_TCP_ADDR, CONSULSERVER_1_PORT_8500_TCP_ADDR"
+    assert join_addresses(config.load(no_components, {}), []) == ((), "link variables ")
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1/../../kv/x", "a b", "host?x=1", ""])
 def test_a_join_address_that_is_not_host_port_is_refused_by_name(address):
-    with pytest.raises(ValueError, match="expected host or host:port"):
-        join_addresses(Settings(), [address], {})
+    with pytest.raises(config.ConfigError, match="arguments: expected host or host:port to join"):
+        join_addresses(Settings(), [address])
+    with pytest.raises(config.ConfigError, match=r"^CONSUL_JOIN: expected host or host:port to join"):
+        config.load(config.Flags(no_consul=True, no_haproxy=True), {"CONSUL_JOIN": f"10.0.0.1,{address}x y"})
 
 
 def test_join_with_nothing_to_join_says_where_it_looked(capsys):
-    assert join_command(Settings(), [], timeout=1, environ={}) == 2
+    assert join_command(Settings(), [], timeout=1) == 2
     assert "CONSUL_JOIN" in capsys.readouterr().err
