@@ -1,4 +1,4 @@
-"""A thin layer over py-consul: the client, blocking reads, join, register, and the agent's config.
+"""A thin layer over py-consul: the client, blocking reads, join, register (the agent's config: agent.py).
 
 Nothing here knows about templates or HAProxy. Every read returns Consul's data as Consul sent it;
 validation happens in snapshot.py before anything reaches a config file.
