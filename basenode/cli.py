@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import __version__, config, log
 
@@ -57,6 +57,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         choices=("runtime", "reload", "restart"),
         help="how HAProxy takes changes (default runtime)",
     )
+    add("--drain", metavar="SECONDS", help="from deregistering to stopping the app (env BASENODE_DRAIN; 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", "what a running basenode is doing")
     status.add_argument("--json", action="store_true")
     command("health", "exit 0 when healthy, 1 otherwise")
+    command("register", "keep the app's services registered; on SIGTERM deregister, then drain")
     command("version", "versions of basenode and its bundled packages")
     return parser
 
@@ -122,6 +124,7 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         watch_mode=args.watch_mode,
         poll_interval=args.poll_interval,
         apply_mode=args.apply_mode,
+        drain=args.drain,
         command=tuple(command),
     )
 
@@ -133,7 +136,15 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
         value = getattr(flags, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), value]
-    for name in ("log_format", "log_level", "watch_mode", "poll_interval", "apply_mode", "status_addr"):
+    for name in (
+        "log_format",
+        "log_level",
+        "watch_mode",
+        "poll_interval",
+        "apply_mode",
+        "status_addr",
+        "drain",
+    ):
         value = getattr(flags, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), value]
@@ -225,7 +236,33 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
                 depends_on=tuple(p.name for p in programs if p.name in ("consul", "haproxy")),
             )
         )
+    if settings.services:
+        programs.append(register_program(settings, flags))
     return supervise.supervise(programs)
+
+
+def child_command(settings: config.Settings, flags: config.Flags, subcommand: str) -> Tuple[str, ...]:
+    """This basenode again, as a child of `run`, with run's options; it talks to run's agent, runs none."""
+    argv = flags_to_argv(flags)
+    if settings.run_consul and "--no-consul" not in argv:
+        argv.append("--no-consul")
+    return (*self_command(), subcommand, *argv)
+
+
+def register_program(settings: config.Settings, flags: config.Flags) -> config.Program:
+    """Registers the app's services once it runs; started after the app, so stopped before it."""
+    after = ("app",) if settings.command else (("consul",) if settings.run_consul else ())
+    return config.Program(
+        name="register",
+        command=child_command(settings, flags, "register"),
+        autorestart="always",
+        startsecs=0,
+        startretries=1000000,
+        backoff_initial=0.5,
+        backoff_max=10.0,
+        depends_on=after,
+        stop_timeout=settings.drain + 5.0,
+    )
 
 
 def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[config.Program]:
@@ -246,13 +283,10 @@ def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[con
     if settings.run_haproxy:
         from . import haproxy
 
-        sync_flags = flags_to_argv(flags)
-        if settings.run_consul and "--no-consul" not in sync_flags:
-            sync_flags.append("--no-consul")  # the sync child talks to our agent; it runs none
         programs.append(
             config.Program(
                 name="sync",
-                command=(*self_command(), "sync", *sync_flags),
+                command=child_command(settings, flags, "sync"),
                 autorestart="always",
                 startsecs=1.0,
                 startretries=1000000,
@@ -303,6 +337,17 @@ def cmd_status(settings: config.Settings, args: argparse.Namespace, flags: confi
     return sync.status_command(settings, as_json=args.json)
 
 
+def cmd_register(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import register
+
+    if not settings.services:
+        print(
+            "basenode: register: no service to register (set SERVICE_NAME and SERVICE_PORT)", file=sys.stderr
+        )
+        return 2
+    return register.run(settings)
+
+
 def cmd_health(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
     from . import sync
 
@@ -317,4 +362,5 @@ COMMANDS = {
     "join": cmd_join,
     "status": cmd_status,
     "health": cmd_health,
+    "register": cmd_register,
 }

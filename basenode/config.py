@@ -140,6 +140,24 @@ class Watch:
 
 
 @dataclass(frozen=True)
+class Service:
+    """A service basenode registers with the local agent while the application runs."""
+
+    name: str
+    port: int
+    id: str = ""  # default: the name
+    tags: Tuple[str, ...] = ()
+    check_http: Optional[str] = None  # a path (/health) or a full URL
+    check_tcp: bool = False
+    check_interval: str = "10s"
+    source: str = ""
+
+    @property
+    def service_id(self) -> str:
+        return self.id or self.name
+
+
+@dataclass(frozen=True)
 class Settings:
     config_file: Optional[Path] = None
     state_dir: Path = DEFAULT_STATE_DIR
@@ -158,6 +176,8 @@ class Settings:
     watch: Watch = Watch()
     programs: Tuple[Program, ...] = ()
     command: Tuple[str, ...] = ()  # the application COMMAND after `--`
+    services: Tuple[Service, ...] = ()  # registered while the application runs
+    drain: float = 2.0  # seconds between deregistering and stopping the application
 
     @property
     def haproxy_cfg(self) -> Path:
@@ -306,6 +326,7 @@ class Flags:
     watch_mode: Optional[str] = None
     poll_interval: Optional[str] = None
     apply_mode: Optional[str] = None
+    drain: Optional[str] = None
     command: Tuple[str, ...] = ()
 
 
@@ -678,6 +699,20 @@ def load(flags: Flags, environ: Environ) -> Settings:
     consul_table.check_unknown()
     haproxy_table.check_unknown()
 
+    services = _load_services(environ, file, top.table("services"))
+    drain_value, drain_source = _choose(
+        (flags.drain, "--drain"),
+        (environ.get("BASENODE_DRAIN") or None, "BASENODE_DRAIN"),
+        (top.get("drain", "seconds"), top.source("drain")),
+        (2.0, "default"),
+    )
+    try:
+        drain = _seconds(float(drain_value))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            drain_source, "drain", f"expected a number of seconds, got {_show(drain_value)}"
+        ) from None
+
     program_tables = top.table("programs")
     programs = tuple(
         _program(file, name, values if isinstance(values, Mapping) else {"command": values}, environ)
@@ -729,7 +764,99 @@ def load(flags: Flags, environ: Environ) -> Settings:
         watch=watch,
         programs=programs,
         command=tuple(flags.command),
+        services=services,
+        drain=drain,
     )
+
+
+CHECK_INTERVAL_RE = re.compile(r"^\d+(ms|s|m)$")
+
+
+def _service(
+    name: str, values: Mapping[str, Any], source: Callable[[str], str], key: Callable[[str], str]
+) -> Service:
+    """One service from registrator's variables or a [services.NAME] table (both as a mapping)."""
+
+    def fail(field: str, message: str) -> ConfigError:
+        return ConfigError(source(field), key(field), message)
+
+    if not SERVICE_NAME_RE.match(name):
+        raise fail("", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {_show(name)}")
+    if "port" not in values:
+        raise fail("port", "required: the port the application listens on")
+    try:
+        port = parse_port(values["port"])
+    except ValueError as e:
+        raise fail("port", str(e)) from None
+    tags = values.get("tags", ())
+    if isinstance(tags, str):
+        tags = tuple(t.strip() for t in tags.split(",") if t.strip())
+    if not isinstance(tags, (list, tuple)) or not all(
+        isinstance(t, str) and SAFE_TAG_RE.match(t) for t in tags
+    ):
+        raise fail("tags", f"expected tags of [A-Za-z0-9._:/=-], got {_show(tags)}")
+    check_http = values.get("check_http") or None
+    if check_http is not None and (not isinstance(check_http, str) or any(c.isspace() for c in check_http)):
+        raise fail("check_http", f"expected a path like /health or a URL, got {_show(check_http)}")
+    check_tcp = values.get("check_tcp", False)
+    if isinstance(check_tcp, str):
+        check_tcp = check_tcp.strip().lower() in ("1", "true", "yes", "on")
+    interval = values.get("check_interval") or "10s"
+    if not isinstance(interval, str) or not CHECK_INTERVAL_RE.match(interval):
+        raise fail("check_interval", f"expected a duration like 10s, got {_show(interval)}")
+    service_id = values.get("id") or ""
+    if service_id and not SERVICE_NAME_RE.match(str(service_id)):
+        raise fail("id", f"service id must match [A-Za-z0-9._-]{{1,128}}, got {_show(service_id)}")
+    return Service(
+        name=name,
+        port=port,
+        id=str(service_id),
+        tags=tuple(tags),
+        check_http=check_http,
+        check_tcp=bool(check_tcp),
+        check_interval=interval,
+        source=source(""),
+    )
+
+
+SAFE_TAG_RE = re.compile(r"^[A-Za-z0-9._:/=-]{1,128}$")
+REGISTRATOR_VARIABLES = {
+    "port": "SERVICE_PORT",
+    "tags": "SERVICE_TAGS",
+    "check_http": "SERVICE_CHECK_HTTP",
+    "check_tcp": "SERVICE_CHECK_TCP",
+    "check_interval": "SERVICE_CHECK_INTERVAL",
+    "id": "SERVICE_ID",
+}
+
+
+def _load_services(
+    environ: Environ, file: Optional[FileValues], tables: Mapping[str, Any]
+) -> Tuple[Service, ...]:
+    """SERVICE_NAME and friends (registrator's names), and [services.NAME] tables."""
+    services = []
+    if environ.get("SERVICE_NAME"):
+        values = {field: environ[var] for field, var in REGISTRATOR_VARIABLES.items() if environ.get(var)}
+        services.append(
+            _service(
+                environ["SERVICE_NAME"],
+                values,
+                source=lambda field: REGISTRATOR_VARIABLES.get(field, "SERVICE_NAME"),
+                key=lambda field: "",
+            )
+        )
+    for name, values in tables.items():
+        t = _Table(file, f"services.{name}", values if isinstance(values, Mapping) else {})
+        if not isinstance(values, Mapping):
+            raise t.fail("", f"expected a table, got {_show(values)}")
+        for unknown in set(values) - set(REGISTRATOR_VARIABLES):
+            raise t.fail(unknown, "unknown key")
+        services.append(_service(name, values, source=t.source, key=t.key))
+    ids = [s.service_id for s in services]
+    for service in services:
+        if ids.count(service.service_id) > 1:
+            raise ConfigError(service.source, "", f"service id {_show(service.service_id)} registered twice")
+    return tuple(services)
 
 
 def _load_routes(

@@ -1,0 +1,92 @@
+"""Keep the application's services registered with the local agent while it runs.
+
+Runs as the built-in program `register` under `basenode run`, started after the application and
+so stopped before it (supervise stops in reverse start order). On SIGTERM it deregisters first,
+then waits the drain period, so that every other node has dropped this instance from its routing
+before the application itself is asked to stop: no request is sent to an instance that is going.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any, Dict, Optional
+
+from . import consul
+from .config import Service, Settings
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 10.0  # re-check that the agent still has our services (an agent restart forgets them)
+BACKOFF_MAX = 10.0
+
+
+def check_definition(service: Service) -> Optional[Dict[str, Any]]:
+    """The agent-side health check for `service`, as Consul's API spells it. The agent runs it locally."""
+    if service.check_http:
+        url = service.check_http
+        if not url.startswith(("http://", "https://")):
+            url = f"http://127.0.0.1:{service.port}/{url.lstrip('/')}"
+        return {"HTTP": url, "Interval": service.check_interval, "Timeout": "2s"}
+    if service.check_tcp:
+        return {"TCP": f"127.0.0.1:{service.port}", "Interval": service.check_interval, "Timeout": "2s"}
+    return None
+
+
+def ensure_registered(client: Any, settings: Settings) -> int:
+    """Register every service the agent does not have; how many were (re)registered."""
+    present = client.agent.services()
+    added = 0
+    for service in settings.services:
+        if service.service_id in present:
+            continue
+        consul.register_service(
+            client,
+            service.name,
+            service.port,
+            service_id=service.service_id,
+            tags=service.tags,
+            check=check_definition(service),
+        )
+        log.info("registered %s (id %s, port %d)", service.name, service.service_id, service.port)
+        added += 1
+    return added
+
+
+def deregister_all(client: Any, settings: Settings) -> None:
+    for service in settings.services:
+        try:
+            consul.deregister_service(client, service.service_id)
+            log.info("deregistered %s (id %s)", service.name, service.service_id)
+        except consul.ERRORS as e:
+            log.warning("could not deregister %s: %s", service.service_id, e)
+
+
+def run(settings: Settings) -> int:
+    """`basenode register`: until SIGTERM/SIGINT; then deregister, drain, exit 0."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    client = consul.make_client(settings.consul_http, timeout=5.0)
+    failures = 0
+    while not stop.is_set():
+        try:
+            ensure_registered(client, settings)
+        except consul.ERRORS as e:
+            failures += 1
+            if failures == 1:
+                log.warning("cannot register with the agent yet (retrying): %s", e)
+            stop.wait(min(BACKOFF_MAX, 0.2 * 2 ** min(failures, 6)))
+            continue
+        failures = 0
+        stop.wait(REFRESH_SECONDS)
+    deregister_all(client, settings)
+    if settings.drain > 0:
+        log.info("draining for %.1f s before the application stops", settings.drain)
+        time.sleep(settings.drain)
+    return 0
