@@ -242,22 +242,21 @@ def test_a_broken_template_is_refused_with_its_line_and_the_old_config_keeps_ser
     rendered = node.settings.haproxy_cfg.read_text()
 
     lines = template.read_text().splitlines()
-    lines.insert(5, "{% if %}")
-    template.write_text("\n".join(lines) + "\n")
-    eventually(lambda: f"{template}:6:" in node.output(), what="the template error with its file:line")
+    broken = len(lines) + 1  # a line of its own after the last, outside any comment
+    template.write_text("\n".join([*lines, "{% if %}"]) + "\n")
+    eventually(lambda: f"{template}:{broken}:" in node.output(), what="the template error with its file:line")
     assert get(port) == "a"
     assert node.settings.haproxy_cfg.read_text() == rendered
 
     for command in ("check", "render"):
         result = node.cli(command, "--routes", f"web:{port}/http", "--template", str(template))
         assert result.returncode != 0
-        assert f"{template}:6:" in result.stderr, result.stderr
+        assert f"{template}:{broken}:" in result.stderr, result.stderr
 
-    lines[5] = "{{ no_such_variable }}"
-    template.write_text("\n".join(lines) + "\n")
+    template.write_text("\n".join([*lines, "{{ no_such_variable }}"]) + "\n")
     eventually(lambda: "no_such_variable" in node.output(), what="the undefined variable to be reported")
     result = node.cli("render", "--routes", f"web:{port}/http", "--template", str(template))
-    assert result.returncode != 0 and f"{template}:6:" in result.stderr, result.stderr
+    assert result.returncode != 0 and f"{template}:{broken}:" in result.stderr, result.stderr
     assert get(port) == "a"
     assert node.settings.haproxy_cfg.read_text() == rendered
 
