@@ -63,23 +63,29 @@ def test_version_runs_on_every_python_on_the_machine(zipapp: Path, python: str, 
     assert list((tmp_path / ".shiv").glob("basenode_*/site-packages/jinja2"))
 
 
-def test_it_runs_with_a_read_only_home_by_unpacking_into_a_private_temp_dir(zipapp: Path, tmp_path: Path):
+def version_with_read_only_home(zipapp: Path, home: Path, temp: Path) -> subprocess.CompletedProcess:
+    """`basenode version` with HOME on a read-only mount and TMPDIR=temp.
+
+    Root ignores permission bits, so HOME is made truly read-only with a read-only bind mount
+    in a private mount namespace.
+    """
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is needed for this test; run `make deps`")
-    home = tmp_path / "home"
-    temp = tmp_path / "tmp"
     home.mkdir()
-    temp.mkdir()
-    # Root ignores permission bits, so make HOME truly read-only with a read-only bind mount
-    # in a private mount namespace.
+    temp.mkdir(exist_ok=True)
     script = (
         f"mount --bind {home} {home} && mount -o remount,bind,ro {home} {home} && "
         f"HOME={home} TMPDIR={temp} {sys.executable} {zipapp} version"
     )
     env = {k: v for k, v in os.environ.items() if k != "SHIV_ROOT"}
-    out = subprocess.run(
+    return subprocess.run(
         ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=60
     )
+
+
+def test_it_runs_with_a_read_only_home_by_unpacking_into_a_private_temp_dir(zipapp: Path, tmp_path: Path):
+    home, temp = tmp_path / "home", tmp_path / "tmp"
+    out = version_with_read_only_home(zipapp, home, temp)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"basenode {__version__}\n")
     assert not (home / ".shiv").exists()
@@ -88,20 +94,10 @@ def test_it_runs_with_a_read_only_home_by_unpacking_into_a_private_temp_dir(zipa
 
 
 def test_it_refuses_a_temp_dir_root_that_others_could_write(zipapp: Path, tmp_path: Path):
-    home = tmp_path / "home"
     temp = tmp_path / "tmp"
-    home.mkdir()
-    temp.mkdir()
     planted = temp / f"basenode-shiv-{os.getuid()}"
-    planted.mkdir(mode=0o777)
+    planted.mkdir(parents=True)
     planted.chmod(0o777)
-    script = (
-        f"mount --bind {home} {home} && mount -o remount,bind,ro {home} {home} && "
-        f"HOME={home} TMPDIR={temp} {sys.executable} {zipapp} version"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "SHIV_ROOT"}
-    out = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=60
-    )
+    out = version_with_read_only_home(zipapp, tmp_path / "home", temp)
     assert out.returncode != 0
     assert f"{planted} is not a private directory" in out.stderr
