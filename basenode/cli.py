@@ -294,6 +294,7 @@ def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[con
                 backoff_max=10.0,
                 depends_on=("consul",) if settings.run_consul else (),
                 ready_file=str(settings.haproxy_cfg),
+                stop_first=True,
                 stop_timeout=5.0,
             )
         )

@@ -76,6 +76,9 @@ class Program:
     forward_signals: Tuple[int, ...] = ()  # signals to basenode passed on to this program
     ready_file: Optional[str] = None  # not "up" (for depends_on) until this file exists
     main: bool = False  # its exit ends basenode with its status (the application COMMAND)
+    # Stopped before every other program, whatever the start order: the sync loop, so that it
+    # does not try to apply changes to an HAProxy that is being stopped.
+    stop_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,10 @@ class Settings:
     run_haproxy: bool = True
     consul_bin: str = "consul"
     haproxy_bin: str = "haproxy"
+    # HAProxy's workers drop to this user and group when basenode runs as root (the master stays
+    # root to re-bind on reload). Default: the `haproxy` user where it exists (Debian's package).
+    haproxy_user: Optional[str] = None
+    haproxy_group: Optional[str] = None
     status_addr: Tuple[str, int] = ("127.0.0.1", 8089)
     log_format: str = "text"
     log_level: str = "info"
@@ -693,6 +700,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
         (haproxy_table.get("bin", "text"), haproxy_table.source("bin")),
         ("haproxy", "default"),
     )
+    haproxy_user, haproxy_group = _haproxy_user(haproxy_table)
     run_consul = not flags.no_consul and consul_table.get("enabled", "flag", True)
     run_haproxy = not flags.no_haproxy and haproxy_table.get("enabled", "flag", True)
     agent = _load_agent(environ, consul_table)
@@ -756,6 +764,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
         run_haproxy=run_haproxy,
         consul_bin=consul_bin[0],
         haproxy_bin=haproxy_bin[0],
+        haproxy_user=haproxy_user,
+        haproxy_group=haproxy_group,
         status_addr=status_addr,
         log_format=log_format,
         log_level=log_level.lower(),
@@ -945,6 +955,27 @@ def _join(environ: Environ, t: _Table) -> Tuple[Tuple[str, ...], str]:
     else:
         found, source = link_addresses(environ)
     return tuple(check_join_address(a, source) for a in found), source
+
+
+def _haproxy_user(t: _Table) -> Tuple[Optional[str], Optional[str]]:
+    """[haproxy] user: explicit (must exist), "" for none, else `haproxy` when root and it exists."""
+    import grp
+    import pwd
+
+    name = t.get("user", "text")
+    if name == "" or (name is None and os.geteuid() != 0):
+        return None, None
+    try:
+        entry = pwd.getpwnam(name or "haproxy")
+    except KeyError:
+        if name is None:
+            return None, None
+        raise t.fail("user", f"no such user {_show(name)}") from None
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = None
+    return entry.pw_name, group
 
 
 def _load_agent(environ: Environ, t: _Table) -> Agent:

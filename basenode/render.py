@@ -33,6 +33,8 @@ stats_socket   the runtime-API socket path HAProxy must open (<state_dir>/haprox
 master_socket  the master CLI socket (given to HAProxy with -S, not in the config)
 settings       bind, state_dir, stats_socket, master_socket, apply_mode, include_warning,
                datacenter, node_name
+haproxy_user   the user HAProxy's workers run as (None: stay as basenode's user)
+haproxy_group  that user's group (or None)
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ def context(snapshot: Snapshot, settings: Settings) -> Dict[str, Any]:
             "datacenter": settings.agent.datacenter,
             "node_name": settings.agent.node_name,
         },
+        "haproxy_user": settings.haproxy_user,
+        "haproxy_group": settings.haproxy_group,
     }
 
 

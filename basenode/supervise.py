@@ -750,6 +750,8 @@ class Supervisor:
         log.info("stopping: %s", reason)
         order = list(reversed(self._start_order))
         order += [p for p in self._procs.values() if p not in order]
+        # A controller (stop_first) goes before what it controls, even though it started first.
+        order.sort(key=lambda p: not p.program.stop_first)
         for p in order:
             if p.state in (WAITING, BACKOFF):
                 self._set(p, STOPPED)

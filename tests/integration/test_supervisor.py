@@ -235,6 +235,28 @@ def test_programs_stop_in_reverse_start_order(harness, tmp_path):
     assert stopped == sorted(stopped)
 
 
+def test_a_stop_first_program_stops_before_the_programs_that_started_after_it(harness, tmp_path):
+    ready = tmp_path / "rendered"
+    sync = program(
+        "sync",
+        "sh",
+        "-c",
+        f"touch {ready}; exec sleep 100",
+        ready_file=str(ready),
+        startsecs=0,
+        stop_first=True,
+    )
+    proxy = program("proxy", "sh", "-c", "echo up; exec sleep 100", depends_on=["sync"], startsecs=0)
+    run = harness([proxy, sync])
+    wait_for_text(run.stdout, "proxy | up")
+
+    run.send(signal.SIGTERM)
+    assert run.wait() == 128 + signal.SIGTERM
+    log = run.stderr()
+    assert log.index("sync: started pid") < log.index("proxy: started pid")
+    assert log.index("sync: sending SIGTERM") < log.index("proxy: sending SIGTERM")
+
+
 def test_a_second_sigterm_during_the_stop_does_not_restart_it(harness):
     slow = app(
         "sh",

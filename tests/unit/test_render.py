@@ -148,6 +148,8 @@ def test_the_context_has_the_documented_fields_and_no_secrets(tmp_path):
         "stats_socket",
         "master_socket",
         "settings",
+        "haproxy_user",
+        "haproxy_group",
     }
     web = ctx["routes"][1]
     assert set(web) == {"service", "port", "mode", "tag", "instances"}
@@ -169,3 +171,11 @@ def test_the_context_is_documented_in_the_module_and_the_template_header():
     for name in ("routes", "instances", "endpoint", "weight", "key", "bind", "state_dir", "stats_socket"):
         assert name in doc, name
         assert name in header, name
+
+
+def test_haproxy_workers_drop_to_the_configured_user_and_stay_put_without_one(tmp_path):
+    template = render.load_template(render.default_template())
+    as_root = Settings(state_dir=tmp_path, haproxy_user="haproxy", haproxy_group="haproxy")
+    text = render.render(template, snapshot(), as_root)
+    assert "\n    user haproxy\n    group haproxy\n" in text
+    assert "\n    user " not in render.render(template, snapshot(), Settings(state_dir=tmp_path))
