@@ -123,13 +123,23 @@ def cluster(basenode_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
         compose.down()
 
 
+@pytest.fixture()
+def steady(cluster: dh.Compose) -> dh.Compose:
+    """The whole cluster up and both apps routed, whatever an earlier test left behind."""
+    cluster("start")
+    client = cluster.container("client")
+    wait_until(lambda: routed_hosts(client) == set(APPS), 60, "app1 and app2 (only) to be routed", cluster)
+    return cluster
+
+
 def test_the_client_reaches_every_app_through_its_own_localhost(cluster: dh.Compose) -> None:
     seen, failures = answers(cluster.container("client"), count=20)
     assert failures == 0
     assert set(seen) == set(APPS)
 
 
-def test_stopping_an_app_node_drains_it_and_no_client_request_fails(cluster: dh.Compose) -> None:
+def test_stopping_an_app_node_drains_it_and_no_client_request_fails(steady: dh.Compose) -> None:
+    cluster = steady
     client, app1, server = (cluster.container(s) for s in ("client", "app1", "server"))
     load = subprocess.Popen(
         ["docker", "exec", "-i", client, "python3", "-c", LOAD, ROUTE_URL, "20000", "60"],
@@ -159,7 +169,8 @@ def test_stopping_an_app_node_drains_it_and_no_client_request_fails(cluster: dh.
     wait_until(lambda: routed_hosts(client) >= set(APPS), 60, "app1 to be routed again", cluster)
 
 
-def test_a_new_app_node_receives_traffic(cluster: dh.Compose) -> None:
+def test_a_new_app_node_receives_traffic(steady: dh.Compose) -> None:
+    cluster = steady
     client = cluster.container("client")
     env = {"CONSUL_JOIN": "server", "BASENODE_ROUTES": "hello:9302/http"}
     options = ["--network", cluster.network, "--hostname", "app3"]
@@ -169,7 +180,8 @@ def test_a_new_app_node_receives_traffic(cluster: dh.Compose) -> None:
         dh.docker("stop", "-t", "5", app3, timeout=30)
 
 
-def test_a_disconnected_node_leaves_routing_and_returns_on_reconnect(cluster: dh.Compose) -> None:
+def test_a_disconnected_node_leaves_routing_and_returns_on_reconnect(steady: dh.Compose) -> None:
+    cluster = steady
     client, app2, server = (cluster.container(s) for s in ("client", "app2", "server"))
     address = dh.container_ip(app2, cluster.network)
     started = time.monotonic()
