@@ -137,9 +137,11 @@ class Watch:
     include_warning: bool = False
     mode: str = "blocking"  # blocking | poll (the seed's 5 s polling, for comparison)
     poll_interval: float = 5.0
-    apply_mode: str = (
-        "runtime"  # runtime (runtime API, reload only for structure) | reload | restart (the seed)
-    )
+    # runtime: runtime API, reload only when routes change; reload: always; restart: the seed's way
+    apply_mode: str = "runtime"
+    # With no answer from Consul this long after start, HAProxy (and so the app) starts anyway with
+    # the configured routes and no instances; the catalog fills them in when Consul answers.
+    startup_grace: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -916,6 +918,7 @@ def _load_watch(flags: Flags, file: Optional[FileValues], values: Mapping[str, A
         mode=mode,
         poll_interval=poll_interval,
         apply_mode=apply_mode,
+        startup_grace=t.get("startup_grace", "seconds", defaults.startup_grace),
     )
     if watch.wait_max < watch.wait_min:
         raise t.fail("wait_max", f"must be >= wait_min ({watch.wait_min}), got {_show(watch.wait_max)}")

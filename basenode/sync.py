@@ -98,6 +98,18 @@ class Loop:
             self.latest = snapshot
             self._apply(snapshot, template_changed=False)
 
+    def on_startup_grace_over(self) -> None:
+        with self.lock:
+            if self.applied is not None:
+                return
+            log.warning(
+                "no answer from Consul at %s after %.0f s: starting with the configured routes and no "
+                "instances until it answers",
+                self.settings.consul_http.addr,
+                self.settings.watch.startup_grace,
+            )
+            self._apply(watch.static_snapshot(self.settings), template_changed=False)
+
     def on_template_tick(self) -> None:
         with self.lock:
             try:
@@ -198,8 +210,11 @@ def run(settings: Settings, once: bool = False) -> int:
     watcher = watch.Watcher(settings)
     thread = threading.Thread(target=watcher.run, args=(loop.on_snapshot, stop), name="watch", daemon=True)
     thread.start()
+    grace_over = time.monotonic() + settings.watch.startup_grace
     while not stop.wait(TEMPLATE_POLL_SECONDS):
         loop.on_template_tick()
+        if loop.applied is None and time.monotonic() > grace_over:
+            loop.on_startup_grace_over()
         if not thread.is_alive():
             log.error("watch thread ended unexpectedly")
             return 1

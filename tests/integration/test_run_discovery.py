@@ -288,3 +288,27 @@ def test_200_membership_changes_under_load_fail_no_request(consul_agent, backend
     assert load.ok > 200
     after = node.proc_info()
     assert (after.reloads, after.workers) == (before.reloads, before.workers)
+
+
+def test_with_consul_unreachable_at_start_the_app_starts_after_the_grace_with_empty_routes(tmp_path):
+    port = free_port()
+    config = tmp_path / "basenode.toml"
+    config.write_text("[watch]\nstartup_grace = 1\n")
+    probe = (
+        "import http.client, sys\n"
+        f"c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=5)\n"
+        "c.request('GET', '/')\n"
+        "print('status', c.getresponse().status)\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
+        "CONSUL_HTTP_ADDR": f"127.0.0.1:{free_port()}",  # nothing listens there
+    }
+    argv = [sys.executable, str(ZIPAPP), "run", "--no-consul", "--config", str(config)]
+    argv += ["--state-dir", str(tmp_path / "state"), "--routes", f"web:{port}/http"]
+    out = subprocess.run(
+        [*argv, "--", sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "app | status 503" in out.stdout  # a fast refusal, not a hang
+    assert "no answer from Consul" in out.stderr
