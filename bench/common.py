@@ -8,6 +8,8 @@ so a run leaves nothing behind even when it is interrupted.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import math
 import os
 import platform
@@ -365,3 +367,187 @@ def machine_facts(python: str) -> Tuple[Tuple[str, str], ...]:
         ("tini", first_line(["tini", "--version"])),
         ("hyperfine", first_line(["hyperfine", "--version"])),
     )
+
+
+# --- Consul and backends (discovery family) -----------------------------------------------------
+
+CONSUL_PORT_NAMES = ("http", "dns", "serf_lan", "serf_wan", "server", "grpc")
+
+
+class ConsulDev:
+    """A `consul agent -dev` on free loopback ports (every port set, so nothing collides), started
+    through `Processes`, with a keep-alive HTTP client for the benchmark's own catalog writes."""
+
+    def __init__(self, procs: Processes, workdir: Path, binary: Optional[str] = None) -> None:
+        binary = binary or consul_binary()
+        if not binary:
+            raise RuntimeError("consul not found: run `make system-deps`")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = _distinct_ports(CONSUL_PORT_NAMES)
+        self.node = f"bench-{os.getpid()}-{self.ports['http']}"
+        self.log = workdir / "consul.log"
+        argv = [
+            binary,
+            "agent",
+            "-dev",
+            "-bind=127.0.0.1",
+            "-client=127.0.0.1",
+            f"-node={self.node}",
+            f"-data-dir={workdir / 'data'}",
+            *(f"-{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()),
+            "-log-level=warn",
+        ]
+        self.proc = procs.start(argv, env=clean_env(), log=self.log)
+        self._conn: Optional[http.client.HTTPConnection] = None
+        wait_for(self._ready, 30, 0.05, f"consul agent on {self.http_addr}")
+
+    @property
+    def http_addr(self) -> str:
+        return f"127.0.0.1:{self.ports['http']}"
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"consul exited with {self.proc.returncode}; see {self.log}")
+        try:
+            return bool(self.request("GET", "/v1/status/leader")) and bool(
+                self.request("GET", f"/v1/catalog/node/{self.node}")
+            )
+        except (OSError, ValueError, RuntimeError):
+            return False
+
+    def request(self, method: str, path: str, body: object = None) -> object:
+        """One call on a kept-alive connection (reopened once if the agent closed it)."""
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.ports["http"], timeout=30)
+            try:
+                self._conn.request(method, path, body=data)
+                resp = self._conn.getresponse()
+                text = resp.read().decode()
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+                continue
+            if resp.status != 200:
+                raise RuntimeError(f"consul {method} {path}: HTTP {resp.status} {text[:200]!r}")
+            return json.loads(text) if text.strip() else None
+        return None
+
+    def catalog_register(self, node: str, service: str, service_id: str, port: int) -> None:
+        """Straight into the catalog on an external node, no check: passing at once."""
+        self.request(
+            "PUT",
+            "/v1/catalog/register",
+            {
+                "Node": node,
+                "Address": "127.0.0.1",
+                "Service": {"ID": service_id, "Service": service, "Address": "127.0.0.1", "Port": port},
+            },
+        )
+
+    def catalog_deregister(self, node: str, service_id: str) -> None:
+        self.request("PUT", "/v1/catalog/deregister", {"Node": node, "ServiceID": service_id})
+
+    def agent_register(self, service: str, service_id: str, port: int) -> None:
+        """An agent service with a passing TTL check `ttl-<id>` (flip it with `set_check`)."""
+        self.request(
+            "PUT",
+            "/v1/agent/service/register",
+            {
+                "ID": service_id,
+                "Name": service,
+                "Address": "127.0.0.1",
+                "Port": port,
+                "Check": {"CheckID": f"ttl-{service_id}", "TTL": "10m", "Status": "passing"},
+            },
+        )
+
+    def agent_deregister(self, service_id: str) -> None:
+        self.request("PUT", f"/v1/agent/service/deregister/{service_id}")
+
+    def set_check(self, service_id: str, passing: bool) -> None:
+        self.request("PUT", f"/v1/agent/check/{'pass' if passing else 'fail'}/ttl-{service_id}")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _distinct_ports(names: Sequence[str]) -> Dict[str, int]:
+    ports: Dict[str, int] = {}
+    while len(ports) < len(names):
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
+
+
+def free_ports(count: int) -> List[int]:
+    """`count` distinct free loopback ports (each was free when picked)."""
+    return list(_distinct_ports([str(i) for i in range(count)]).values())
+
+
+# A process of HTTP/1.1 keep-alive servers, one per NAME=PORT argument, each answering every request
+# with 200 and its NAME as the body: the backends the subjects route to. asyncio, so that one
+# interpreter serves many ports and a steady load without a thread per connection.
+BACKENDS_CODE = r"""
+import asyncio, sys
+
+async def serve(name, port):
+    body = name.encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body)
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                close = b"connection: close" in request.lower() or request.startswith(b"GET / HTTP/1.0")
+                writer.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    await server.serve_forever()
+
+async def main():
+    await asyncio.gather(*(serve(n, int(p)) for n, p in (a.split("=") for a in sys.argv[1:])))
+
+asyncio.run(main())
+"""
+
+
+def start_backends(procs: Processes, names: Sequence[str], python: str, log: Path) -> Dict[str, int]:
+    """Named HTTP backends on free loopback ports in one child process; returns {name: port}."""
+    ports = dict(zip(names, free_ports(len(names))))
+    procs.start(
+        [python, "-c", BACKENDS_CODE, *(f"{n}={p}" for n, p in ports.items())], env=clean_env(), log=log
+    )
+    for name, port in ports.items():
+        wait_for(lambda port=port: http_get(port) is not None, 10, 0.02, f"backend {name} on {port}")
+    return ports
+
+
+def http_get(port: int, timeout: float = 1.0) -> Optional[str]:
+    """One GET on a fresh loopback connection: the body of a 200, else None (refused, reset, non-200)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            chunks = []
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError:
+        return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return body.decode(errors="replace") if head.startswith(b"HTTP/1.1 200") else None
