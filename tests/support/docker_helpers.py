@@ -90,6 +90,8 @@ def build_image(tag: str, context: Path, dockerfile: Optional[Path] = None) -> s
     if dockerfile is not None:
         cmd += ["-f", str(dockerfile)]
     docker(*cmd, str(context), timeout=BUILD_TIMEOUT)
+    # Each new zipapp leaves the previous build of our images untagged: drop those (only ours).
+    docker("image", "prune", "-f", "--filter", f"label={TEST_LABEL}", check=False)
     return docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
 
 
