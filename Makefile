@@ -8,7 +8,11 @@ STAMP_SYS := .deps/.installed
 ZIPAPP := dist/basenode
 export PATH := $(CURDIR)/.deps/bin:$(PATH)
 
-.PHONY: all deps venv system-deps zipapp test test-unit test-integration test-docker lint bench demo clean clean-venv
+IMAGE ?= basenode
+BASE_IMAGE := debian:bookworm-slim
+
+.PHONY: all deps venv system-deps zipapp test test-unit test-integration test-docker lint bench demo clean clean-venv \
+	base-image image cluster-demo
 
 all: zipapp
 
@@ -51,6 +55,18 @@ bench: deps zipapp
 
 demo: deps zipapp
 	scripts/demo.sh
+
+# No registry here: the Dockerfile's FROM image is built from Debian's packages (debootstrap,
+# docker import) and tagged with the name the Dockerfile uses. Where a registry is reachable,
+# `docker build` pulls the real one instead.
+base-image:
+	scripts/build-base-image.sh bookworm $(BASE_IMAGE)
+
+image: zipapp base-image
+	docker build -t $(IMAGE) .
+
+cluster-demo: image
+	scripts/docker-cluster-demo.sh
 
 clean:
 	rm -rf build dist .pytest_cache

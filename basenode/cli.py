@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", "what a running basenode is doing")
     status.add_argument("--json", action="store_true")
     command("health", "exit 0 when healthy, 1 otherwise")
-    command("register", "keep the app's services registered; on SIGTERM deregister, then drain")
+    register = command("register", "keep the app's services registered; on SIGTERM deregister, then drain")
+    # Set by `run` when it runs the agent: on stop the agent leaves the cluster during the drain.
+    register.add_argument("--leave", action="store_true", help=argparse.SUPPRESS)
     command("version", "versions of basenode and its bundled packages")
     return parser
 
@@ -164,7 +166,12 @@ def self_command() -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `docker run IMAGE version` arrives as `basenode run version` (ENTRYPOINT ["basenode", "run"]):
+    # one of basenode's own command names right after `run` is that command, not an application.
+    if len(argv) >= 2 and argv[0] == "run" and argv[1] in OWN_COMMANDS:
+        argv = argv[1:]
+    own, command = split_command(argv)
     parser = build_parser()
     args = parser.parse_args(own)
     bare = getattr(args, "app_command", None) or []
@@ -254,7 +261,7 @@ def register_program(settings: config.Settings, flags: config.Flags) -> config.P
     after = ("app",) if settings.command else (("consul",) if settings.run_consul else ())
     return config.Program(
         name="register",
-        command=child_command(settings, flags, "register"),
+        command=(*child_command(settings, flags, "register"), *(["--leave"] if settings.run_consul else [])),
         autorestart="always",
         startsecs=0,
         startretries=1000000,
@@ -346,7 +353,7 @@ def cmd_register(settings: config.Settings, args: argparse.Namespace, flags: con
             "basenode: register: no service to register (set SERVICE_NAME and SERVICE_PORT)", file=sys.stderr
         )
         return 2
-    return register.run(settings)
+    return register.run(settings, leave=args.leave)
 
 
 def cmd_health(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
@@ -365,3 +372,6 @@ COMMANDS = {
     "health": cmd_health,
     "register": cmd_register,
 }
+
+# Names that `basenode run NAME` treats as `basenode NAME` (see main).
+OWN_COMMANDS = (frozenset(COMMANDS) - {"run"}) | {"version"}

@@ -334,6 +334,11 @@ def join(client: pyconsul.Consul, address: str, wan: bool = False) -> bool:
     return bool(client.agent.join(address, wan=wan))
 
 
+def leave(client: pyconsul.Consul) -> bool:
+    """Ask the local agent to leave the cluster gracefully; the agent then shuts down."""
+    return bool(client.http.put(CB.boolean(), "/v1/agent/leave"))
+
+
 def join_addresses(settings: Settings, arguments: Sequence[str]) -> Tuple[Tuple[str, ...], str]:
     """The addresses to join and where they came from: the arguments, else what the settings found
     (CONSUL_JOIN, the config file, link variables). ConfigError names an address that is not host[:port]."""

@@ -20,6 +20,7 @@ from .config import Service, Settings
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 10.0  # re-check that the agent still has our services (an agent restart forgets them)
 BACKOFF_MAX = 10.0
+LEAVE_WAIT_SECONDS = 3.0  # past the drain, how long the stop waits for the agent's graceful leave
 
 
 def check_definition(service: Service) -> Optional[Dict[str, Any]]:
@@ -63,8 +64,12 @@ def deregister_all(client: Any, settings: Settings) -> None:
             log.warning("could not deregister %s: %s", service.service_id, e)
 
 
-def run(settings: Settings) -> int:
-    """`basenode register`: until SIGTERM/SIGINT; then deregister, drain, exit 0."""
+def run(settings: Settings, leave: bool = False) -> int:
+    """`basenode register`: until SIGTERM/SIGINT; then deregister, drain, exit 0.
+
+    With `leave` (basenode runs the agent), the agent leaves the cluster during the drain: a
+    graceful leave takes seconds, and done after the drain it would make every stop that long.
+    """
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -86,7 +91,20 @@ def run(settings: Settings) -> int:
         failures = 0
         stop.wait(REFRESH_SECONDS)
     deregister_all(client, settings)
+    leaving = threading.Thread(target=_leave, args=(client,), name="leave", daemon=True) if leave else None
+    if leaving is not None:
+        leaving.start()
     if settings.drain > 0:
         log.info("draining for %.1f s before the application stops", settings.drain)
         time.sleep(settings.drain)
+    if leaving is not None:
+        leaving.join(timeout=LEAVE_WAIT_SECONDS)
     return 0
+
+
+def _leave(client: Any) -> None:
+    try:
+        consul.leave(client)
+        log.info("the agent left the cluster")
+    except consul.ERRORS as e:
+        log.warning("the agent did not leave the cluster gracefully: %s", e)

@@ -80,3 +80,9 @@ def test_version_names_basenode_python_and_every_bundled_package(zipapp):
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names[:2] == ["basenode", "python"]
     assert {"py-consul", "requests", "urllib3", "jinja2", "markupsafe", "tomli"} <= set(names)
+
+
+def test_docker_run_image_version_reaches_basenode_version_through_the_run_entrypoint(zipapp):
+    # ENTRYPOINT ["basenode", "run"] + `docker run IMAGE version` = `basenode run version`
+    out = basenode("run", "version")
+    assert out.returncode == 0 and out.stdout.startswith("basenode ")
