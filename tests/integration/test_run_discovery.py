@@ -312,3 +312,39 @@ def test_with_consul_unreachable_at_start_the_app_starts_after_the_grace_with_em
     assert out.returncode == 0, out.stderr
     assert "app | status 503" in out.stdout  # a fast refusal, not a hang
     assert "no answer from Consul" in out.stderr
+
+
+def test_the_seed_mode_polls_and_restarts_haproxy_and_still_follows_the_catalog(
+    consul_agent, backends, start_basenode
+):
+    a, b = backends.start("a"), backends.start("b")
+    consul_agent.register("web", a.port, service_id="web-a")
+    port = free_port()
+    node = start_basenode(
+        f"web:{port}/http", "--watch-mode", "poll", "--poll-interval", "0.5", "--apply-mode", "restart"
+    )
+    eventually(serving(port, ["a"]), timeout=30, what="a through basenode in seed mode")
+    master = node.proc_info().master_pid
+    consul_agent.register("web", b.port, service_id="web-b")
+    eventually(serving(port, ["a", "b"]), timeout=30, what="the poll to see b")
+    assert node.proc_info().master_pid != master  # the seed restarted HAProxy for every change
+    assert "applied by restart" in node.output()
+
+
+def test_sync_once_renders_and_writes_the_config_then_exits(consul_agent, backends, tmp_path):
+    a = backends.start("a")
+    consul_agent.register("web", a.port, service_id="web-a")
+    state = tmp_path / "state"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
+        "CONSUL_HTTP_ADDR": consul_agent.http_addr,
+        "BASENODE_CONFIG": os.devnull,
+    }
+    argv = [sys.executable, str(ZIPAPP), "sync", "--once", "--no-consul", "--state-dir", str(state)]
+    out = subprocess.run(
+        [*argv, "--routes", "web:9999/http"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = (state / "haproxy.cfg").read_text()
+    assert f"127.0.0.1:{a.port}" in rendered and "bind 127.0.0.1:9999" in rendered
+    assert (state / "haproxy.cfg").stat().st_mode & 0o777 == 0o600
