@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 60.0
 SOCKET_TIMEOUT = 5.0
+RUNNING_SETTLE = 2.0  # seconds a refusing master socket gets before HAProxy counts as not running
 # How long apply waits for a removed server's sessions to end so that it can be deleted at once.
 # Waiting is not what protects those sessions (maintenance already stops new traffic and never cuts
 # a session); it only tidies up. A longer session (a database pool's connection) keeps running and
@@ -177,13 +178,23 @@ def program(settings: Settings, depends_on: Sequence[str] = ()) -> Program:
     )
 
 
-def running(settings: Settings) -> bool:
-    """True when the master CLI answers."""
-    try:
-        show_proc(settings.haproxy_master_socket, timeout=2.0)
-    except RuntimeAPIError:
-        return False
-    return True
+def running(settings: Settings, settle: float = RUNNING_SETTLE) -> bool:
+    """True when the master CLI answers.
+
+    A socket file that refuses connections is a master between two lives (it re-executes itself
+    on every reload), not an absent one: it gets `settle` seconds to answer. Taking that window for
+    "not running" would only write the file, and HAProxy would miss the change.
+    """
+    socket_path = settings.haproxy_master_socket
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            show_proc(socket_path, timeout=2.0)
+            return True
+        except RuntimeAPIError:
+            if not socket_path.exists() or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------

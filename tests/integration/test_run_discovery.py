@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -63,7 +63,15 @@ class Basenode:
         return subprocess.run([*base, *args[1:]], env=self.env, capture_output=True, text=True, timeout=60)
 
     def proc_info(self) -> haproxy.ProcInfo:
-        return haproxy.show_proc(self.settings.haproxy_master_socket)
+        """The master's `show proc`; the master CLI refuses for a moment while a reload re-executes it."""
+
+        def ask() -> Optional[haproxy.ProcInfo]:
+            try:
+                return haproxy.show_proc(self.settings.haproxy_master_socket)
+            except haproxy.RuntimeAPIError:
+                return None
+
+        return eventually(ask, timeout=10, what="the HAProxy master CLI to answer")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
