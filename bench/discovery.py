@@ -777,7 +777,7 @@ def register_bulk(agent: ConsulDev, services: Sequence[str], backends: Mapping[s
 
 def scale_phase(
     ctx: Context, procs: Processes, backends: Mapping[str, int], routes: int, changes: int
-) -> Tuple[Table, Table, Dict[str, List[float]], Dict[str, common.Memory]]:
+) -> Tuple[Table, Dict[str, List[float]], Dict[str, common.Memory], str]:
     agent = ConsulDev(procs, ctx.scratch / "consul-scale")
     rng = random.Random()
     applied: List[float] = []
@@ -797,6 +797,7 @@ def scale_phase(
                 wait_for(lambda s=service: http_get(ports[s]) in POOL, 120, 0.05, f"route {service} at scale")
             started = time.monotonic() - t0
             time.sleep(2.0)
+            fresh = process_memory(procs, subject)  # before any change: what start-up alone costs
             subject.new_log()
             target = services[len(services) // 2]
             port = ports[target]
@@ -855,7 +856,14 @@ def scale_phase(
             f"at this scale) p50 {fmt(summary_ms)} ms from this process.",
         ),
     )
-    return table, memory_table(memory, routes), {"applied": applied, "e2e": end_to_end}, memory
+    growth = ""
+    if "basenode sync" in fresh and "basenode sync" in memory:
+        growth = (
+            f"The sync process at {routes:,} routes held {fresh['basenode sync'].rss_kb / MIB:.1f} MiB "
+            f"RSS 2 s after start-up, before any change, and {memory['basenode sync'].rss_kb / MIB:.1f} "
+            f"MiB after the {changes} changes."
+        )
+    return table, {"applied": applied, "e2e": end_to_end}, memory, growth
 
 
 def time_check(cfg: Path, runs: int = 5) -> float:
@@ -911,7 +919,10 @@ def _ppid(pid: int) -> int:
 
 
 def memory_table(
-    scale: Dict[str, common.Memory], routes: int, small: Optional[Dict[str, common.Memory]] = None
+    scale: Dict[str, common.Memory],
+    routes: int,
+    small: Optional[Dict[str, common.Memory]] = None,
+    growth: str = "",
 ) -> Table:
     def mib(value: Optional[int]) -> str:
         return "-" if value is None else f"{value / MIB:.1f}"
@@ -935,6 +946,7 @@ def memory_table(
             "Read from /proc after the changes: RSS (VmRSS), PSS and USS (private pages) from "
             "smaps_rollup. 1 route: basenode of the propagation table; "
             f"{routes:,} routes: {routes:,} services x {len(POOL)} instances.",
+            *((growth,) if growth else ()),
         ),
     )
 
@@ -966,7 +978,9 @@ def run(ctx: Context) -> Section:
         print(f"(idle: {time.monotonic() - t:.0f} s)", flush=True)
         t = time.monotonic()
         scale_routes = ctx.reps(1000, 100)
-        scale_table, _, scale, scale_memory = scale_phase(ctx, procs, backends, scale_routes, ctx.reps(20, 6))
+        scale_table, scale, scale_memory, growth = scale_phase(
+            ctx, procs, backends, scale_routes, ctx.reps(20, 6)
+        )
         print(f"(scale: {time.monotonic() - t:.0f} s)", flush=True)
         leftovers = procs.leftovers()
     if leftovers:
@@ -977,7 +991,7 @@ def run(ctx: Context) -> Section:
         load_table,
         idle_table,
         scale_table,
-        memory_table(scale_memory, scale_routes, small_memory),
+        memory_table(scale_memory, scale_routes, small_memory, growth),
     ]
     summary = targets(prop, load, idle, idle_routes, scale, scale_memory, scale_routes)
     method = (
