@@ -246,9 +246,13 @@ class Processes:
             t0 = time.monotonic()
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-            if _wait_unreaped(proc.pid, grace):
-                took = time.monotonic() - t0
-            _killpg(proc.pid)
+            # send_signal() polls first (Python 3.9+): a process that had exited by itself is reaped
+            # by now, so there is nothing to wait for and its group id may be reused: its remembered
+            # descendants are left to the sweep.
+            if proc.returncode is None:
+                if _wait_unreaped(proc.pid, grace):
+                    took = time.monotonic() - t0
+                _killpg(proc.pid)
             proc.wait()
         if proc in self._started:
             self._started.remove(proc)
