@@ -81,7 +81,7 @@ def agent_program(settings: Settings) -> Program:
             *settings.agent.extra_args,
         ),
         autorestart="always",
-        startsecs=1.0,
+        startsecs=0.5,  # the agent fails fast on a bad config; waiting longer only delays the start
         # SIGINT makes a client agent leave the cluster gracefully; the stop timeout covers the leave.
         stop_signal=signal.SIGINT,
         stop_timeout=10.0,

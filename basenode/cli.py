@@ -295,7 +295,7 @@ def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[con
                 name="sync",
                 command=child_command(settings, flags, "sync"),
                 autorestart="always",
-                startsecs=1.0,
+                startsecs=0,  # "up" is its ready_file: the first render, which HAProxy waits for
                 startretries=1000000,
                 backoff_initial=0.5,
                 backoff_max=10.0,
