@@ -8,6 +8,7 @@ config keeps serving and the failure is logged and recorded in the state file fo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from . import haproxy, render, watch
 from .config import Settings
@@ -149,6 +150,7 @@ class Loop:
             return
         self.applied = snapshot
         self._record(snapshot, result.how, time.monotonic() - started)
+        _return_free_memory()
 
     def _record(self, snapshot: Snapshot, how: str, duration: float) -> None:
         s = self.state
@@ -181,6 +183,28 @@ class Loop:
             self.state.save(self.settings.state_dir)
         except OSError as e:  # a full state dir must not stop routing
             log.warning("cannot write %s: %s", STATE_FILE, e)
+
+
+def _return_free_memory() -> None:
+    """Give the heap's free pages back to the system after an apply.
+
+    Rendering and parsing a large config churns through megabytes of short-lived strings; glibc
+    keeps the freed pages, so a sync process that once rendered 1,000 routes would hold that peak
+    for ever. malloc_trim is glibc's; elsewhere this does nothing.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def run(settings: Settings, once: bool = False) -> int:
