@@ -453,9 +453,9 @@ class ParsedConfig:
     servers: Dict[str, Dict[str, ServerLine]] = field(default_factory=dict)
 
 
-# Two entries: the live text and the candidate; the candidate applied now is the live text of the
-# next apply. At 1,000 routes a parsed config weighs ~4 MB, so no more than that are kept.
-@functools.lru_cache(maxsize=2)
+# One entry: the candidate applied now is the live text of the next apply, which then finds it
+# here; the new candidate replaces it. At 1,000 routes a parsed config weighs ~4 MB.
+@functools.lru_cache(maxsize=1)
 def parse_config(text: str) -> ParsedConfig:
     """Split a config into its skeleton and its backends' server lines. The result is shared (cached):
     treat it as read-only."""
