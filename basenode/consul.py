@@ -63,6 +63,9 @@ class CountingHTTPClient(consul.std.HTTPClient):
             cert=self.cert,
             timeout=(min(self.timeout, 5.0), timeout),
         )
+        # Consul's API speaks UTF-8 JSON but names no charset; without this, requests would guess
+        # the encoding of every body (and could guess wrong for a non-ASCII KV value or tag).
+        response.encoding = "utf-8"
         return callback(self.response(response))
 
     def get(self, callback, path, params=None, headers=None, **_kwargs):  # type: ignore[override]
