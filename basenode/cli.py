@@ -22,7 +22,6 @@ BUNDLED = (
     "urllib3",
     "certifi",
     "idna",
-    "charset-normalizer",
     "jinja2",
     "markupsafe",
     "tomli",

@@ -18,14 +18,19 @@ import re
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import consul as pyconsul
-import consul.std
-import requests
-from consul.callback import CB
+# The zipapp bundles no charset detector (requirements/runtime.lock says why); requests warns about
+# that at import, once, in every process. Consul's answers are decoded as UTF-8 (see _send).
+warnings.filterwarnings("ignore", message="Unable to find acceptable character detection dependency")
 
-from .config import ROUTES_KV_PREFIX, ConfigError, ConsulHTTP, Settings, check_join_address
+import consul as pyconsul  # noqa: E402
+import consul.std  # noqa: E402
+import requests  # noqa: E402
+from consul.callback import CB  # noqa: E402
+
+from .config import ROUTES_KV_PREFIX, ConfigError, ConsulHTTP, Settings, check_join_address  # noqa: E402
 
 log = logging.getLogger(__name__)
 
