@@ -1,4 +1,4 @@
-"""Shared fixtures. Real components come from tests/support; see tests/README.md."""
+"""Shared fixtures; the real components (Consul agent, HAProxy, backends, Docker) come from tests/support."""
 
 from __future__ import annotations
 
