@@ -293,6 +293,9 @@ def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[con
             config.Program(
                 name="sync",
                 command=child_command(settings, flags, "sync"),
+                # Three threads, none allocating much at the same time: glibc's per-thread arenas would
+                # only keep fragments of the big renders (measured: ~4 MB at 1,000 routes).
+                environment=(("MALLOC_ARENA_MAX", "2"),),
                 autorestart="always",
                 startsecs=0,  # "up" is its ready_file: the first render, which HAProxy waits for
                 startretries=1000000,
