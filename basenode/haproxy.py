@@ -380,22 +380,35 @@ def reload(settings: Settings, timeout: float = RELOAD_TIMEOUT) -> ProcInfo:
     before = show_proc(master)
     with contextlib.suppress(RuntimeAPIError):
         command(master, "reload")  # the master re-executes itself and closes this connection
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.01)
-        try:
-            now = show_proc(master, timeout=1.0)
-        except RuntimeAPIError:
-            continue  # the master is re-executing
+
+    def reloaded(now: ProcInfo) -> bool:
         if now.failed_reloads > before.failed_reloads:
             raise ApplyError(
                 "HAProxy rejected the reload (the previous workers keep serving, the old config file "
                 "is back); its log says why, e.g. a port already in use"
             )
         fresh = [pid for pid in now.workers if pid not in before.workers]
-        if now.reloads > before.reloads and fresh and _stats_pid(settings) == fresh[0]:
+        return now.reloads > before.reloads and bool(fresh) and _stats_pid(settings) == fresh[0]
+
+    after = _wait_for_master(master, timeout, reloaded)
+    if after is None:
+        raise ApplyError(f"no new HAProxy worker answered within {timeout:.0f}s of the reload")
+    return after
+
+
+def _wait_for_master(master: Path, timeout: float, done: Callable[[ProcInfo], bool]) -> Optional[ProcInfo]:
+    """Poll the master CLI until `done(show proc)`; None after `timeout`. A refused connection is a
+    master re-executing itself, not an answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        try:
+            now = show_proc(master, timeout=1.0)
+        except RuntimeAPIError:
+            continue
+        if done(now):
             return now
-    raise ApplyError(f"no new HAProxy worker answered within {timeout:.0f}s of the reload")
+    return None
 
 
 def _stats_pid(settings: Settings) -> Optional[int]:
@@ -411,15 +424,15 @@ def restart(settings: Settings, timeout: float = RESTART_TIMEOUT) -> ProcInfo:
     master = settings.haproxy_master_socket
     before = show_proc(master)
     os.kill(before.master_pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.02)
-        try:
-            now = show_proc(master, timeout=1.0)
-        except RuntimeAPIError:
-            continue
-        if now.master_pid != before.master_pid and now.workers and _stats_pid(settings) in now.workers:
-            return now
+    after = _wait_for_master(
+        master,
+        timeout,
+        lambda now: (
+            now.master_pid != before.master_pid and bool(now.workers) and _stats_pid(settings) in now.workers
+        ),
+    )
+    if after is not None:
+        return after
     raise ApplyError(f"HAProxy did not come back within {timeout:.0f}s of the restart (is it supervised?)")
 
 
