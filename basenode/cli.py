@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import __version__, config, log
+
+logger = logging.getLogger(__name__)
 
 BUNDLED = (
     "py-consul",
@@ -25,6 +29,7 @@ BUNDLED = (
     "jinja2",
     "markupsafe",
     "tomli",
+    "prometheus-client",
 )
 
 
@@ -57,6 +62,11 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="how HAProxy takes changes (default runtime)",
     )
     add("--drain", metavar="SECONDS", help="from deregistering to stopping the app (env BASENODE_DRAIN; 2)")
+    add(
+        "--health-max-age",
+        metavar="SECONDS",
+        help="/health fails when HAProxy was last confirmed in step longer ago (default 600)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +136,7 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         poll_interval=args.poll_interval,
         apply_mode=args.apply_mode,
         drain=args.drain,
+        health_max_age=args.health_max_age,
         command=tuple(command),
     )
 
@@ -145,6 +156,7 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
         "apply_mode",
         "status_addr",
         "drain",
+        "health_max_age",
     ):
         value = getattr(flags, name)
         if value is not None:
@@ -181,6 +193,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command_name == "version":
         return _quiet_on_closed_pipe(cmd_version)
     flags = flags_from(args, command)
+    if args.command_name in CLIENT_COMMANDS:
+        # They only ask a running basenode: whether this shell can find consul or haproxy is beside the point.
+        flags = dataclasses.replace(flags, no_consul=True, no_haproxy=True)
     try:
         settings = config.load(flags, os.environ)
     except config.ConfigError as e:
@@ -227,9 +242,54 @@ def cmd_version() -> int:
 
 
 def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
-    from . import supervise
+    from . import control, supervise
 
-    programs = list(builtin_programs(settings, flags)) + list(settings.programs)
+    current = {"settings": settings}
+
+    def reload() -> Optional[List[config.Program]]:
+        """SIGHUP: the config file again; what changed is started, stopped or restarted."""
+        old = current["settings"]
+        try:
+            new = config.load(flags, os.environ)
+        except config.ConfigError as e:
+            logger.error("reload refused, the running config stays: %s", e)
+            return None
+        logger.info("SIGHUP: config reloaded from %s", new.config_file or "flags and environment")
+        current["settings"] = new
+        programs = all_programs(new, flags, first_start=False)
+        if new.agent != old.agent and new.run_consul and old.run_consul:
+            supervisor.restart_program("consul")
+        if new.run_haproxy and old.run_haproxy:
+            # It reads the config file itself: a restart picks up every change; otherwise HUP makes it
+            # look at its template now.
+            with contextlib.suppress(ValueError):  # not running just now: it reads both when it starts
+                if new != old:
+                    supervisor.restart_program("sync")
+                else:
+                    supervisor.signal_program("sync", signal.SIGHUP)
+        return programs
+
+    supervisor = supervise.Supervisor(
+        all_programs(settings, flags, first_start=True),
+        on_reload=reload,
+        json_output=settings.log_format == "json",
+    )
+    server = None
+    try:
+        prepare_state_dir(settings.state_dir)
+        server = control.ControlServer(supervisor, settings.state_dir)
+    except OSError as e:
+        logger.warning("no control socket in %s: %s (status shows no programs)", settings.state_dir, e)
+    try:
+        return supervisor.run()
+    finally:
+        if server is not None:
+            server.close()
+
+
+def all_programs(settings: config.Settings, flags: config.Flags, first_start: bool) -> List[config.Program]:
+    """Built-in programs, [programs.*], the application and the service registration, in start order."""
+    programs = list(builtin_programs(settings, flags, first_start)) + list(settings.programs)
     if settings.command:
         programs.append(
             config.Program(
@@ -244,7 +304,7 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
         )
     if settings.services:
         programs.append(register_program(settings, flags))
-    return supervise.supervise(programs)
+    return programs
 
 
 def child_command(settings: config.Settings, flags: config.Flags, subcommand: str) -> Tuple[str, ...]:
@@ -271,12 +331,14 @@ def register_program(settings: config.Settings, flags: config.Flags) -> config.P
     )
 
 
-def builtin_programs(settings: config.Settings, flags: config.Flags) -> List[config.Program]:
+def builtin_programs(
+    settings: config.Settings, flags: config.Flags, first_start: bool = True
+) -> List[config.Program]:
     """Consul agent, the sync loop and HAProxy, as the settings ask for them."""
     programs: List[config.Program] = []
     if settings.run_consul or settings.run_haproxy:
         prepare_state_dir(settings.state_dir)
-    if settings.run_haproxy:
+    if settings.run_haproxy and first_start:
         # HAProxy waits for this file (the sync loop's first render). One left by an earlier run
         # would start HAProxy on routes from who knows when: start from this run's catalog.
         with contextlib.suppress(FileNotFoundError):
@@ -342,9 +404,9 @@ def cmd_join(settings: config.Settings, args: argparse.Namespace, flags: config.
 
 
 def cmd_status(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
-    from . import sync
+    from . import status
 
-    return sync.status_command(settings, as_json=args.json)
+    return status.status_command(settings, as_json=args.json)
 
 
 def cmd_register(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
@@ -359,9 +421,9 @@ def cmd_register(settings: config.Settings, args: argparse.Namespace, flags: con
 
 
 def cmd_health(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
-    from . import sync
+    from . import status
 
-    return sync.health_command(settings)
+    return status.health_command(settings)
 
 
 COMMANDS = {
@@ -374,6 +436,8 @@ COMMANDS = {
     "health": cmd_health,
     "register": cmd_register,
 }
+
+CLIENT_COMMANDS = frozenset({"status", "health"})
 
 # Names that `basenode run NAME` treats as `basenode NAME` (see main).
 OWN_COMMANDS = (frozenset(COMMANDS) - {"run"}) | {"version"}

@@ -25,6 +25,7 @@ except ImportError:  # 3.9, 3.10: the bundled tomli
 DEFAULT_CONFIG = Path("/etc/basenode/basenode.toml")
 DEFAULT_STATE_DIR = Path("/run/basenode")
 DEFAULT_STATUS_ADDR = "127.0.0.1:8089"
+DEFAULT_HEALTH_MAX_AGE = 600.0
 DEFAULT_CONSUL_HTTP_ADDR = "127.0.0.1:8500"
 ROUTES_KV_PREFIX = "basenode/routes/"
 
@@ -187,6 +188,9 @@ class Settings:
     command: Tuple[str, ...] = ()  # the application COMMAND after `--`
     services: Tuple[Service, ...] = ()  # registered while the application runs
     drain: float = 2.0  # seconds between deregistering and stopping the application
+    # /health fails when HAProxy was last confirmed in step with Consul longer ago than this. A
+    # quiet catalog still answers every blocking wait (5 min), so twice that is a stuck loop.
+    health_max_age: float = DEFAULT_HEALTH_MAX_AGE
 
     @property
     def haproxy_cfg(self) -> Path:
@@ -336,6 +340,7 @@ class Flags:
     poll_interval: Optional[str] = None
     apply_mode: Optional[str] = None
     drain: Optional[str] = None
+    health_max_age: Optional[str] = None
     command: Tuple[str, ...] = ()
 
 
@@ -710,18 +715,21 @@ def load(flags: Flags, environ: Environ) -> Settings:
     haproxy_table.check_unknown()
 
     services = _load_services(environ, file, top.table("services"))
-    drain_value, drain_source = _choose(
-        (flags.drain, "--drain"),
-        (environ.get("BASENODE_DRAIN") or None, "BASENODE_DRAIN"),
-        (top.get("drain", "seconds"), top.source("drain")),
-        (2.0, "default"),
-    )
-    try:
-        drain = _seconds(float(drain_value))
-    except (TypeError, ValueError):
-        raise ConfigError(
-            drain_source, "drain", f"expected a number of seconds, got {_show(drain_value)}"
-        ) from None
+
+    def seconds(flag: Optional[str], key: str, default: float) -> float:
+        value, source = _choose(
+            (flag, "--" + key.replace("_", "-")),
+            (environ.get("BASENODE_" + key.upper()) or None, "BASENODE_" + key.upper()),
+            (top.get(key, "seconds"), top.source(key)),
+            (default, "default"),
+        )
+        try:
+            return _seconds(float(value))
+        except (TypeError, ValueError):
+            raise ConfigError(source, key, f"expected a number of seconds, got {_show(value)}") from None
+
+    drain = seconds(flags.drain, "drain", 2.0)
+    health_max_age = seconds(flags.health_max_age, "health_max_age", DEFAULT_HEALTH_MAX_AGE)
 
     program_tables = top.table("programs")
     programs = tuple(
@@ -778,6 +786,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
         command=tuple(flags.command),
         services=services,
         drain=drain,
+        health_max_age=health_max_age,
     )
 
 

@@ -20,11 +20,15 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+def iso_time(when: float) -> str:
+    """UTC, milliseconds, the `time` field of every JSON log line."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": iso_time(record.created),
             "level": record.levelname.lower(),
             "component": record.name.rpartition(".")[2],
             "message": record.getMessage(),

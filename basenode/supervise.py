@@ -53,6 +53,7 @@ Only the standard library is imported here: basenode as PID 1 must stay small.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import selectors
@@ -65,6 +66,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import config
+from .log import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class ProgramState:
     failed_starts: int = 0  # in a row; reset once it is up
     last_exit: Optional[int] = None  # exit status, 128+N when killed by signal N
     ready: bool = False  # up, and its ready_file exists (if it has one)
+    started: Optional[float] = None  # wall-clock time of its current run's start (None: not running)
 
 
 def exit_code(status: int) -> int:
@@ -202,13 +205,63 @@ def _wait_writable(fd: int) -> None:
 class _Stream:
     """One pipe from a child: stdout or stderr of one run of a program."""
 
-    __slots__ = ("fd", "out", "pending", "prefix")
+    __slots__ = ("as_json", "fd", "name", "out", "pending", "prefix")
 
-    def __init__(self, fd: int, out: int, name: str) -> None:
+    def __init__(self, fd: int, out: int, name: str, as_json: bool = False) -> None:
         self.fd = fd
         self.out = out
+        self.name = name
+        self.as_json = as_json
         self.prefix = f"{name} | ".encode()
         self.pending = b""
+
+    def format(self, lines: Sequence[bytes]) -> bytes:
+        if not self.as_json:
+            return b"".join(self.prefix + line + b"\n" for line in lines)
+        stream = "stdout" if self.out == 1 else "stderr"
+        return b"".join(json_line(self.name, stream, line) for line in lines)
+
+
+class _Reader:
+    """A file descriptor someone else owns, watched by the loop (see Supervisor.watch_fd)."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def call(self) -> None:
+        try:
+            self.callback()
+        except Exception:
+            log.exception("watched fd callback failed")
+
+
+def json_line(program: str, stream: str, line: bytes) -> bytes:
+    """A child's output line as one JSON log object (--log-format json), named after its program.
+
+    A line that already is one of basenode's JSON log objects (the sync and register children log
+    in the same format) keeps its own fields and gains the program's name.
+    """
+    text = line.decode("utf-8", "replace")
+    entry = None
+    if text.startswith("{"):
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            entry = None
+    if isinstance(entry, dict) and "component" in entry and "message" in entry:
+        fields = entry.get("fields") if isinstance(entry.get("fields"), dict) else {}
+        entry["fields"] = {**fields, "program": program}
+    else:
+        entry = {
+            "time": iso_time(time.time()),
+            "level": "info",
+            "component": program,
+            "message": text,
+            "fields": {"program": program, "stream": stream},
+        }
+    return (json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
 class _Proc:
@@ -222,6 +275,7 @@ class _Proc:
         self.groups: List[int] = []  # process groups of its runs that may still have members
         self.streams: List[_Stream] = []
         self.spawned_at = 0.0
+        self.spawned_wall: Optional[float] = None
         self.up = False
         self.ready = False
         self.spawns = 0
@@ -234,6 +288,8 @@ class _Proc:
         self.group_signalled = False
         self.kill_at = 0.0
         self.kill_logged = False
+        self.restart_requested = False  # asked for (control socket, reload): start again once it exited
+        self.retiring = False  # removed from the config by a reload: forget it once it exited
 
     def view(self) -> ProgramState:
         return ProgramState(
@@ -244,6 +300,7 @@ class _Proc:
             failed_starts=self.failed_starts,
             last_exit=self.last_exit,
             ready=self.ready,
+            started=self.spawned_wall if self.pid is not None else None,
         )
 
 
@@ -346,7 +403,13 @@ class Supervisor:
     `states()` may be called from any thread while `run()` is running (it returns an immutable
     snapshot). Callbacks run in the loop and must return quickly; an exception in one is logged:
     `on_started(name)` each time a program becomes up and ready, `on_change(states)` with the new
-    snapshot each time a program's state changes (e.g. to keep a status file current)."""
+    snapshot each time a program's state changes (e.g. to keep a status file current),
+    `on_reload()` on SIGHUP: it returns the new program list (applied with `replace_programs`) or
+    None to keep the running one. `json_output` wraps children's lines as JSON log objects.
+
+    `watch_fd(fd, callback)` adds a file descriptor to the loop: `callback()` runs in the loop when
+    it is readable (the control socket uses it), and may call `signal_program`, `restart_program`
+    and `replace_programs`, which only the loop's thread may call."""
 
     def __init__(
         self,
@@ -354,6 +417,8 @@ class Supervisor:
         *,
         on_started: Optional[Callable[[str], None]] = None,
         on_change: Optional[Callable[[Tuple[ProgramState, ...]], None]] = None,
+        on_reload: Optional[Callable[[], Optional[Sequence[config.Program]]]] = None,
+        json_output: bool = False,
     ) -> None:
         self._procs: Dict[str, _Proc] = {}
         for program in programs:
@@ -362,6 +427,9 @@ class Supervisor:
             self._procs[program.name] = _Proc(program)
         self._on_started = on_started
         self._on_change = on_change
+        self._on_reload = on_reload
+        self._json_output = json_output
+        self._readers: List[Tuple[int, Callable[[], None]]] = []
         self._by_pid: Dict[int, _Proc] = {}
         self._start_order: List[_Proc] = []
         self._signals: List[int] = []
@@ -379,6 +447,93 @@ class Supervisor:
 
     def states(self) -> Tuple[ProgramState, ...]:
         return self._states
+
+    def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback()` in the loop whenever `fd` is readable (register before or during run)."""
+        self._readers.append((fd, callback))
+        if self._selector is not None:
+            self._selector.register(fd, selectors.EVENT_READ, _Reader(callback))
+
+    def signal_program(self, name: str, sig: int) -> None:
+        """Send `sig` to a running program's pid; ValueError naming why not."""
+        p = self._running(name)
+        log.info("%s: sending %s to pid %d (asked for)", name, signal_name(sig), p.pid)
+        _send(p.pid, sig)
+
+    def restart_program(self, name: str) -> None:
+        """Stop a program (its stop signal, SIGKILL after its stop timeout) and start it again at once.
+
+        A program that is not running (backing off, exited, FATAL) is started now, its failed starts
+        forgotten. ValueError for an unknown program or during basenode's own stop."""
+        p = self._procs.get(name)
+        if p is None or p.retiring:
+            raise ValueError(f"no program {name!r}")
+        if self._stopping:
+            raise ValueError("basenode is stopping")
+        now = time.monotonic()
+        p.failed_starts = 0
+        p.streak = 0
+        if p.pid is None:
+            if p.state != WAITING:
+                p.restart_at = now
+                self._set(p, BACKOFF)
+            return
+        p.restart_requested = True
+        self._stop_one(p, now)
+
+    def replace_programs(self, programs: Sequence[config.Program]) -> None:
+        """Apply a new program list: new ones start (after their dependencies), removed ones stop,
+        changed ones restart with their new definition; unchanged ones are not touched."""
+        now = time.monotonic()
+        wanted = {program.name: program for program in programs}
+        for name, p in list(self._procs.items()):
+            new = wanted.get(name)
+            if new is None:
+                if not p.retiring:
+                    log.info("%s: removed from the config: stopping it", name)
+                    p.retiring = True
+                    self._stop_one(p, now)
+            elif new != p.program or p.retiring:
+                log.info("%s: changed in the config: restarting it", name)
+                p.program, p.retiring = new, False
+                if p.state in (EXITED, FATAL, STOPPED):
+                    p.failed_starts = 0
+                    self._set(p, WAITING)
+                elif p.pid is not None:
+                    p.restart_requested = True
+                    self._stop_one(p, now)
+        for name, program in wanted.items():
+            if name not in self._procs:
+                log.info("%s: added to the config", name)
+                self._procs[name] = _Proc(program)
+        self._forget_retired()
+        self._dirty = True
+
+    def _running(self, name: str) -> _Proc:
+        p = self._procs.get(name)
+        if p is None or p.retiring:
+            raise ValueError(f"no program {name!r}")
+        if p.pid is None:
+            raise ValueError(f"program {name!r} is not running ({p.state})")
+        return p
+
+    def _stop_one(self, p: _Proc, now: float) -> None:
+        """Outside a full stop: the program's stop signal now, SIGKILL at its stop timeout (see _step)."""
+        if p.pid is None:
+            return
+        p.kill_at = now + p.program.stop_timeout
+        p.kill_logged = False
+        self._set(p, STOPPING)
+        log.info("%s: sending %s to pid %d", p.program.name, signal_name(p.program.stop_signal), p.pid)
+        _send(p.pid, p.program.stop_signal)
+
+    def _forget_retired(self) -> None:
+        for name, p in list(self._procs.items()):
+            if p.retiring and p.pid is None:
+                del self._procs[name]
+                if p in self._start_order:
+                    self._start_order.remove(p)
+                self._dirty = True
 
     def _publish(self) -> None:
         self._dirty = False
@@ -416,6 +571,8 @@ class Supervisor:
                 for key, _ in self._selector.select(self._timeout(now)):
                     if key.data is None:
                         self._drain_wakeup()
+                    elif isinstance(key.data, _Reader):
+                        key.data.call()
                     else:
                         self._read(key.data)
             status = self._exit_status()
@@ -440,6 +597,8 @@ class Supervisor:
         os.set_blocking(w, False)
         self._wake_r = r
         self._selector.register(r, selectors.EVENT_READ, None)
+        for fd, callback in self._readers:
+            self._selector.register(fd, selectors.EVENT_READ, _Reader(callback))
         old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         caught = set(_CAUGHT)
         for p in self._procs.values():
@@ -495,6 +654,8 @@ class Supervisor:
                 when.append(p.restart_at)
             elif p.state == RUNNING and not p.ready:
                 when.append(now + POLL_INTERVAL)
+            elif p.state == STOPPING and p.pid is not None:
+                when.append(p.kill_at)
         if not when:
             return None
         return max(0.0, min(when) - now)
@@ -507,6 +668,8 @@ class Supervisor:
             if sig == signal.SIGCHLD:
                 continue  # _reap runs on every wakeup anyway
             name = signal_name(sig)
+            if sig == signal.SIGHUP and self._on_reload is not None and not self._stopping:
+                self._reload()
             for p in self._procs.values():
                 if p.pid is not None and sig in p.program.forward_signals:
                     log.info("%s: forwarding %s to pid %d", p.program.name, name, p.pid)
@@ -517,6 +680,15 @@ class Supervisor:
                 else:
                     self._stop_signal = sig
                     self._begin_stop(f"got {name}", time.monotonic())
+
+    def _reload(self) -> None:
+        try:
+            programs = self._on_reload()
+        except Exception:
+            log.exception("reload failed; the running programs stay")
+            return
+        if programs is not None:
+            self.replace_programs(programs)
 
     def _reap(self) -> None:
         while True:
@@ -540,9 +712,12 @@ class Supervisor:
 
     def _step(self, now: float) -> None:
         if not self._stopping:
+            for p in self._procs.values():
+                if p.state == STOPPING and p.pid is not None and now >= p.kill_at:
+                    self._kill(p)  # a restart or removal asked for, past its stop timeout
             self._start_programs(now)
         if not self._stopping and not any(
-            p.state in (WAITING, STARTING, RUNNING, BACKOFF) for p in self._procs.values()
+            p.state in (WAITING, STARTING, RUNNING, BACKOFF, STOPPING) for p in self._procs.values()
         ):
             self._begin_stop("every program has finished", now)
         if self._stopping:
@@ -575,14 +750,18 @@ class Supervisor:
 
     def _dependencies_up(self, p: _Proc) -> bool:
         for name in p.program.depends_on:
-            d = self._procs[name]
+            d = self._procs.get(name)
+            if d is None:  # removed by a reload: nothing to wait for
+                continue
             if not ((d.state == RUNNING and d.ready) or (d.state == EXITED and d.last_exit == 0)):
                 return False
         return True
 
     def _dependency_failed(self, p: _Proc) -> Optional[str]:
         for name in p.program.depends_on:
-            d = self._procs[name]
+            d = self._procs.get(name)
+            if d is None:
+                continue
             if d.state == FATAL:
                 return f"dependency {name!r} is FATAL"
             if d.state == EXITED and d.last_exit != 0:
@@ -652,6 +831,7 @@ class Supervisor:
             p.restarts += 1
         p.spawns += 1
         p.spawned_at = now
+        p.spawned_wall = time.time()
         p.up = p.ready = False
         if p not in self._start_order:
             self._start_order.append(p)
@@ -718,6 +898,16 @@ class Supervisor:
                 self._main_status = code
             if p.state != FATAL:
                 self._set(p, STOPPED)
+            return
+        if p.retiring:
+            log.info("%s: %s; removed", prog.name, what)
+            self._forget_retired()
+            return
+        if p.restart_requested:
+            log.info("%s: %s; starting it again as asked", prog.name, what)
+            p.restart_requested = False
+            p.restart_at = now
+            self._set(p, BACKOFF)
             return
         if prog.main:
             log.info("%s: %s", prog.name, what)
@@ -822,7 +1012,7 @@ class Supervisor:
 
     def _add_stream(self, fd: int, out: int, name: str) -> _Stream:
         os.set_blocking(fd, False)
-        stream = _Stream(fd, out, name)
+        stream = _Stream(fd, out, name, self._json_output)
         self._selector.register(fd, selectors.EVENT_READ, stream)
         return stream
 
@@ -839,7 +1029,7 @@ class Supervisor:
             return False
         lines, s.pending = split_lines(s.pending, data)
         if lines:
-            self._out.write(s.out, b"".join(s.prefix + line + b"\n" for line in lines))
+            self._out.write(s.out, s.format(lines))
         return True
 
     def _drain(self, s: _Stream) -> None:
@@ -851,7 +1041,7 @@ class Supervisor:
         if s.fd < 0:
             return
         if s.pending:
-            self._out.write(s.out, s.prefix + s.pending + b"\n")
+            self._out.write(s.out, s.format([s.pending]))
             s.pending = b""
         self._selector.unregister(s.fd)
         os.close(s.fd)
@@ -859,7 +1049,7 @@ class Supervisor:
 
     def _close_streams(self) -> None:
         for key in list(self._selector.get_map().values()):
-            if key.data is not None:
+            if isinstance(key.data, _Stream):
                 self._drain(key.data)
                 self._close_stream(key.data)
 

@@ -1,61 +1,32 @@
 """The sync loop: watch -> render -> apply, and the one-shot commands built from the same steps.
 
 Data flows one way: watch emits validated Snapshots, render turns one into text, haproxy checks
-and applies the text. Whatever fails (Consul, the template, HAProxy's check), the last good
-config keeps serving and the failure is logged and recorded in the state file for `status`.
+and applies the text. Whatever fails (Consul, the template, HAProxy's check, a full disk), the last
+good config keeps serving, and the failure is logged, counted in the loop's SyncState and shown by
+the status endpoint (status.py) this process serves. A failed apply (not a failed render or check,
+which would fail the same way again) is retried every RETRY_SECONDS until it works.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
-from . import haproxy, render, watch
+from . import haproxy, render, status, watch
 from .config import Settings
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
-STATE_FILE = "sync-state.json"
 TEMPLATE_POLL_SECONDS = 1.0  # how often a running sync looks for an edited template
-
-
-@dataclass
-class SyncState:
-    """What the loop last did; written to <state_dir>/sync-state.json for `status` and `health`."""
-
-    started: float = field(default_factory=time.time)
-    syncs: int = 0
-    last_sync: Optional[float] = None  # wall time of the last successful apply (or unchanged check)
-    last_duration: Optional[float] = None
-    last_how: Optional[str] = None  # unchanged | runtime | reload | restart | written
-    runtime_applies: int = 0
-    reloads: int = 0
-    render_errors: int = 0
-    check_failures: int = 0
-    last_error: Optional[str] = None
-    routes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-
-    def save(self, state_dir: Path) -> None:
-        haproxy.write_atomic(
-            state_dir / STATE_FILE, json.dumps(self.__dict__, indent=1, sort_keys=True) + "\n"
-        )
-
-
-def load_state(state_dir: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads((state_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+RETRY_SECONDS = 2.0  # after a failed apply (disk full, HAProxy not answering), try again this often
 
 
 class TemplateSource:
@@ -89,9 +60,10 @@ class Loop:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.template = TemplateSource(settings.template or render.default_template())
-        self.state = SyncState()
+        self.state = status.SyncState()
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
         self.latest: Optional[Snapshot] = None  # newest from watch (may have failed to apply)
+        self.retry_at: Optional[float] = None  # monotonic time to apply `latest` again after a failure
         self.lock = threading.Lock()  # one apply at a time: watch thread vs template refresh
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
@@ -116,13 +88,17 @@ class Loop:
             try:
                 changed = self.template.refresh()
             except render.RenderError as e:
-                if self.state.last_error != str(e):
+                message = f"render: {e}"
+                if self.state.last_error != message:
                     log.error("template: %s (the running config stays)", e)
                     self.state.render_errors += 1
-                    self._fail(str(e))
+                    self.state.last_error = message
                 return
             if changed and self.latest is not None and self.applied is not None:
                 log.info("template %s changed: re-rendering", self.template.path)
+                self._apply(self.latest, template_changed=True)
+            elif self.retry_at is not None and time.monotonic() >= self.retry_at and self.latest is not None:
+                log.info("retrying the apply that failed")
                 self._apply(self.latest, template_changed=True)
 
     def _apply(self, snapshot: Snapshot, template_changed: bool) -> None:
@@ -134,7 +110,7 @@ class Loop:
         except render.RenderError as e:
             log.error("render: %s (the running config stays)", e)
             self.state.render_errors += 1
-            self._fail(str(e))
+            self.state.last_error = f"render: {e}"
             return
         previous = None if template_changed else self.applied
         try:
@@ -142,12 +118,16 @@ class Loop:
         except haproxy.CheckFailed as e:
             log.error("haproxy -c rejected the new config (the running config stays): %s", e)
             self.state.check_failures += 1
-            self._fail(f"haproxy check: {e}")
+            self.state.last_error = f"check: haproxy -c: {e}"
             return
-        except haproxy.ApplyError as e:
-            log.error("apply failed: %s", e)
-            self._fail(f"apply: {e}")
+        except (haproxy.ApplyError, OSError) as e:
+            # Not the config's fault (a full disk, HAProxy between lives): the same one may work soon.
+            log.error("apply failed, retrying every %.0f s: %s", RETRY_SECONDS, e)
+            self.state.apply_errors += 1
+            self.state.last_error = f"apply: {e}"
+            self.retry_at = time.monotonic() + RETRY_SECONDS
             return
+        self.retry_at = None
         self.applied = snapshot
         self._record(snapshot, result.how, time.monotonic() - started)
         _return_free_memory()
@@ -158,13 +138,15 @@ class Loop:
         s.last_sync = time.time()
         s.last_duration = duration
         s.last_how = how
+        if s.last_error:
+            log.info("sync works again after: %s", s.last_error)
         s.last_error = None
-        s.runtime_applies += how == "runtime"
-        s.reloads += how in ("reload", "restart")
-        s.routes = {
-            r.route.service: {"port": r.route.port, "mode": r.route.mode, "instances": len(r.instances)}
-            for r in snapshot.routes
-        }
+        if how in s.applies:
+            s.applies[how] += 1
+        s.observe(duration)
+        s.routes = tuple(
+            (r.route.service, r.route.port, r.route.mode, len(r.instances)) for r in snapshot.routes
+        )
         if how != "unchanged":  # haproxy.apply logged how; this adds the routes' sizes
             log.debug(
                 "applied via %s in %.1f ms: %s",
@@ -172,17 +154,6 @@ class Loop:
                 duration * 1000,
                 ", ".join(f"{r.route.service}={len(r.instances)}" for r in snapshot.routes) or "no routes",
             )
-        self._save()
-
-    def _fail(self, message: str) -> None:
-        self.state.last_error = message
-        self._save()
-
-    def _save(self) -> None:
-        try:
-            self.state.save(self.settings.state_dir)
-        except OSError as e:  # a full state dir must not stop routing
-            log.warning("cannot write %s: %s", STATE_FILE, e)
 
 
 def _return_free_memory() -> None:
@@ -225,23 +196,36 @@ def run(settings: Settings, once: bool = False) -> int:
         return 0 if loop.state.last_error is None else 1
 
     stop = threading.Event()
+    look_now = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
         stop.set()
+        look_now.set()
+
+    def request_template_check(signum: int, _frame: Any) -> None:
+        look_now.set()  # SIGHUP (basenode run got one): look at the template now, not within a second
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
+    signal.signal(signal.SIGHUP, request_template_check)
     watcher = watch.Watcher(settings)
+    server = status.serve(settings, loop.state, watcher)
     thread = threading.Thread(target=watcher.run, args=(loop.on_snapshot, stop), name="watch", daemon=True)
     thread.start()
     grace_over = time.monotonic() + settings.watch.startup_grace
-    while not stop.wait(TEMPLATE_POLL_SECONDS):
+    while not stop.is_set():
+        look_now.wait(TEMPLATE_POLL_SECONDS)
+        look_now.clear()
+        if stop.is_set():
+            break
         loop.on_template_tick()
         if loop.applied is None and time.monotonic() > grace_over:
             loop.on_startup_grace_over()
         if not thread.is_alive():
             log.error("watch thread ended unexpectedly")
             return 1
+    if server is not None:
+        server.server_close()
     thread.join(timeout=2.0)
     return 0
 
@@ -297,52 +281,4 @@ def check(settings: Settings) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(candidate)
     print(f"ok: config, template {path} ({source}), haproxy -c")
-    return 0
-
-
-def health_command(settings: Settings) -> int:
-    """`basenode health`: 0 when the agent answers, HAProxy runs and the loop has synced."""
-    problems = health_problems(settings)
-    for problem in problems:
-        print(f"unhealthy: {problem}", file=sys.stderr)
-    return 1 if problems else 0
-
-
-def health_problems(settings: Settings) -> list:
-    problems = []
-    if settings.run_consul or not settings.run_haproxy:
-        try:
-            watch.agent_reachable(settings, timeout=2.0)
-        except watch.ConsulUnavailable as e:
-            problems.append(f"consul agent: {e}")
-    if settings.run_haproxy:
-        state = load_state(settings.state_dir)
-        if state is None or state.get("last_sync") is None:
-            problems.append("no sync yet")
-        elif state.get("last_error"):
-            problems.append(f"last sync failed: {state['last_error']}")
-        if not haproxy.running(settings):
-            problems.append("haproxy master socket does not answer")
-    return problems
-
-
-def status_command(settings: Settings, as_json: bool = False) -> int:
-    state = load_state(settings.state_dir) or {}
-    problems = health_problems(settings)
-    if as_json:
-        print(
-            json.dumps(
-                {"healthy": not problems, "problems": problems, "sync": state}, indent=2, sort_keys=True
-            )
-        )
-        return 0
-    print(f"healthy: {'yes' if not problems else 'no'}")
-    for problem in problems:
-        print(f"  problem: {problem}")
-    if state:
-        age = time.time() - state["last_sync"] if state.get("last_sync") else None
-        print(f"last sync: {f'{age:.1f}s ago' if age is not None else 'never'} via {state.get('last_how')}")
-        print(f"{'ROUTE':<32} {'PORT':>5} {'MODE':<5} {'HEALTHY':>7}")
-        for name, route in sorted(state.get("routes", {}).items()):
-            print(f"{name:<32} {route['port']:>5} {route['mode']:<5} {route['instances']:>7}")
     return 0

@@ -327,9 +327,11 @@ class SourceStatus:
 
     name: str
     index: int = 0
-    failures: int = 0
+    failures: int = 0  # in a row; 0 once a read works again
     last_error: str = ""
     reads: int = 0
+    errors: int = 0  # failed reads since start
+    last_ok: Optional[float] = None  # wall-clock time of the last read that worked
 
 
 class Watcher:
@@ -402,6 +404,12 @@ class Watcher:
         routes, warnings = merge_routes(self.settings.routes, kv)
         self._route_warnings.report(warnings)
         return routes
+
+    def instance_totals(self) -> Dict[str, int]:
+        """Instances per service in the catalog, whatever their health (for status)."""
+        with self._cond:
+            entries = self._entries or {}
+            return {name: len(values) for name, values in entries.items()}
 
     def snapshot(self) -> Optional[Snapshot]:
         """The snapshot of what is known now, or None before both catalog and KV have been read once."""
@@ -484,6 +492,7 @@ class Watcher:
 
     def _failed(self, status: SourceStatus, error: BaseException, stop: threading.Event) -> None:
         status.failures += 1
+        status.errors += 1
         status.last_error = f"{type(error).__name__}: {error}"[:300]
         if status.failures == 1:
             log.warning(
@@ -500,6 +509,7 @@ class Watcher:
             log.info("consul %s read works again after %d failed reads", status.name, status.failures)
         status.failures = 0
         status.last_error = ""
+        status.last_ok = time.time()
 
     def _blocking_loop(
         self,

@@ -1,0 +1,396 @@
+"""The status endpoint: /health, /status and /metrics on --status-addr, served by the sync loop.
+
+The sync process knows what matters at 3 a.m. (is Consul answering, did the last render, check and
+apply work, when was HAProxy last confirmed in step with the catalog), so it serves the endpoint
+from memory: nothing is written to disk on the way, and a full state dir cannot hide a fault.
+Program states come from PID 1 over its control socket (control.py).
+
+Every request builds one status document (`collect`); /health is its `healthy` and `problems`,
+/metrics is the same facts in Prometheus' text format, /status is the document itself, and
+`basenode status --json` prints it. The document's keys are documented in README.md and stable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import __version__, consul, control, haproxy, watch
+from .config import Settings
+
+log = logging.getLogger(__name__)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CHECK_TIMEOUT = 2.0  # each probe of /health: the agent, the master socket, PID 1
+APPLY_HOWS = ("runtime", "reload", "restart", "written")
+
+
+@dataclass
+class SyncState:
+    """What the sync loop did, kept in memory by it (under its lock) and read by the endpoint."""
+
+    started: float = field(default_factory=time.time)
+    syncs: int = 0
+    last_sync: Optional[float] = None  # wall time of the last successful apply (or unchanged check)
+    last_duration: Optional[float] = None
+    last_how: Optional[str] = None  # unchanged | runtime | reload | restart | written
+    applies: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(APPLY_HOWS, 0))
+    render_errors: int = 0
+    check_failures: int = 0
+    apply_errors: int = 0
+    last_error: Optional[str] = None  # "render: ...", "check: ..." or "apply: ..."; None after a success
+    routes: Tuple[Tuple[str, int, str, int], ...] = ()  # (service, port, mode, healthy instances)
+    bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    duration_sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.duration_sum += seconds
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.bucket_counts[i] += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The status document
+
+
+def collect(
+    settings: Settings,
+    state: SyncState,
+    watcher: Optional[watch.Watcher],
+    now: Optional[float] = None,
+) -> Dict[str, Any]:
+    """The status document of this sync loop, probing the agent, HAProxy and PID 1 now."""
+    now = time.time() if now is None else now
+    programs = control.programs(settings.state_dir, timeout=CHECK_TIMEOUT)
+    sources = list(watcher.sources.values()) if watcher is not None else []
+    totals = watcher.instance_totals() if watcher is not None else {}
+    reachable, leader, agent_error = _probe_agent(settings)
+    failing = [s for s in sources if s.failures]
+    read_error = "; ".join(f"{s.name} reads failing ({s.failures} in a row): {s.last_error}" for s in failing)
+    oks = [s.last_ok for s in sources]
+    confirmed = _confirmed(state, oks)
+    doc: Dict[str, Any] = {
+        "version": __version__,
+        "programs": programs,
+        "routes": [
+            {"service": svc, "port": port, "mode": mode, "healthy": healthy, "total": totals.get(svc, 0)}
+            for svc, port, mode, healthy in state.routes
+        ],
+        "consul": {
+            "addr": settings.consul_http.addr,
+            "reachable": reachable,
+            "leader": leader or None,
+            "last_index": max((s.index for s in sources), default=None) or None,
+            "errors": sum(s.errors for s in sources),
+            "last_error": agent_error or read_error or None,
+        },
+        "haproxy": {
+            "enabled": settings.run_haproxy,
+            "running": haproxy.running(settings, settle=0.0) if settings.run_haproxy else False,
+        },
+        "sync": {
+            "count": state.syncs,
+            "last_age": _age(now, state.last_sync),
+            "confirmed_age": _age(now, confirmed),
+            "last_duration": state.last_duration,
+            "last_how": state.last_how,
+            "last_timestamp": state.last_sync,
+            "runtime_applies": state.applies["runtime"],
+            "reloads": state.applies["reload"] + state.applies["restart"],
+            "render_errors": state.render_errors,
+            "check_failures": state.check_failures,
+            "apply_errors": state.apply_errors,
+        },
+        "last_error": state.last_error,
+    }
+    doc["problems"] = problems(doc, settings.health_max_age)
+    doc["healthy"] = not doc["problems"]
+    return doc
+
+
+def _probe_agent(settings: Settings) -> Tuple[bool, Optional[str], Optional[str]]:
+    """(answers, leader, error) of the agent basenode reads the catalog from."""
+    client = consul.make_client(settings.consul_http, timeout=CHECK_TIMEOUT)
+    try:
+        leader = consul.leader(client)
+    except consul.ERRORS as e:
+        return False, None, f"cannot read {settings.consul_http.addr}: {type(e).__name__}: {e}"[:300]
+    return True, leader or None, None
+
+
+def _confirmed(state: SyncState, source_oks: Sequence[Optional[float]]) -> Optional[float]:
+    """When HAProxy was last known to run what the catalog says.
+
+    The last apply, or later: every read source answered after it and nothing failed since (a
+    blocking read that returns unchanged confirms the applied config is still current)."""
+    if state.last_sync is None or state.last_error is not None:
+        return state.last_sync
+    if source_oks and all(ok is not None for ok in source_oks):
+        return max(state.last_sync, min(ok for ok in source_oks if ok is not None))
+    return state.last_sync
+
+
+def _age(now: float, when: Optional[float]) -> Optional[float]:
+    return None if when is None else round(max(0.0, now - when), 3)
+
+
+def problems(doc: Dict[str, Any], max_age: float) -> List[str]:
+    """Why the document is unhealthy; empty when healthy. Each starts with a stable `area: `."""
+    found = []
+    consul = doc["consul"]
+    if not consul["reachable"] or not consul["leader"] or consul["last_error"]:
+        found.append(f"consul: {consul['last_error'] or 'the agent answers but the cluster has no leader'}")
+    if doc["haproxy"]["enabled"]:
+        program = next((p for p in doc["programs"] or () if p["name"] == "haproxy"), None)
+        if program is not None and program["state"] != "running":
+            found.append(f"haproxy: the program is {program['state']}")
+        elif not doc["haproxy"]["running"]:
+            found.append("haproxy: the master socket does not answer")
+    sync = doc["sync"]
+    if sync["count"] == 0:
+        found.append("sync: no successful sync yet")
+    elif sync["confirmed_age"] is not None and sync["confirmed_age"] > max_age:
+        found.append(
+            f"sync: last confirmed in step {sync['confirmed_age']:.0f} s ago (health_max_age {max_age:g} s)"
+        )
+    if doc["last_error"]:
+        found.append(doc["last_error"])
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus
+
+
+def metrics_text(doc: Dict[str, Any], state: SyncState) -> bytes:
+    """The document (and the sync duration histogram) in Prometheus' text format."""
+    # Imported on the first scrape: a basenode nobody scrapes does not pay for it.
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    def gauge(name: str, doc_text: str, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc_text, value=value)
+
+    def counter(name: str, doc_text: str, value: float) -> CounterMetricFamily:
+        return CounterMetricFamily(name, doc_text, value=value)
+
+    families: List[Any] = [
+        gauge("basenode_healthy", "1 when /health passes", 1 if doc["healthy"] else 0),
+        counter("basenode_syncs", "successful syncs (applies, including unchanged)", doc["sync"]["count"]),
+        counter("basenode_render_errors", "templates that failed to load or render", state.render_errors),
+        counter("basenode_check_failures", "rendered configs haproxy -c rejected", state.check_failures),
+        counter("basenode_apply_errors", "configs that could not be written or applied", state.apply_errors),
+        counter("basenode_consul_errors", "failed Consul queries", doc["consul"]["errors"]),
+        gauge("basenode_routes", "routes HAProxy serves", len(doc["routes"])),
+    ]
+    if state.last_sync is not None:
+        families.append(
+            gauge("basenode_last_sync_timestamp_seconds", "time of the last successful sync", state.last_sync)
+        )
+    applies = CounterMetricFamily("basenode_applies", "changes applied, by how", labels=["how"])
+    for how in APPLY_HOWS:
+        applies.add_metric([how], state.applies[how])
+    instances = GaugeMetricFamily("basenode_route_instances", "healthy instances", labels=["service"])
+    for route in doc["routes"]:
+        instances.add_metric([route["service"]], route["healthy"])
+    up = GaugeMetricFamily("basenode_program_up", "1 when the program runs", labels=["program"])
+    restarts = CounterMetricFamily("basenode_program_restarts", "restarts of the program", labels=["program"])
+    for program in doc["programs"] or ():
+        up.add_metric([program["name"]], 1 if program["state"] == "running" else 0)
+        restarts.add_metric([program["name"]], program["restarts"])
+    # observe() keeps the buckets cumulative already; every sync was observed once.
+    buckets = [(repr(bound), count) for bound, count in zip(DURATION_BUCKETS, state.bucket_counts)]
+    buckets.append(("+Inf", state.syncs))
+    duration = HistogramMetricFamily(
+        "basenode_sync_duration_seconds",
+        "render + check + apply time of a sync",
+        buckets=buckets,
+        sum_value=state.duration_sum,
+    )
+    families += [applies, instances, up, restarts, duration]
+
+    class Collector:
+        def collect(self) -> Any:
+            return iter(families)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    return generate_latest(registry)
+
+
+# ---------------------------------------------------------------------------------------------
+# The HTTP server (a thread of the sync process)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path not in ("/health", "/status", "/metrics"):
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /health, /status or /metrics\n")
+            return
+        try:
+            doc = self.server.collect()
+        except Exception:
+            log.exception("status: cannot collect")
+            self._send(500, "text/plain; charset=utf-8", b"internal error; see basenode's log\n")
+            return
+        if path == "/metrics":
+            body = metrics_text(doc, self.server.state)
+            self._send(200, "text/plain; version=0.0.4; charset=utf-8", body)
+            return
+        if path == "/health":
+            doc = {"healthy": doc["healthy"], "problems": doc["problems"]}
+        code = 200 if path == "/status" or doc["healthy"] else 503
+        self._send(code, "application/json", json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every 15 s is not news
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, settings: Settings, state: SyncState, watcher: Optional[watch.Watcher]) -> None:
+        host, port = settings.status_addr
+        if ":" in host:
+            import socket
+
+            self.address_family = socket.AF_INET6
+        self.settings = settings
+        self.state = state
+        self.watcher = watcher
+        super().__init__((host, port), _Handler)
+
+    def collect(self) -> Dict[str, Any]:
+        return collect(self.settings, self.state, self.watcher)
+
+
+def serve(
+    settings: Settings, state: SyncState, watcher: Optional[watch.Watcher]
+) -> Optional[ThreadingHTTPServer]:
+    """Start the endpoint in a daemon thread; None (logged) when its address cannot be bound."""
+    try:
+        server = _Server(settings, state, watcher)
+    except OSError as e:
+        host, port = settings.status_addr
+        log.error("status endpoint: cannot listen on %s:%d: %s (routing goes on without it)", host, port, e)
+        return None
+    threading.Thread(target=server.serve_forever, name="basenode-status", daemon=True).start()
+    log.info("status endpoint on http://%s:%d/ (health, status, metrics)", *settings.status_addr)
+    return server
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands: `basenode status` and `basenode health` ask a running basenode
+
+
+def fetch(settings: Settings, path: str, timeout: float = 10.0) -> Tuple[int, bytes]:
+    """GET a path of the running basenode's endpoint: (status code, body). OSError when none answers."""
+    host, port = settings.status_addr
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _not_running(settings: Settings, error: BaseException) -> str:
+    host, port = settings.status_addr
+    return f"basenode: no status endpoint answers at {host}:{port} ({error}); is `basenode run` running?"
+
+
+def health_command(settings: Settings) -> int:
+    """`basenode health`: 0 when the running basenode's /health passes, else 1 and the problems."""
+    try:
+        code, body = fetch(settings, "/health")
+        problems_found = json.loads(body).get("problems", [])
+    except (OSError, ValueError, AttributeError) as e:
+        print(_not_running(settings, e), file=sys.stderr)
+        return 1
+    for problem in problems_found:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+    return 0 if code == 200 else 1
+
+
+def status_command(settings: Settings, as_json: bool = False) -> int:
+    """`basenode status [--json]`: the running basenode's /status, as JSON or as a table."""
+    try:
+        _, body = fetch(settings, "/status")
+        doc = json.loads(body)
+    except (OSError, ValueError) as e:
+        print(_not_running(settings, e), file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(format_table(doc), end="")
+    return 0 if doc.get("healthy") else 1
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_table(doc: Dict[str, Any]) -> str:
+    """The human form of the status document: aligned, under 100 columns."""
+    lines = [f"basenode {doc['version']}: {'healthy' if doc['healthy'] else 'UNHEALTHY'}"]
+    lines += [f"  problem: {p}"[:99] for p in doc["problems"]]
+    lines.append("")
+    lines.append(f"{'PROGRAM':<20} {'STATE':<9} {'PID':>7} {'UPTIME':>8} {'RESTARTS':>8} {'LAST EXIT':>9}")
+    for p in doc["programs"] or ():
+        last_exit = "-" if p["last_exit"] is None else str(p["last_exit"])
+        lines.append(
+            f"{p['name'][:20]:<20} {p['state']:<9} {p['pid'] or '-':>7} {_duration(p['uptime']):>8} "
+            f"{p['restarts']:>8} {last_exit:>9}"
+        )
+    if doc["programs"] is None:
+        lines.append("(PID 1's control socket does not answer: program states unknown)")
+    lines.append("")
+    lines.append(f"{'ROUTE':<40} {'PORT':>5} {'MODE':<4} {'HEALTHY':>7} {'TOTAL':>5}")
+    for r in doc["routes"]:
+        lines.append(
+            f"{r['service'][:40]:<40} {r['port']:>5} {r['mode']:<4} {r['healthy']:>7} {r['total']:>5}"
+        )
+    c, s = doc["consul"], doc["sync"]
+    lines.append("")
+    agent = "reachable" if c["reachable"] else "NOT reachable"
+    lines.append(
+        f"consul   {c['addr']}: agent {agent}, leader {c['leader'] or 'unknown'}, "
+        f"index {c['last_index'] or '-'}, errors {c['errors']}"
+    )
+    how = s["last_how"] or "-"
+    lines.append(
+        f"sync     {s['count']} syncs, last {_duration(s['last_age'])} ago via {how} "
+        f"in {_duration(s['last_duration'])}, confirmed {_duration(s['confirmed_age'])} ago"
+    )
+    lines.append(
+        f"         runtime applies {s['runtime_applies']}, reloads {s['reloads']}, render errors "
+        f"{s['render_errors']}, check failures {s['check_failures']}, apply errors {s['apply_errors']}"
+    )
+    lines.append(f"last error: {doc['last_error'] or '-'}"[:99])
+    return "\n".join(line.rstrip()[:99] for line in lines) + "\n"

@@ -1,0 +1,194 @@
+"""The operator's surface of a running basenode: /health, /status, /metrics, `status`, `health`,
+the control socket, SIGHUP reload and JSON logs. Real Consul agent, real HAProxy, the zipapp."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from basenode import control
+from tests.conftest import ZIPAPP
+from tests.support.basenode_run import serving
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
+
+
+def healthy(node) -> bool:
+    try:
+        return node.health()[0] == 200
+    except OSError:  # the sync loop, which serves the endpoint, is not listening yet
+        return False
+
+
+def programs(node) -> dict:
+    """From PID 1's control socket, which answers while the sync loop (the endpoint) restarts."""
+    return {p["name"]: p for p in control.programs(node.state_dir) or ()}
+
+
+def test_status_health_and_metrics_describe_the_running_node(consul_agent, backends, start_basenode):
+    a = backends.start("a")
+    consul_agent.register("web", a.port, service_id="web-a")
+    consul_agent.register("web", backends.start("sick").port, service_id="web-sick")
+    consul_agent.set_check("web-sick", "critical")
+    port = free_port()
+    node = start_basenode(f"web:{port}/http")
+    eventually(serving(port, ["a"]), timeout=30, what="the healthy instance through basenode")
+    eventually(lambda: healthy(node), timeout=30, what="/health to pass")
+
+    doc = node.status()
+    assert doc["healthy"] is True and doc["problems"] == []
+    assert doc["routes"] == [{"service": "web", "port": port, "mode": "http", "healthy": 1, "total": 2}]
+    assert {"sync", "haproxy"} <= {p["name"] for p in doc["programs"]}
+    assert all(p["state"] == "running" and p["pid"] for p in doc["programs"])
+    assert doc["consul"]["reachable"] and doc["consul"]["leader"] and doc["consul"]["last_index"]
+    assert doc["sync"]["count"] >= 1 and doc["last_error"] is None
+
+    metrics = node.metrics()
+    assert metrics["basenode_healthy"] == 1
+    assert metrics['basenode_route_instances{service="web"}'] == 1
+    assert metrics['basenode_program_up{program="haproxy"}'] == 1
+    assert metrics["basenode_syncs_total"] >= 1
+    assert metrics["basenode_sync_duration_seconds_count"] == metrics["basenode_syncs_total"]
+    assert metrics["basenode_last_sync_timestamp_seconds"] > 0
+
+    table = node.cli("status")
+    assert table.returncode == 0, table.stderr
+    assert "healthy" in table.stdout.splitlines()[0]
+    assert any(line.split()[:2] == ["web", str(port)] for line in table.stdout.splitlines())
+    assert max(len(line) for line in table.stdout.splitlines()) < 100
+    as_json = node.cli("status", "--json")
+    assert set(json.loads(as_json.stdout)) == set(doc)
+    assert node.cli("health").returncode == 0
+
+
+def test_health_is_503_with_the_reason_while_consul_is_down_and_recovers(
+    consul_agent, backends, start_basenode
+):
+    consul_agent.register("web", backends.start("a").port, service_id="web-a")
+    port = free_port()
+    node = start_basenode(f"web:{port}")
+    eventually(lambda: healthy(node), timeout=30, what="/health to pass")
+    consul_agent.stop()
+    _, body = eventually(lambda: (r := node.health())[0] == 503 and r, timeout=30, what="/health 503")
+    assert any(p.startswith("consul: ") for p in body["problems"]), body
+    assert node.cli("health").returncode == 1
+    assert serving(port, ["a"])(), "routing stays on the last good config"
+    consul_agent.start()
+    eventually(lambda: healthy(node), timeout=60, what="/health to pass again")
+
+
+def test_status_and_health_say_so_when_no_basenode_runs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASENODE_")}
+    addr = f"127.0.0.1:{free_port()}"
+    for command in ("status", "health"):
+        result = subprocess.run(
+            [sys.executable, str(ZIPAPP), command, "--status-addr", addr, "--config", os.devnull],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1
+        assert f"no status endpoint answers at {addr}" in result.stderr
+
+
+CONFIG = """
+[programs.hup]
+command = ["sh", "-c", "trap 'echo hup >> {marker}' HUP; while :; do sleep 0.1; done"]
+startsecs = 0
+{extra}
+"""
+
+
+def test_control_socket_is_owner_only_and_signals_and_restarts_programs(
+    consul_agent, start_basenode, tmp_path
+):
+    marker = tmp_path / "marker"
+    config_file = tmp_path / "basenode.toml"
+    config_file.write_text(CONFIG.format(marker=marker, extra=""))
+    node = start_basenode(f"web:{free_port()}", "--config", str(config_file))
+    sock = node.state_dir / control.SOCKET_NAME
+    eventually(lambda: control.programs(node.state_dir), timeout=30, what="the control socket")
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+    eventually(lambda: programs(node).get("hup", {}).get("state") == "running", timeout=30, what="hup runs")
+    before = programs(node)["hup"]["pid"]
+    assert control.request(node.state_dir, {"op": "signal", "program": "hup", "signal": "HUP"}) == {
+        "ok": True
+    }
+    eventually(lambda: marker.exists() and "hup" in marker.read_text(), timeout=10, what="the HUP")
+
+    assert control.request(node.state_dir, {"op": "restart", "program": "hup"}) == {"ok": True}
+    eventually(lambda: programs(node)["hup"]["pid"] not in (None, before), timeout=20, what="a new pid")
+    assert programs(node)["hup"]["restarts"] == 1
+
+    bad = control.request(node.state_dir, {"op": "signal", "program": "nope", "signal": "HUP"})
+    assert bad["ok"] is False and "nope" in bad["error"]
+
+
+def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one(consul_agent, start_basenode, tmp_path):
+    marker = tmp_path / "marker"
+    config_file = tmp_path / "basenode.toml"
+    config_file.write_text(CONFIG.format(marker=marker, extra=""))
+    node = start_basenode(f"web:{free_port()}", "--config", str(config_file))
+    eventually(lambda: programs(node).get("hup", {}).get("state") == "running", timeout=30, what="hup runs")
+    sync_pid = programs(node)["sync"]["pid"]
+
+    added = '[programs.added]\ncommand = ["sleep", "1000"]\nstartsecs = 0\n'
+    config_file.write_text(CONFIG.format(marker=marker, extra=added))
+    node.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: programs(node).get("added", {}).get("state") == "running", timeout=20, what="added")
+    # The config file changed, so the sync loop (which reads it) started again with it.
+    eventually(lambda: programs(node)["sync"]["pid"] not in (None, sync_pid), timeout=20, what="sync restart")
+    hup_pid = programs(node)["hup"]["pid"]
+
+    config_file.write_text(CONFIG.format(marker=marker, extra=added) + "\n[programs.broken]\nnope = 1\n")
+    node.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: "reload refused" in node.output(), timeout=20, what="the refusal in the log")
+    assert "programs.broken" in node.output()
+    assert set(programs(node)) >= {"hup", "added"} and "broken" not in programs(node)
+    assert programs(node)["hup"]["pid"] == hup_pid
+
+    config_file.write_text(CONFIG.format(marker=marker, extra=""))
+    node.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: "added" not in programs(node), timeout=20, what="the removed program to go")
+    assert programs(node)["hup"]["pid"] == hup_pid, "an unchanged program is not touched"
+    assert node.proc.poll() is None
+
+
+def test_json_logs_wrap_every_line_with_its_program(consul_agent, backends, start_basenode, tmp_path):
+    consul_agent.register("web", backends.start("a").port, service_id="web-a")
+    port = free_port()
+    node = start_basenode(
+        f"web:{port}", "--log-format", "json", "--", "sh", "-c", "echo from-app; sleep 1000"
+    )
+    eventually(lambda: healthy(node), timeout=30, what="/health to pass")
+    eventually(lambda: "from-app" in node.output(), timeout=10, what="the app's line")
+    entries = [json.loads(line) for line in node.output().splitlines() if line.strip()]
+    for entry in entries:
+        assert {"time", "level", "component", "message"} <= set(entry), entry
+    app = [e for e in entries if e["message"] == "from-app"]
+    assert app and app[0]["component"] == "app" and app[0]["fields"] == {"program": "app", "stream": "stdout"}
+    # basenode's own children log JSON themselves and are tagged, not wrapped twice.
+    sync = [e for e in entries if e.get("fields", {}).get("program") == "sync"]
+    assert sync and all(not e["message"].startswith("{") for e in sync)
+    assert any(e["component"] == "supervise" for e in entries)
+
+
+def test_log_level_warning_hides_info_lines(consul_agent, start_basenode):
+    node = start_basenode(f"web:{free_port()}", "--log-level", "warning")
+    eventually(lambda: healthy(node), timeout=30, what="/health to pass")
+    own = [line for line in node.output().splitlines() if line.startswith("basenode ")]
+    assert not [line for line in own if " info: " in line], own
+
+
+def test_state_dir_holds_no_status_file_a_full_disk_could_freeze(consul_agent, start_basenode):
+    node = start_basenode(f"web:{free_port()}")
+    eventually(lambda: healthy(node), timeout=30, what="/health to pass")
+    names = {p.name for p in Path(node.state_dir).iterdir()}
+    assert "sync-state.json" not in names and control.SOCKET_NAME in names

@@ -1,0 +1,155 @@
+"""`basenode run` as a user starts it: the zipapp, against the test's own Consul agent.
+
+`start_basenode(routes, *flags)` (a fixture) starts `dist/basenode run --no-consul` with its own
+state dir and a free status port; every node started is stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from basenode import haproxy
+from basenode.config import Settings
+from tests.conftest import ZIPAPP, require_binary
+from tests.support.backends import Backends, names_seen
+from tests.support.consul_agent import ConsulAgent
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
+
+
+class Basenode:
+    """`dist/basenode run --no-consul` against the given agent, output captured to a file."""
+
+    def __init__(self, agent: ConsulAgent, tmp: Path, routes: str, *extra: str) -> None:
+        require_binary("haproxy")
+        self.state_dir = tmp / "state"
+        self.log_path = tmp / "basenode.log"
+        self.settings = Settings(state_dir=self.state_dir)
+        self.status_addr = f"127.0.0.1:{free_port()}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
+            "CONSUL_HTTP_ADDR": agent.http_addr,
+            "BASENODE_CONFIG": os.devnull,
+        }
+        self.argv = [
+            sys.executable,
+            str(ZIPAPP),
+            "run",
+            "--no-consul",
+            "--state-dir",
+            str(self.state_dir),
+            "--routes",
+            routes,
+            "--status-addr",
+            self.status_addr,
+            *extra,
+        ]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> Tuple[int, bytes]:
+        """GET a path of its status endpoint: (status code, body)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.status_addr}{path}", timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def health(self) -> Tuple[int, Dict[str, Any]]:
+        code, body = self.get("/health")
+        return code, json.loads(body)
+
+    def status(self) -> Dict[str, Any]:
+        return json.loads(self.get("/status")[1])
+
+    def metrics(self) -> Dict[str, float]:
+        """/metrics as {'name{labels}': value}."""
+        values = {}
+        for line in self.get("/metrics")[1].decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        base = [
+            sys.executable,
+            str(ZIPAPP),
+            *args[:1],
+            "--no-consul",
+            "--state-dir",
+            str(self.state_dir),
+            "--status-addr",
+            self.status_addr,
+        ]
+        return subprocess.run([*base, *args[1:]], env=self.env, capture_output=True, text=True, timeout=60)
+
+    def proc_info(self) -> haproxy.ProcInfo:
+        """The master's `show proc`; the master CLI refuses for a moment while a reload re-executes it."""
+
+        def ask() -> Optional[haproxy.ProcInfo]:
+            try:
+                return haproxy.show_proc(self.settings.haproxy_master_socket)
+            except haproxy.RuntimeAPIError:
+                return None
+
+        return eventually(ask, timeout=10, what="the HAProxy master CLI to answer")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    pool = Backends()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def start_basenode(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator:
+    if not ZIPAPP.exists():
+        pytest.fail(f"{ZIPAPP} is missing; run `make zipapp`", pytrace=False)
+    started: List[Basenode] = []
+
+    def start(routes: str, *extra: str) -> Basenode:
+        node = Basenode(consul_agent, tmp_path, routes, *extra)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def serving(port: int, expected: List[str]):
+    """A probe: the set of backends answering on `port` is exactly `expected`."""
+
+    def probe() -> bool:
+        try:
+            return names_seen(port, 12) == sorted(expected)
+        except (OSError, RuntimeError):
+            return False
+
+    return probe
