@@ -349,6 +349,8 @@ def status_command(settings: Settings, as_json: bool = False) -> int:
 def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
         return f"{seconds:.1f}s"
     if seconds < 7200:
