@@ -2,6 +2,9 @@
 
 `start_basenode(routes, *flags)` (a fixture) starts `dist/basenode run --no-consul` with its own
 state dir and a free status port; every node started is stopped at the end of the test.
+Options: `consul_addr=` talks to another address than the agent's (e.g. a proxy in front of it);
+`own_agent=True` lets basenode run its own agent, a client on loopback (every port its own, so
+parallel runs never collide) joined to the test's agent; `state_dir=` puts the state dir elsewhere.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -27,25 +30,55 @@ from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 
-class Basenode:
-    """`dist/basenode run --no-consul` against the given agent, output captured to a file."""
+def own_agent_config(server: ConsulAgent, node_name: str) -> Tuple[str, str]:
+    """(TOML [consul] table, CONSUL_HTTP_ADDR) for basenode's own agent: a client bound to loopback,
+    every port its own, joined to `server`."""
+    ports = {name: free_port() for name in ("http", "dns", "serf-lan", "serf-wan", "server", "grpc")}
+    args = ["-bind=127.0.0.1", *(f"-{name}-port={port}" for name, port in ports.items() if name != "http")]
+    join = f"127.0.0.1:{server.ports['serf_lan']}"
+    table = (
+        "[consul]\n"
+        f"join = [{json.dumps(join)}]\n"
+        f"node_name = {json.dumps(node_name)}\n"
+        f"extra_args = {json.dumps(args)}\n"
+    )
+    return table, f"127.0.0.1:{ports['http']}"
 
-    def __init__(self, agent: ConsulAgent, tmp: Path, routes: str, *extra: str) -> None:
+
+class Basenode:
+    """`dist/basenode run` against the given agent (see the module docstring), output captured to a file."""
+
+    def __init__(
+        self,
+        agent: ConsulAgent,
+        tmp: Path,
+        routes: str,
+        *extra: str,
+        consul_addr: Optional[str] = None,
+        own_agent: bool = False,
+        state_dir: Optional[Path] = None,
+    ) -> None:
         require_binary("haproxy")
-        self.state_dir = tmp / "state"
+        self.state_dir = state_dir or tmp / "state"
         self.log_path = tmp / "basenode.log"
         self.settings = Settings(state_dir=self.state_dir)
         self.status_addr = f"127.0.0.1:{free_port()}"
+        config, consul_flags = os.devnull, ["--no-consul"]
+        if own_agent:
+            table, consul_addr = own_agent_config(agent, f"basenode-{tmp.name}")
+            config, consul_flags = str(tmp / "basenode.toml"), []
+            Path(config).write_text(table)
+        self.consul_addr = consul_addr or agent.http_addr
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
-            "CONSUL_HTTP_ADDR": agent.http_addr,
-            "BASENODE_CONFIG": os.devnull,
+            "CONSUL_HTTP_ADDR": self.consul_addr,
+            "BASENODE_CONFIG": config,
         }
         self.argv = [
             sys.executable,
             str(ZIPAPP),
             "run",
-            "--no-consul",
+            *consul_flags,
             "--state-dir",
             str(self.state_dir),
             "--routes",
@@ -69,6 +102,21 @@ class Basenode:
         code, body = self.get("/health")
         return code, json.loads(body)
 
+    def healthy(self) -> bool:
+        """GET /health answers 200 (False while it answers 503 or not at all)."""
+        try:
+            return self.get("/health")[0] == 200
+        except OSError:
+            return False
+
+    def problems(self, prefix: str) -> List[str]:
+        """The problems /health lists that start with `prefix` ([] while it is 200 or not answering)."""
+        try:
+            code, body = self.health()
+        except OSError:
+            return []
+        return [p for p in body["problems"] if p.startswith(prefix)] if code == 503 else []
+
     def status(self) -> Dict[str, Any]:
         return json.loads(self.get("/status")[1])
 
@@ -81,8 +129,30 @@ class Basenode:
                 values[name] = float(value)
         return values
 
+    def metric(self, sample: str) -> float:
+        """One sample of /metrics, e.g. 'basenode_consul_errors_total'; 0 while it is absent (a
+        labelled counter appears with its first event)."""
+        return self.metrics().get(sample, 0.0)
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def child_pids(self, program: str) -> List[int]:
+        """PIDs of basenode's direct children whose executable is named `program` (e.g. "consul")."""
+        found = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue  # the thread ended
+            for pid in children:
+                try:
+                    argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                except OSError:
+                    continue  # the child ended
+                if os.path.basename(argv0.decode(errors="replace")) == program:
+                    found.append(int(pid))
+        return found
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         base = [
@@ -133,8 +203,8 @@ def start_basenode(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator:
         pytest.fail(f"{ZIPAPP} is missing; run `make zipapp`", pytrace=False)
     started: List[Basenode] = []
 
-    def start(routes: str, *extra: str) -> Basenode:
-        node = Basenode(consul_agent, tmp_path, routes, *extra)
+    def start(routes: str, *extra: str, **options: Any) -> Basenode:
+        node = Basenode(consul_agent, tmp_path, routes, *extra, **options)
         started.append(node)
         return node
 
@@ -143,7 +213,7 @@ def start_basenode(tmp_path: Path, consul_agent: ConsulAgent) -> Iterator:
         node.stop()
 
 
-def serving(port: int, expected: List[str]):
+def serving(port: int, expected: Sequence[str]):
     """A probe: the set of backends answering on `port` is exactly `expected`."""
 
     def probe() -> bool:
