@@ -71,7 +71,14 @@ class CountingHTTPClient(consul.std.HTTPClient):
         # Consul's API speaks UTF-8 JSON but names no charset; without this, requests would guess
         # the encoding of every body (and could guess wrong for a non-ASCII KV value or tag).
         response.encoding = "utf-8"
-        return callback(self.response(response))
+        try:
+            return callback(self.response(response))
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            # py-consul's decoding assumes Consul's shapes (e.g. KV items are objects): an answer of
+            # another shape is Consul misbehaving, an error like a 500, not a bug of ours.
+            raise pyconsul.ConsulException(
+                f"unexpected answer from {path}: {type(e).__name__}: {e}"
+            ) from None
 
     def get(self, callback, path, params=None, headers=None, **_kwargs):  # type: ignore[override]
         return self._send("GET", callback, path, params, headers)
@@ -163,6 +170,19 @@ def _index(raw: Any) -> int:
         raise pyconsul.ConsulException(f"bad X-Consul-Index {raw!r}") from None
 
 
+def _objects(items: Any, what: str) -> List[Mapping[str, Any]]:
+    """`items` when it is a list of JSON objects, as Consul answers; [] for no answer (404).
+
+    Anything else is a broken answer, not an empty one: dropping the elements that are not objects
+    would turn garbage from Consul into "no instances" and take every server out of HAProxy.
+    """
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+        raise pyconsul.ConsulException(f"{what}: not a list of objects: {str(items)[:100]!r}")
+    return items
+
+
 def health_service(
     client: pyconsul.Consul,
     service: str,
@@ -174,10 +194,8 @@ def health_service(
 
     Fetched unfiltered and filtered here with healthy(), so that this and the catalog dump agree exactly.
     """
-    raw_index, entries = client.health.service(service, index=index or None, wait=wait)
-    entries = [
-        e for e in entries or () if isinstance(e, Mapping) and healthy(e.get("Checks"), include_warning)
-    ]
+    raw_index, answer = client.health.service(service, index=index or None, wait=wait)
+    entries = [e for e in _objects(answer, service) if healthy(e.get("Checks"), include_warning)]
     return _index(raw_index), entries
 
 
@@ -208,9 +226,7 @@ def catalog_dump(
     raw_index, nodes = client.http.get(
         CB.json(index=True), "/v1/internal/ui/nodes", params=params, headers=headers
     )
-    if not isinstance(nodes, list):
-        raise pyconsul.ConsulException(f"catalog dump is not a list: {type(nodes).__name__}")
-    return _index(raw_index), nodes
+    return _index(raw_index), _objects(nodes, "catalog dump")
 
 
 def service_summaries(
@@ -230,9 +246,7 @@ def service_summaries(
     raw_index, items = client.http.get(
         CB.json(index=True), "/v1/internal/ui/services", params=params, headers=client.prepare_headers()
     )
-    if not isinstance(items, list):
-        raise pyconsul.ConsulException(f"service summaries are not a list: {type(items).__name__}")
-    summaries = {i["Name"]: i for i in items if isinstance(i, Mapping) and isinstance(i.get("Name"), str)}
+    summaries = {i["Name"]: i for i in _objects(items, "service summaries") if isinstance(i.get("Name"), str)}
     return _index(raw_index), summaries
 
 
@@ -240,9 +254,7 @@ def service_entries(client: pyconsul.Consul, service: str) -> Tuple[int, List[Di
     """All entries of one service, healthy or not, trimmed as health_entries_from_dump trims them."""
     raw_index, entries = client.health.service(service)
     trimmed = [
-        trim_entry(e.get("Node"), e.get("Service"), e.get("Checks"))
-        for e in entries or ()
-        if isinstance(e, Mapping)
+        trim_entry(e.get("Node"), e.get("Service"), e.get("Checks")) for e in _objects(entries, service)
     ]
     return _index(raw_index), sorted(trimmed, key=_entry_order)
 
@@ -310,8 +322,8 @@ def kv_recurse(
     """Every key under `prefix` -> its value as text (None for a folder or a value that is not UTF-8)."""
     raw_index, items = client.kv.get(prefix, index=index or None, wait=wait, recurse=True)
     values: Dict[str, Optional[str]] = {}
-    for item in items or ():
-        if isinstance(item, Mapping) and isinstance(item.get("Key"), str):
+    for item in _objects(items, prefix):
+        if isinstance(item.get("Key"), str):
             values[item["Key"]] = _text(item.get("Value"))
     return _index(raw_index), values
 

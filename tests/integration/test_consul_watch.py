@@ -22,6 +22,7 @@ from basenode.watch import ConsulUnavailable, Watcher, fetch_snapshot
 from tests.conftest import require_binary
 from tests.support import consul_agent as agents
 from tests.support.consul_agent import ConsulAgent
+from tests.support.consul_proxy import NOT_JSON, WRONG_SHAPE, ConsulProxy
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
@@ -240,6 +241,34 @@ def test_while_consul_is_down_the_last_good_state_stays_and_changes_flow_after_r
         assert rec.watcher.sources["catalog"].failures == 0
         agent.register(web, 8082, service_id="web-3")
         rec.wait_ids(web, ["web-2", "web-3"])
+
+
+@pytest.mark.parametrize("garbage", [NOT_JSON, WRONG_SHAPE], ids=["not-json", "wrong-shape"])
+def test_garbage_from_consul_is_an_error_and_the_last_good_state_stays(consul_agent_session, garbage):
+    agent, web, cache = consul_agent_session, unique("web"), unique("cache")
+    agent.register(web, 8080, service_id=f"{web}-1")
+    agent.kv_put(f"basenode/routes/{cache}", "19051")
+    proxy = ConsulProxy(agent.http_addr)
+    try:
+        with Recorder(proxy, (Route(web, 19050),)) as rec:  # type: ignore[arg-type]
+            rec.wait_ids(web, [f"{web}-1"])
+            rec.wait_ids(cache, [])
+            good = len(rec.snapshots)
+            proxy.set_mode("garbage", garbage)
+            for source in ("catalog", "kv"):
+                eventually(
+                    lambda s=source: rec.watcher.sources[s].failures >= 2, what=f"{source} reads to fail"
+                )
+            assert len(rec.snapshots) == good, "garbage from Consul was taken for a new state"
+            assert rec.ids(web) == [f"{web}-1"] and rec.ids(cache) == []
+            with pytest.raises(ConsulUnavailable):
+                fetch_snapshot(rec.watcher.settings)
+            proxy.set_mode("pass")
+            agent.register(web, 8081, service_id=f"{web}-2")
+            rec.wait_ids(web, [f"{web}-1", f"{web}-2"], timeout=30)  # after a backoff of up to 10 s
+    finally:
+        proxy.close()
+        agent.kv_delete(f"basenode/routes/{cache}")
 
 
 def test_poll_mode_follows_the_catalog_without_blocking_reads(consul_agent_session):
