@@ -101,9 +101,21 @@ class ApplyResult:
 # Files and the check
 
 
+def _write(path: Path, text: str) -> None:
+    """write_atomic, its OSError (a full or read-only state dir) an ApplyError: nothing changed, the
+    running config stays, and the caller retries as for any failed apply."""
+    try:
+        write_atomic(path, text)
+    except OSError as e:
+        raise ApplyError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _promote(candidate: Path, live: Path) -> None:
-    os.replace(candidate, live)
-    fsync_dir(live.parent)
+    try:
+        os.replace(candidate, live)
+        fsync_dir(live.parent)
+    except OSError as e:
+        raise ApplyError(f"cannot replace {live}: {e.strerror or e}") from None
 
 
 def check(haproxy_bin: str, cfg_path: Path, timeout: float = CHECK_TIMEOUT) -> None:
@@ -558,8 +570,9 @@ def apply(
     which is accepted for the caller's bookkeeping and logging only: after a failed apply or a
     restart they can differ, and the running state is the one that counts.
 
-    Raises CheckFailed (nothing changed) or ApplyError (the new file is in place, but HAProxy
-    could not be made to run it; on a failed reload the old file is restored).
+    Raises CheckFailed (nothing changed) or ApplyError: the candidate could not be written (a full
+    state dir: nothing changed), or the new file is in place but HAProxy could not be made to run it
+    (on a failed reload the old file is restored).
     `restart_hook` replaces the default restart (SIGTERM to the master, the supervisor starts it again)
     for apply_mode="restart".
     """
@@ -575,7 +588,7 @@ def apply(
     mode = settings.watch.apply_mode
     parsed: Optional[Tuple[ParsedConfig, ParsedConfig]] = None
     if changed:
-        write_atomic(candidate, text)
+        _write(candidate, text)
         checking = _start_check(settings.haproxy_bin, candidate)
         try:
             if mode == "runtime" and live_text is not None:
@@ -658,7 +671,7 @@ def _reload_or_restore(settings: Settings, live_text: Optional[str]) -> None:
     except ApplyError:
         # Keep "the file on disk equals what runs": the old workers still run the old text.
         if live_text is not None:
-            write_atomic(settings.haproxy_cfg, live_text)
+            _write(settings.haproxy_cfg, live_text)
         raise
 
 

@@ -8,6 +8,7 @@ HAProxy rejects changes nothing; membership churn under load fails no request.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import threading
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.conftest import require_binary
 from tests.support.backends import Backends, Load, get, names_seen
 from tests.support.haproxy_proc import HAProxy
 from tests.support.ports import free_port
+from tests.support.tmpfs import fill, small_tmpfs
 from tests.support.waiting import eventually
 
 
@@ -207,6 +209,29 @@ def test_a_reload_haproxy_refuses_restores_the_old_file_and_keeps_serving(rig):
     result = rig.apply(rig.snapshot(["a", "b"]))  # and later changes still apply
     assert result.how == "runtime"
     assert names_seen(rig.port) == ["a", "b"]
+
+
+def test_a_full_state_dir_fails_the_apply_changes_nothing_and_the_next_apply_goes_through(tmp_path, backends):
+    with small_tmpfs(tmp_path / "state") as state:
+        rig = Rig(state, backends)
+        try:
+            rig.start(["a"])
+            before = rig.serving()
+            files = sorted(os.listdir(state))
+            live = rig.settings.haproxy_cfg.read_text()
+            filler = fill(state)
+            with pytest.raises(haproxy.ApplyError, match="No space left on device"):
+                rig.apply(rig.snapshot(["a", "b"]))
+            assert rig.settings.haproxy_cfg.read_text() == live
+            assert sorted(os.listdir(state)) == sorted([*files, filler.name])  # no half-written file left
+            assert names_seen(rig.port) == ["a"]
+            assert rig.serving() == before
+            filler.unlink()
+            assert rig.apply(rig.snapshot(["a", "b"])).how == "runtime"
+            assert names_seen(rig.port) == ["a", "b"]
+        finally:
+            if rig.haproxy is not None:
+                rig.haproxy.stop()
 
 
 def test_haproxy_stops_gracefully_on_the_programs_stop_signal(rig):
