@@ -346,7 +346,10 @@ def agent_self(client: pyconsul.Consul) -> Dict[str, Any]:
 
 def leader(client: pyconsul.Consul) -> str:
     """The cluster leader's address, or '' while there is none."""
-    return client.status.leader() or ""
+    answer = client.status.leader()
+    if answer is not None and not isinstance(answer, str):
+        raise pyconsul.ConsulException(f"status/leader: not an address: {str(answer)[:100]!r}")
+    return answer or ""
 
 
 def join(client: pyconsul.Consul, address: str, wan: bool = False) -> bool:

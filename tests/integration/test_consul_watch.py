@@ -263,6 +263,8 @@ def test_garbage_from_consul_is_an_error_and_the_last_good_state_stays(consul_ag
             assert rec.ids(web) == [f"{web}-1"] and rec.ids(cache) == []
             with pytest.raises(ConsulUnavailable):
                 fetch_snapshot(rec.watcher.settings)
+            with pytest.raises(ConsulUnavailable):  # what /health asks
+                watch.agent_reachable(rec.watcher.settings)
             proxy.set_mode("pass")
             agent.register(web, 8081, service_id=f"{web}-2")
             rec.wait_ids(web, [f"{web}-1", f"{web}-2"], timeout=30)  # after a backoff of up to 10 s
