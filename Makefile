@@ -11,8 +11,8 @@ export PATH := $(CURDIR)/.deps/bin:$(PATH)
 IMAGE ?= basenode
 BASE_IMAGE := debian:bookworm-slim
 
-.PHONY: all deps venv system-deps zipapp test test-unit test-integration test-docker lint bench demo clean clean-venv \
-	base-image image cluster-demo
+.PHONY: all deps venv system-deps zipapp test test-unit test-integration test-faults test-docker lint bench demo \
+	clean clean-venv base-image image cluster-demo
 
 all: zipapp
 
@@ -39,13 +39,16 @@ lint: $(STAMP_VENV)
 	$(VENV)/bin/ruff format --check basenode tests bench scripts
 
 test: deps zipapp lint
-	$(PY) -m pytest -q tests/unit tests/integration tests/docker
+	$(PY) -m pytest -q tests/unit tests/integration tests/faults tests/docker
 
 test-unit: $(STAMP_VENV)
 	$(PY) -m pytest -q tests/unit
 
 test-integration: deps zipapp
 	$(PY) -m pytest -q tests/integration
+
+test-faults: deps zipapp
+	$(PY) -m pytest -q tests/faults
 
 test-docker: deps zipapp
 	$(PY) -m pytest -q tests/docker

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -188,6 +189,40 @@ class Basenode:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+class HealthPoller:
+    """GET /health from a thread, back to back, until closed; keeps the problems of every 503.
+
+    For faults that basenode repairs within a second (a killed program it restarts): a test that
+    asked /health once after the fault could come too late to see it.
+    """
+
+    def __init__(self, node: Basenode) -> None:
+        self.node = node
+        self.seen: List[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="health-poller", daemon=True)
+
+    def __enter__(self) -> HealthPoller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+
+    def problems(self, prefix: str) -> List[str]:
+        return [p for p in list(self.seen) if p.startswith(prefix)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                code, body = self.node.health()
+            except (OSError, ValueError):
+                continue  # the sync loop, which serves the endpoint, is not listening (yet)
+            if code == 503:
+                self.seen.extend(body["problems"])
 
 
 @pytest.fixture
