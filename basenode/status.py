@@ -189,6 +189,12 @@ def metrics_text(doc: Dict[str, Any], state: SyncState) -> bytes:
         counter("basenode_check_failures", "rendered configs haproxy -c rejected", state.check_failures),
         counter("basenode_apply_errors", "configs that could not be written or applied", state.apply_errors),
         counter("basenode_consul_errors", "failed Consul queries", doc["consul"]["errors"]),
+        # A blocking query to an unreachable server just waits: no error is counted until it times out.
+        gauge(
+            "basenode_consul_ok",
+            "1 when the agent answers, knows a leader and reads work",
+            0 if any(p.startswith("consul: ") for p in doc["problems"]) else 1,
+        ),
         gauge("basenode_routes", "routes HAProxy serves", len(doc["routes"])),
     ]
     if state.last_sync is not None:

@@ -122,9 +122,13 @@ class Loop:
             return
         except (haproxy.ApplyError, OSError) as e:
             # Not the config's fault (a full disk, HAProxy between lives): the same one may work soon.
-            log.error("apply failed, retrying every %.0f s: %s", RETRY_SECONDS, e)
+            message = f"apply: {e}"
+            if message != self.state.last_error:  # once per distinct error, not every retry
+                log.error("apply failed, retrying every %.0f s: %s", RETRY_SECONDS, e)
+            else:
+                log.debug("apply failed again: %s", e)
             self.state.apply_errors += 1
-            self.state.last_error = f"apply: {e}"
+            self.state.last_error = message
             self.retry_at = time.monotonic() + RETRY_SECONDS
             return
         self.retry_at = None

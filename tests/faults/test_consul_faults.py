@@ -96,9 +96,10 @@ def test_consul_answering_500_and_then_garbage_changes_no_route_and_is_reported(
 def test_consul_servers_unreachable_for_30_s_keep_routing_and_recover(consul_agent, backends, start_basenode):
     """The only Consul server (the test's agent; basenode's own agent is a client joined to it) is
     stopped with SIGSTOP for 30 s, then continued. Routing goes on all along; /health is 503 with a
-    `consul:` problem and basenode_healthy 0 during the outage (the watch's blocking query just waits,
-    so it counts no errors); the client agent's log in basenode's output shows the server failing;
-    afterwards the agent reconnects by itself, /health is 200 and a new registration is routed."""
+    `consul:` problem, basenode_healthy and basenode_consul_ok 0 during the outage (the watch's blocking
+    query just waits, so it counts no errors); the client agent's log in basenode's output shows the
+    server failing; afterwards the agent reconnects by itself, /health is 200 and a new registration
+    is routed."""
     a, b = backends.start("a"), backends.start("b")
     consul_agent.register("web", a.port, service_id="web-a")
     port = free_port()
@@ -114,6 +115,7 @@ def test_consul_servers_unreachable_for_30_s_keep_routing_and_recover(consul_age
             resume_at = time.monotonic() + UNREACHABLE_SECONDS
             problems = eventually(lambda: node.problems("consul: "), timeout=25, what="/health 503 consul")
             assert node.metric("basenode_healthy") == 0, problems
+            assert node.metric("basenode_consul_ok") == 0
             eventually(lambda: "EventMemberFailed" in node.output(), timeout=25, what="the agent to log it")
             while time.monotonic() < resume_at:  # the outage lasts its 30 s; traffic flows all along
                 load.wait_for_more(20)
@@ -125,3 +127,4 @@ def test_consul_servers_unreachable_for_30_s_keep_routing_and_recover(consul_age
         eventually(serving(port, ["a", "b"]), timeout=30, what="a registration after recovery to be routed")
     assert load.failures == []
     assert node.metric("basenode_healthy") == 1
+    assert node.metric("basenode_consul_ok") == 1

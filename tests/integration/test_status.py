@@ -99,7 +99,7 @@ def test_status_and_health_say_so_when_no_basenode_runs(tmp_path):
 
 CONFIG = """
 [programs.hup]
-command = ["sh", "-c", "trap 'echo hup >> {marker}' HUP; while :; do sleep 0.1; done"]
+command = ["sh", "-c", "trap 'echo hup >> {marker}' HUP; echo ok > {marker}; while :; do sleep 0.1; done"]
 startsecs = 0
 {extra}
 """
@@ -118,6 +118,7 @@ def test_control_socket_is_owner_only_and_signals_and_restarts_programs(
 
     eventually(lambda: programs(node).get("hup", {}).get("state") == "running", timeout=30, what="hup runs")
     before = programs(node)["hup"]["pid"]
+    eventually(marker.exists, timeout=10, what="the trap in place")  # else HUP would end the shell
     assert control.request(node.state_dir, {"op": "signal", "program": "hup", "signal": "HUP"}) == {
         "ok": True
     }
