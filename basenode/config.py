@@ -33,7 +33,9 @@ ROUTES_KV_PREFIX = "basenode/routes/"
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
-SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# \Z, not $: `$` also matches before a final newline, and "web\n" is not a service name. Nor are "."
+# and "..": in the URL of a Consul read (/v1/health/service/..) they are path steps, and the read fails.
+SERVICE_NAME_RE = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9._-]{1,128}\Z")
 PROGRAM_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 AUTORESTART = ("always", "on-failure", "never")
 ROUTE_MODES = ("tcp", "http")

@@ -39,6 +39,10 @@ def test_a_kv_value_gives_port_mode_and_optional_tag(value, port, mode, tag):
         ("bad name", "9302"),
         ("a/b", "9302"),
         ("web", "9302 tag="),
+        # Names a Consul read cannot take: every read of the catalog failed while one was routed.
+        (".", "9302"),
+        ("..", "9302"),
+        ("web\n", "9302"),
     ],
 )
 def test_a_bad_kv_value_is_an_error_naming_key_and_value(key, value):
