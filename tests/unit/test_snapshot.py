@@ -31,6 +31,10 @@ HOSTILE = {
     "a 1 MB tag": entry(sid="web-6", tags=("x" * 1_000_000,)),
     "a quote in a meta value": entry(sid="web-7", meta={"version": 'v1"'}),
     "weight 1000": entry(sid="web-8", weight=1000),
+    # A final newline once passed every check (`$` matches before it).
+    "a newline after the service id": entry(sid="web-9\n"),
+    "a newline after a host name address": entry(sid="web-10", address="web.example\n"),
+    "a newline after a tag": entry(sid="web-11", tags=("primary\n",)),
 }
 
 
