@@ -83,9 +83,15 @@ def check_address(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise Rejected(f"address {_show(value)} is empty or not text")
     try:
-        return str(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
         pass
+    else:
+        # An IPv6 zone index (fe80::1%eth0) may be any text, spaces and newlines included, and HAProxy
+        # cannot resolve an address with one: it would fail `haproxy -c` or inject a line.
+        if getattr(ip, "scope_id", None) is None:
+            return str(ip)
+        raise Rejected(f"address {_show(value)} has an IPv6 zone index")
     if HOSTNAME_RE.match(value):
         return value.lower()
     raise Rejected(f"address {_show(value)} is neither an IP address nor a host name")

@@ -35,6 +35,11 @@ HOSTILE = {
     "a newline after the service id": entry(sid="web-9\n"),
     "a newline after a host name address": entry(sid="web-10", address="web.example\n"),
     "a newline after a tag": entry(sid="web-11", tags=("primary\n",)),
+    # ipaddress takes any text after % in an IPv6 address as its zone index.
+    "an IPv6 zone index": entry(sid="web-12", address="fe80::1%eth0"),
+    "a newline and a server in an IPv6 zone index": entry(
+        sid="web-13", address="fe80::1%x\n    server evil 1.2.3.4:80"
+    ),
 }
 
 
