@@ -45,13 +45,17 @@ class Instance:
         """Stable server name inside its backend (unique per service), always a valid HAProxy name.
 
         Consul IDs may contain `/`, `@`, `%`... which HAProxy refuses in a server name: those are
-        replaced by `_`, and a short hash of the original keeps two such IDs apart.
+        replaced by `_`, and a short hash of the original keeps two such IDs apart. A node name with
+        `_` makes `node_id` ambiguous (node `n_a` + ID `b`, node `n` + ID `a_b`): the hash of both
+        parts, apart, then tells the two instances apart (otherwise one of them would be dropped).
         """
         raw = f"{self.node}_{self.id}"
         safe = SERVER_NAME_BAD_RE.sub("_", raw)
-        if safe == raw:
+        if "_" not in self.node and safe == raw:
             return raw
-        return f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+        # NUL is in no token, so "node NUL id" names one instance only.
+        hashed = raw if "_" not in self.node else f"{self.node}\0{self.id}"
+        return f"{safe}-{hashlib.sha256(hashed.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,22 @@ def test_server_names_are_valid_for_haproxy_even_when_consul_ids_are_not(tmp_pat
     cfg.write_text(rendered(instances, tmp_path))
     proc = subprocess.run([haproxy_bin, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_instances_whose_node_and_id_join_to_the_same_name_are_both_kept(tmp_path):
+    """Node `n` with ID `a_b` and node `n_a` with ID `b` both joined to the server name `n_a_b`: one of
+    the two valid instances was silently dropped."""
+    one, other = (
+        entry(sid="a_b", node="n", address="10.0.0.5"),
+        entry(sid="b", node="n_a", address="10.0.0.6"),
+    )
+    instances, warnings = instances_from_health("web", [one, other])
+    assert warnings == []
+    assert sorted((i.node, i.id) for i in instances) == [("n", "a_b"), ("n_a", "b")]
+    assert len({i.key for i in instances}) == 2
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(rendered(instances, tmp_path))
+    proc = subprocess.run(
+        [require_binary("haproxy"), "-c", "-f", str(cfg)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
