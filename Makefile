@@ -11,8 +11,8 @@ export PATH := $(CURDIR)/.deps/bin:$(PATH)
 IMAGE ?= basenode
 BASE_IMAGE := debian:bookworm-slim
 
-.PHONY: all deps venv system-deps zipapp test test-unit test-integration test-faults test-docker lint bench demo \
-	clean clean-venv base-image image cluster-demo
+.PHONY: all deps venv system-deps zipapp test test-unit test-integration test-faults test-property test-docker lint \
+	bench demo clean clean-venv base-image image cluster-demo
 
 all: zipapp
 
@@ -39,7 +39,7 @@ lint: $(STAMP_VENV)
 	$(VENV)/bin/ruff format --check basenode tests bench scripts
 
 test: deps zipapp lint
-	$(PY) -m pytest -q tests/unit tests/integration tests/faults tests/docker
+	$(PY) -m pytest -q tests/unit tests/integration tests/faults tests/property tests/docker
 
 test-unit: $(STAMP_VENV)
 	$(PY) -m pytest -q tests/unit
@@ -49,6 +49,10 @@ test-integration: deps zipapp
 
 test-faults: deps zipapp
 	$(PY) -m pytest -q tests/faults
+
+# Hypothesis, deterministic: the same 500 examples on every run (tests/property/conftest.py).
+test-property: deps
+	$(PY) -m pytest -q tests/property
 
 test-docker: deps zipapp
 	$(PY) -m pytest -q tests/docker
