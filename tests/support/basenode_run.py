@@ -9,6 +9,7 @@ parallel runs never collide) joined to the test's agent; `state_dir=` puts the s
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -254,7 +255,7 @@ def serving(port: int, expected: Sequence[str]):
     def probe() -> bool:
         try:
             return names_seen(port, 12) == sorted(expected)
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, http.client.HTTPException):  # e.g. a restart cut the answer short
             return False
 
     return probe
