@@ -334,6 +334,88 @@ class SourceStatus:
     last_ok: Optional[float] = None  # wall-clock time of the last read that worked
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """How a blocking read loop waits: Consul's `wait`, the randomness for jitter, the clock."""
+
+    wait_seconds: float
+    rng: random.Random
+    clock: Callable[[], float] = time.monotonic
+
+    def jittered_wait(self) -> str:
+        # Consul adds up to wait/16 itself; asking for up to wait/16 less spreads clients started together.
+        return consul.format_wait(self.wait_seconds * (1.0 - self.rng.random() / 16))
+
+
+def read_failed(
+    status: SourceStatus, error: BaseException, stop: threading.Event, rng: random.Random
+) -> None:
+    """Count and log a failed read (once per run of failures), then back off with full jitter."""
+    status.failures += 1
+    status.errors += 1
+    status.last_error = f"{type(error).__name__}: {error}"[:300]
+    if status.failures == 1:
+        log.warning("consul %s read failed, keeping the last good state: %s", status.name, status.last_error)
+    else:
+        log.debug("consul %s read failed (%d in a row): %s", status.name, status.failures, status.last_error)
+    stop.wait(backoff_delay(status.failures, rng))
+
+
+def read_recovered(status: SourceStatus) -> None:
+    if status.failures:
+        log.info("consul %s read works again after %d failed reads", status.name, status.failures)
+    status.failures = 0
+    status.last_error = ""
+    status.last_ok = time.time()
+
+
+def blocking_loop(
+    read: Callable[[int, Optional[str]], Tuple[int, Any]],
+    store: Callable[[Any], bool],
+    on_change: Callable[[], None],
+    stop: threading.Event,
+    status: SourceStatus,
+    pacing: Pacing,
+) -> None:
+    """One blocking query, repeated until `stop` is set, by Consul's rules (see the module docstring).
+
+    `read(index, wait)` returns (new index, data); `store(data)` keeps it and says whether it changed,
+    and then `on_change()` is called. A read that returns after `stop` was set is dropped unstored.
+    """
+    name = status.name
+    index = 0
+    while not stop.is_set():
+        started = pacing.clock()
+        try:
+            new_index, data = read(index, pacing.jittered_wait() if index else None)
+        except Exception as e:
+            if not isinstance(e, consul.ERRORS):  # a bug must not silently freeze routing: log, retry
+                log.exception("consul %s read: unexpected error", name)
+            read_failed(status, e, stop, pacing.rng)
+            # The agent may have restarted with a lower index: a blocking read on the old one would
+            # wait out the whole `wait` before anything is seen, so the next read is a plain one.
+            index = 0
+            continue
+        if stop.is_set():
+            return
+        status.reads += 1
+        read_recovered(status)
+        if store(data):
+            on_change()
+        new_index = max(new_index, 1)  # Consul's rule: 0 is never a valid index to block on
+        if new_index < index:
+            # Consul's rule: an index that goes backwards (a restored or restarted cluster) starts over.
+            log.debug("consul %s index went back from %d to %d: reset", name, index, new_index)
+            index = 0
+        elif index and new_index == index and pacing.clock() - started < QUICK_RETURN:
+            # Unmoved index, yet no wait: do not spin; treat it like a failed read for pacing.
+            stop.wait(backoff_delay(1, pacing.rng))
+            index = new_index
+        else:
+            index = new_index
+        status.index = index
+
+
 class Watcher:
     """Turns Consul into Snapshots. One Watcher, one run() at a time.
 
@@ -456,10 +538,6 @@ class Watcher:
             )
         return threads
 
-    def _jittered_wait(self) -> str:
-        # Consul adds up to wait/16 itself; asking for up to wait/16 less spreads clients started together.
-        return consul.format_wait(self.wait_seconds * (1.0 - self.rng.random() / 16))
-
     def _catalog_reader(self) -> CatalogReader:
         client = self.client
 
@@ -490,27 +568,6 @@ class Watcher:
             self._kv = values
         return True
 
-    def _failed(self, status: SourceStatus, error: BaseException, stop: threading.Event) -> None:
-        status.failures += 1
-        status.errors += 1
-        status.last_error = f"{type(error).__name__}: {error}"[:300]
-        if status.failures == 1:
-            log.warning(
-                "consul %s read failed, keeping the last good state: %s", status.name, status.last_error
-            )
-        else:
-            log.debug(
-                "consul %s read failed (%d in a row): %s", status.name, status.failures, status.last_error
-            )
-        stop.wait(backoff_delay(status.failures, self.rng))
-
-    def _recovered(self, status: SourceStatus) -> None:
-        if status.failures:
-            log.info("consul %s read works again after %d failed reads", status.name, status.failures)
-        status.failures = 0
-        status.last_error = ""
-        status.last_ok = time.time()
-
     def _blocking_loop(
         self,
         name: str,
@@ -518,38 +575,8 @@ class Watcher:
         store: Callable[[Any], bool],
         stop: threading.Event,
     ) -> None:
-        status = self.sources[name]
-        index = 0
-        while not stop.is_set():
-            started = self.clock()
-            try:
-                new_index, data = read(index, self._jittered_wait() if index else None)
-            except Exception as e:
-                if not isinstance(e, consul.ERRORS):  # a bug must not silently freeze routing: log, retry
-                    log.exception("consul %s read: unexpected error", name)
-                self._failed(status, e, stop)
-                # The agent may have restarted with a lower index: a blocking read on the old one would
-                # wait out the whole `wait` before anything is seen, so the next read is a plain one.
-                index = 0
-                continue
-            if stop.is_set():
-                return
-            status.reads += 1
-            self._recovered(status)
-            if store(data):
-                self._changed()
-            new_index = max(new_index, 1)  # Consul's rule: 0 is never a valid index to block on
-            if new_index < index:
-                # Consul's rule: an index that goes backwards (a restored or restarted cluster) starts over.
-                log.debug("consul %s index went back from %d to %d: reset", name, index, new_index)
-                index = 0
-            elif index and new_index == index and self.clock() - started < QUICK_RETURN:
-                # Unmoved index, yet no wait: do not spin; treat it like a failed read for pacing.
-                stop.wait(backoff_delay(1, self.rng))
-                index = new_index
-            else:
-                index = new_index
-            status.index = index
+        pacing = Pacing(self.wait_seconds, self.rng, self.clock)
+        blocking_loop(read, store, self._changed, stop, self.sources[name], pacing)
 
     def _poll_loop(self, stop: threading.Event) -> None:
         status = self.sources["poll"]
@@ -562,10 +589,10 @@ class Watcher:
                     _, entries[route.service] = consul.service_entries(self.client, route.service)
             except consul.ERRORS as e:
                 # Nothing read this round is kept: one round is one consistent picture.
-                self._failed(status, e, stop)
+                read_failed(status, e, stop, self.rng)
                 continue
             status.reads += 1
-            self._recovered(status)
+            read_recovered(status)
             kv_changed = self._store_kv(values)
             if self._store_entries(entries) or kv_changed:
                 self._changed()
