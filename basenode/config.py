@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ DEFAULT_STATUS_ADDR = "127.0.0.1:8089"
 DEFAULT_HEALTH_MAX_AGE = 600.0
 DEFAULT_CONSUL_HTTP_ADDR = "127.0.0.1:8500"
 ROUTES_KV_PREFIX = "basenode/routes/"
+DEFAULT_PLUGINS_DIR = Path("/etc/basenode/plugins")
 
 # Signals that reach the application COMMAND by default; the rest stop basenode.
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -37,6 +39,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # and "..": in the URL of a Consul read (/v1/health/service/..) they are path steps, and the read fails.
 SERVICE_NAME_RE = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9._-]{1,128}\Z")
 PROGRAM_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PLUGIN_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 AUTORESTART = ("always", "on-failure", "never")
 ROUTE_MODES = ("tcp", "http")
 APP_PROGRAM = "app"
@@ -166,6 +170,28 @@ class Service:
 
 
 @dataclass(frozen=True)
+class TemplateSpec:
+    """One file rendered from a template: [templates.NAME] in the config file, or --template-spec."""
+
+    name: str
+    source: Path
+    destination: Path
+    mode: int = 0o644
+    owner: Optional[str] = None  # user the file belongs to (None: basenode's own)
+    group: Optional[str] = None
+    # Run on the candidate before it replaces the destination: an argv, or one /bin/sh -c string when shell.
+    check: Tuple[str, ...] = ()
+    shell: bool = False  # check and reload_command run through /bin/sh -c
+    # After a successful write, at most one of these three:
+    reload_program: Optional[str] = None  # a supervised program that gets reload_signal
+    reload_signal: int = signal.SIGHUP
+    restart_program: Optional[str] = None  # a supervised program that is restarted
+    reload_command: Tuple[str, ...] = ()  # same form as check
+    plugins: Tuple[str, ...] = ()  # <plugins_dir>/<name>.py whose context() this template sees
+    origin: str = ""  # where it was defined, for messages: "basenode.toml:12", "--template-spec"
+
+
+@dataclass(frozen=True)
 class Settings:
     config_file: Optional[Path] = None
     state_dir: Path = DEFAULT_STATE_DIR
@@ -193,6 +219,13 @@ class Settings:
     # /health fails when HAProxy was last confirmed in step with Consul longer ago than this. A
     # quiet catalog still answers every blocking wait (5 min), so twice that is a stuck loop.
     health_max_age: float = DEFAULT_HEALTH_MAX_AGE
+    templates: Tuple[TemplateSpec, ...] = ()  # files rendered beside HAProxy's config
+    plugins_dir: Path = DEFAULT_PLUGINS_DIR
+
+    @property
+    def run_sync(self) -> bool:
+        """The sync loop runs for HAProxy's config or for any other template."""
+        return self.run_haproxy or bool(self.templates)
 
     @property
     def haproxy_cfg(self) -> Path:
@@ -343,6 +376,8 @@ class Flags:
     apply_mode: Optional[str] = None
     drain: Optional[str] = None
     health_max_age: Optional[str] = None
+    template_specs: Tuple[str, ...] = ()  # --template-spec, repeatable
+    plugins_dir: Optional[str] = None
     command: Tuple[str, ...] = ()
 
 
@@ -424,7 +459,7 @@ class _Table:
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
+        return f"{self.prefix}.{name}" if self.prefix and name else self.prefix or name
 
     def source(self, name: str) -> str:
         return self.file.source(self.key(name)) if self.file else ""
@@ -738,9 +773,16 @@ def load(flags: Flags, environ: Environ) -> Settings:
         _program(file, name, values if isinstance(values, Mapping) else {"command": values}, environ)
         for name, values in program_tables.items()
     )
+    plugins_dir, _ = pick(
+        flags.plugins_dir, "BASENODE_PLUGINS_DIR", "plugins_dir", "text", str(DEFAULT_PLUGINS_DIR)
+    )
+    supervised = [p.name for p in programs] + [APP_PROGRAM]
+    templates = _load_templates(flags, file, top.table("templates"), Path(plugins_dir), supervised)
+    check_destinations(templates, Path(state_dir) / "haproxy.cfg" if run_haproxy else None)
     top.check_unknown()
 
-    builtin = [n for n, on in (("consul", run_consul), ("haproxy", run_haproxy), ("sync", run_haproxy)) if on]
+    run_sync = run_haproxy or bool(templates)
+    builtin = [n for n, on in (("consul", run_consul), ("haproxy", run_haproxy), ("sync", run_sync)) if on]
     if flags.command:
         builtin.append(APP_PROGRAM)
     clash = [p.name for p in programs if p.name in builtin]
@@ -789,6 +831,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
         services=services,
         drain=drain,
         health_max_age=health_max_age,
+        templates=templates,
+        plugins_dir=Path(plugins_dir),
     )
 
 
@@ -1046,3 +1090,190 @@ def load_consul_http(environ: Environ) -> ConsulHTTP:
         client_key=environ.get("CONSUL_CLIENT_KEY") or None,
         ssl_verify=True if verify is None else verify,
     )
+
+
+# --- templates ([templates.NAME], --template-spec) ---------------------------------------------
+
+TEMPLATE_KEYS = (
+    "source", "destination", "mode", "owner", "check", "shell", "reload_program", "reload_signal",
+    "restart_program", "reload_command", "plugins",
+)  # fmt: skip
+
+
+def parse_mode(value: Any) -> int:
+    """'0644', '644' or the TOML integer 0o644 -> 0o644. Raises ValueError."""
+    if isinstance(value, str) and re.match(r"^0?[0-7]{3,4}$", value.strip()):
+        return int(value.strip(), 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
+        return value
+    raise ValueError(f'expected an octal file mode like "0644", got {_show(value)}')
+
+
+def parse_owner(value: Any) -> Tuple[str, Optional[str]]:
+    """'user[:group]' -> (user, group or None); both must exist here. Raises ValueError."""
+    import grp
+    import pwd
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected user or user:group, got {_show(value)}")
+    user, _, group = value.strip().partition(":")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"no such user {_show(user)}") from None
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ValueError(f"no such group {_show(group)}") from None
+    return user, group or None
+
+
+def parse_command(value: Any, shell: bool) -> Tuple[str, ...]:
+    """A check or reload command: an argv list, or a string split with shlex (kept whole when shell)."""
+    if isinstance(value, str):
+        if shell:
+            return (value,) if value.strip() else ()
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as e:
+            raise ValueError(f"cannot split {_show(value)}: {e}") from None
+    argv = _text_list(value)
+    return (" ".join(argv),) if shell and argv else argv
+
+
+def parse_template_spec(text: str) -> Mapping[str, Any]:
+    """--template-spec SRC:DEST[:CHECK[:RELOAD]] -> the keys of a [templates.NAME] table."""
+    parts = text.split(":", 3)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ConfigError("--template-spec", "", f"expected SRC:DEST[:CHECK[:RELOAD]], got {_show(text)}")
+    values: dict[str, Any] = {"source": parts[0], "destination": parts[1]}
+    if len(parts) > 2 and parts[2].strip():
+        values["check"] = parts[2]
+    if len(parts) > 3 and parts[3].strip():
+        values["reload_command"] = parts[3]
+    return values
+
+
+def _template(
+    t: _Table, name: str, plugins_dir: Path, supervised: Sequence[str], origin: str
+) -> TemplateSpec:
+    if not TEMPLATE_NAME_RE.match(name):
+        raise t.fail("", f"template name must match [A-Za-z0-9_-]{{1,64}}, got {_show(name)}")
+    for unknown in set(t.values) - set(TEMPLATE_KEYS):
+        raise t.fail(unknown, "unknown key")
+    source = t.get("source", "text")
+    if not source:
+        raise t.fail("source", "required: the template file")
+    if not os.path.isfile(source):
+        raise t.fail("source", f"no such file {_show(source)}")
+    destination = t.get("destination", "text")
+    if not destination:
+        raise t.fail("destination", "required: the file to write")
+    destination_path = Path(destination).absolute()
+    if destination_path.is_dir():
+        raise t.fail("destination", f"{_show(destination)} is a directory")
+    if not destination_path.parent.is_dir():
+        raise t.fail("destination", f"directory {_show(str(destination_path.parent))} does not exist")
+    mode = 0o644
+    if "mode" in t.values:
+        try:
+            mode = parse_mode(t.values["mode"])
+        except ValueError as e:
+            raise t.fail("mode", str(e)) from None
+    owner = group = None
+    if "owner" in t.values:
+        try:
+            owner, group = parse_owner(t.values["owner"])
+        except ValueError as e:
+            raise t.fail("owner", str(e)) from None
+    shell = t.get("shell", "flag", False)
+    commands = {}
+    for key in ("check", "reload_command"):
+        try:
+            commands[key] = parse_command(t.values[key], shell) if key in t.values else ()
+        except ValueError as e:
+            raise t.fail(
+                key, str(e) or f"expected a command (list of strings or a string), got {_show(t.values[key])}"
+            ) from None
+    actions = [key for key in ("reload_program", "restart_program", "reload_command") if key in t.values]
+    if len(actions) > 1:
+        raise t.fail(
+            actions[1], f"only one of reload_program, restart_program, reload_command (also {actions[0]})"
+        )
+    for key in ("reload_program", "restart_program"):
+        program = t.get(key, "text")
+        if program is not None and program not in supervised:
+            raise t.fail(
+                key, f"{_show(program)} is not a supervised program (known: {', '.join(supervised)})"
+            )
+    if "reload_signal" in t.values and "reload_program" not in t.values:
+        raise t.fail("reload_signal", "only with reload_program")
+    plugins = t.get("plugins", "text_list", ())
+    for plugin in plugins:
+        if not PLUGIN_NAME_RE.match(plugin):
+            raise t.fail("plugins", f"plugin name must be a Python identifier, got {_show(plugin)}")
+        if not (plugins_dir / f"{plugin}.py").is_file():
+            raise t.fail("plugins", f"no plugin {_show(plugin)}: {plugins_dir / (plugin + '.py')} not found")
+    return TemplateSpec(
+        name=name,
+        source=Path(source).absolute(),
+        destination=destination_path,
+        mode=mode,
+        owner=owner,
+        group=group,
+        check=commands["check"],
+        shell=shell,
+        reload_program=t.get("reload_program", "text"),
+        reload_signal=t.get("reload_signal", "signal", signal.SIGHUP),
+        restart_program=t.get("restart_program", "text"),
+        reload_command=commands["reload_command"],
+        plugins=plugins,
+        origin=origin,
+    )
+
+
+def _load_templates(
+    flags: Flags,
+    file: Optional[FileValues],
+    tables: Mapping[str, Any],
+    plugins_dir: Path,
+    supervised: Sequence[str],
+) -> Tuple[TemplateSpec, ...]:
+    """[templates.NAME] tables, then each --template-spec as "spec1", "spec2", ... (both kinds add up)."""
+    specs = []
+    for name, values in tables.items():
+        t = _Table(file, f"templates.{name}", values if isinstance(values, Mapping) else {})
+        if not isinstance(values, Mapping):
+            raise t.fail("", f"expected a table, got {_show(values)}")
+        specs.append(_template(t, name, plugins_dir, supervised, t.source("")))
+    for number, text in enumerate(flags.template_specs, 1):
+        name = f"spec{number}"
+        if name in tables:
+            raise ConfigError("--template-spec", "", f"{name} is also a [templates.{name}] table")
+        t = _Table(None, "", parse_template_spec(text))
+        try:
+            specs.append(_template(t, name, plugins_dir, supervised, "--template-spec"))
+        except ConfigError as e:
+            raise ConfigError("--template-spec", "", f"{_show(text)}: {e.key}: {e.message}") from None
+    return tuple(specs)
+
+
+def check_destinations(templates: Sequence[TemplateSpec], haproxy_cfg: Optional[Path]) -> None:
+    """Two templates may not write one file, nor a template HAProxy's own config."""
+    seen: dict[Path, TemplateSpec] = {}
+    for spec in templates:
+        first = seen.get(spec.destination)
+        if first is not None:
+            raise ConfigError(
+                spec.origin,
+                f"templates.{spec.name}.destination",
+                f"{_show(str(spec.destination))} is also written by template {_show(first.name)}",
+            )
+        if haproxy_cfg is not None and spec.destination == haproxy_cfg.absolute():
+            raise ConfigError(
+                spec.origin,
+                f"templates.{spec.name}.destination",
+                "is HAProxy's own config, which basenode renders from --template",
+            )
+        seen[spec.destination] = spec
