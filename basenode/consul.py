@@ -250,9 +250,11 @@ def service_summaries(
     return _index(raw_index), summaries
 
 
-def service_entries(client: pyconsul.Consul, service: str) -> Tuple[int, List[Dict[str, Any]]]:
+def service_entries(
+    client: pyconsul.Consul, service: str, index: int = 0, wait: Optional[str] = None
+) -> Tuple[int, List[Dict[str, Any]]]:
     """All entries of one service, healthy or not, trimmed as health_entries_from_dump trims them."""
-    raw_index, entries = client.health.service(service)
+    raw_index, entries = client.health.service(service, index=index or None, wait=wait)
     trimmed = [
         trim_entry(e.get("Node"), e.get("Service"), e.get("Checks")) for e in _objects(entries, service)
     ]
@@ -306,6 +308,34 @@ def health_entries_from_dump(nodes: Sequence[Any]) -> Dict[str, List[Dict[str, A
     for entries in by_service.values():
         entries.sort(key=_entry_order)
     return by_service
+
+
+def catalog_services(
+    client: pyconsul.Consul, index: int = 0, wait: Optional[str] = None
+) -> Tuple[int, Mapping[str, Any]]:
+    """Every service name in the catalog -> its tags (/v1/catalog/services), as Consul sent them."""
+    raw_index, services = client.catalog.services(index=index or None, wait=wait)
+    if not isinstance(services, Mapping):
+        raise pyconsul.ConsulException(f"catalog services is not an object: {type(services).__name__}")
+    return _index(raw_index), services
+
+
+def local_node(
+    client: pyconsul.Consul, index: int = 0, wait: Optional[str] = None
+) -> Tuple[int, Dict[str, Any]]:
+    """The agent's own node: name and datacenter from /v1/agent/self, address from the catalog.
+
+    Blocks on /v1/catalog/node/<name>, whose index moves when the node's entry changes.
+    """
+    config = (agent_self(client) or {}).get("Config") or {}
+    name = config.get("NodeName")
+    raw_index, entry = client.catalog.node(str(name), index=index or None, wait=wait)
+    node = (entry or {}).get("Node") or {} if isinstance(entry, Mapping) else {}
+    return _index(raw_index), {
+        "name": name,
+        "datacenter": config.get("Datacenter"),
+        "address": node.get("Address") if isinstance(node, Mapping) else None,
+    }
 
 
 def kv_get(

@@ -6,15 +6,22 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional, Tuple
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace `path` with `text` so that readers see the old file or the new one, never a mix."""
+def write_atomic(path: Path, text: str, mode: int = 0o600, owner: Optional[Tuple[int, int]] = None) -> None:
+    """Replace `path` with `text` so that readers see the old file or the new one, never a mix.
+
+    `owner` is (uid, gid), -1 for "leave as is"; set before the rename, so the file never appears
+    with the wrong owner.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), mode)
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -24,6 +31,12 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def promote(candidate: Path, live: Path) -> None:
+    """Rename a checked candidate over the live file (same directory: atomic), durably."""
+    os.replace(candidate, live)
+    fsync_dir(live.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import Program, Settings
-from .files import fsync_dir, write_atomic
+from .files import promote, write_atomic
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,7 @@ def _write(path: Path, text: str) -> None:
 
 def _promote(candidate: Path, live: Path) -> None:
     try:
-        os.replace(candidate, live)
-        fsync_dir(live.parent)
+        promote(candidate, live)
     except OSError as e:
         raise ApplyError(f"cannot replace {live}: {e.strerror or e}") from None
 

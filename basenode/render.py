@@ -131,8 +131,13 @@ def context(snapshot: Snapshot, settings: Settings) -> Dict[str, Any]:
 
 def render(template: jinja2.Template, snapshot: Snapshot, settings: Settings) -> str:
     """Snapshot -> config text; RenderError naming the template's file:line on any runtime error."""
+    return render_context(template, context(snapshot, settings))
+
+
+def render_context(template: jinja2.Template, values: Dict[str, Any]) -> str:
+    """Any template with any context; RenderError naming the template's file:line on any runtime error."""
     try:
-        return template.render(context(snapshot, settings))
+        return template.render(values)
     except jinja2.TemplateSyntaxError as e:  # e.g. a broken {% include %}d file
         raise RenderError(
             e.filename or template.filename or "?", e.lineno, e.message or "syntax error"
@@ -150,11 +155,12 @@ def _route(state: RouteState) -> Dict[str, Any]:
         "port": route.port,
         "mode": route.mode,
         "tag": route.tag,
-        "instances": [_instance(i) for i in state.instances],
+        "instances": [instance_data(i) for i in state.instances],
     }
 
 
-def _instance(instance: Instance) -> Dict[str, Any]:
+def instance_data(instance: Instance) -> Dict[str, Any]:
+    """One instance as templates see it (the fields listed in the module docstring)."""
     return {
         "id": instance.id,
         "node": instance.node,

@@ -156,3 +156,36 @@ def _show(value: Any, limit: int = 60) -> str:
     """repr() cut short: a 1 MB hostile tag must not become a 1 MB log line."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
+
+
+def services_from_catalog(
+    raw: Mapping[str, Any],
+) -> Tuple[Tuple[Tuple[str, Tuple[str, ...]], ...], List[str]]:
+    """/v1/catalog/services -> sorted (name, tags) pairs, and one warning per dropped service or tag.
+
+    A service whose name is not a valid service name is dropped; so is a tag that is not a safe token
+    (the service stays, without that tag).
+    """
+    services = []
+    warnings = []
+    for name, tags in raw.items():
+        if not valid_service_name(name):
+            warnings.append(f"services(): dropped service {_show(name)}: not a valid service name")
+            continue
+        kept = []
+        for tag in tags if isinstance(tags, list) else ():
+            try:
+                kept.append(safe_token(tag, "tag"))
+            except Rejected as e:
+                warnings.append(f"services(): service {_show(name)}: dropped {e}")
+        services.append((name, tuple(sorted(set(kept)))))
+    return tuple(sorted(services)), warnings
+
+
+def node_from_agent(raw: Mapping[str, Any]) -> Tuple[Tuple[str, str], ...]:
+    """consul.local_node's answer -> (("name", ..), ("datacenter", ..), ("address", ..)), or Rejected."""
+    return (
+        ("name", safe_token(raw.get("name"), "node name")),
+        ("datacenter", safe_token(raw.get("datacenter"), "datacenter")),
+        ("address", check_address(raw.get("address"))),
+    )

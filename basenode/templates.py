@@ -1,0 +1,220 @@
+"""Render one template from Consul data, recording which data it asked for.
+
+What a render calls is what gets watched, as consul-template does it: each template function records
+the Consul query behind it (a `Query`), reads that query's value from a shared cache (`Data`, filled
+by deps.py), and a query with no value yet is recorded as missing. A render with missing queries is
+incomplete: its text is not used; the loop starts watching the missing queries and renders again when
+their first answers arrive. Until then a function returns an empty value (no instances, the default,
+an empty tree) so that one pass finds every dependency the template has, not just the first.
+
+Functions (in the sandboxed environment of render.py, alongside whatever else the caller passes):
+
+  service(name, tag=None, passing=True)  instances of a service, each with the fields of a route's
+                                         instances (render.py's docstring); passing=True keeps only
+                                         those whose checks pass (or warn, with --include-warning)
+  services()                             [{"name", "tags"}] of every service in the catalog
+  kv(key, default=None)                  the key's value as text; the default when the key does not
+                                         exist; with no default a missing key is undefined: printing
+                                         it fails the render (the last good file stays), while
+                                         `kv(k) is defined` and `kv(k) | default(..)` work
+  kv_tree(prefix)                        {key relative to prefix: text} for every key under prefix
+  env(name, default=None)                an environment variable of basenode (undefined if unset and
+                                         no default); not watched: the environment does not change
+  node()                                 {"name", "datacenter", "address"} of the local agent's node
+
+Every value was validated in deps.py with snapshot.py's rules before it got here, as in discovery.
+KV values are text and reach the template unescaped; the template picks the escaping it needs with a
+filter (e.g. `| tojson` for JSON, `| replace(...)`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+
+import jinja2
+
+from . import render
+from .snapshot import valid_service_name
+
+SERVICE = "service"
+SERVICES = "services"
+KEY = "key"
+PREFIX = "prefix"
+NODE = "node"
+FUNCTION_NAMES = ("service", "services", "kv", "kv_tree", "env", "node")
+
+
+@dataclass(frozen=True, order=True)
+class Query:
+    """One Consul read a template depends on; equal queries are one blocking query, however many ask."""
+
+    kind: str  # service | services | key | prefix | node
+    name: str = ""  # the service, the key or the prefix
+
+    def __str__(self) -> str:
+        return {SERVICE: "service ", KEY: "kv ", PREFIX: "kv tree "}.get(self.kind, self.kind) + self.name
+
+
+# What deps.py keeps for each kind of query (validated, immutable):
+#   service   ((Instance, passing: bool), ...)
+#   services  ((name, (tag, ...)), ...)
+#   key       the value as text, or None when the key does not exist
+#   prefix    ((key, text), ...), keys in full, folders and non-text values left out
+#   node      (("name", ..), ("datacenter", ..), ("address", ..))
+Data = Mapping[Query, Any]
+
+EMPTY_NODE = {"name": "", "datacenter": "", "address": ""}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A render's text (None when data was missing) and the queries it used and lacked."""
+
+    text: Optional[str]
+    used: FrozenSet[Query]
+    missing: FrozenSet[Query]
+
+
+@dataclass
+class Shared:
+    """Values built from Data once per round and handed to every template that asks (read-only there:
+    the environment is an immutable sandbox)."""
+
+    values: Dict[Tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def get(self, key: Tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        if key not in self.values:
+            self.values[key] = build()
+        return self.values[key]
+
+
+class Recorder:
+    """The template functions for one render: each records its query and reads the shared cache."""
+
+    def __init__(self, data: Data, shared: Shared, environ: Mapping[str, str]) -> None:
+        self.data = data
+        self.shared = shared
+        self.environ = environ
+        self.used: Set[Query] = set()
+        self.missing: Set[Query] = set()
+
+    def functions(self) -> Dict[str, Callable[..., Any]]:
+        return {
+            "service": self.service,
+            "services": self.services,
+            "kv": self.kv,
+            "kv_tree": self.kv_tree,
+            "env": self.env,
+            "node": self.node,
+        }
+
+    def _value(self, query: Query) -> Tuple[bool, Any]:
+        self.used.add(query)
+        if query not in self.data:
+            self.missing.add(query)
+            return False, None
+        return True, self.data[query]
+
+    def service(self, name: str, tag: Optional[str] = None, passing: bool = True) -> List[Dict[str, Any]]:
+        if not valid_service_name(name):
+            raise ValueError(f"service(): {name!r} is not a valid service name")
+        if tag is not None and not isinstance(tag, str):
+            raise ValueError(f"service(): tag must be text, got {tag!r}")
+        query = Query(SERVICE, name)
+        known, value = self._value(query)
+        if not known:
+            return []
+
+        def build() -> List[Dict[str, Any]]:
+            return [
+                render.instance_data(instance)
+                for instance, healthy in value
+                if (healthy or not passing) and (tag is None or tag in instance.tags)
+            ]
+
+        return self.shared.get((query, tag, bool(passing)), build)
+
+    def services(self) -> List[Dict[str, Any]]:
+        query = Query(SERVICES)
+        known, value = self._value(query)
+        if not known:
+            return []
+        return self.shared.get((query,), lambda: [{"name": n, "tags": list(t)} for n, t in value])
+
+    def kv(self, key: str, default: Optional[str] = None) -> Any:
+        query = Query(KEY, _key(key, "kv()"))
+        known, value = self._value(query)
+        if not known:
+            return default if default is not None else ""
+        if value is not None:
+            return value
+        if default is not None:
+            return default
+        return jinja2.StrictUndefined(
+            hint=f"kv key {query.name!r} does not exist in Consul (and kv() was given no default)"
+        )
+
+    def kv_tree(self, prefix: str) -> Dict[str, str]:
+        query = Query(PREFIX, tree_prefix(prefix))
+        known, value = self._value(query)
+        if not known:
+            return {}
+        start = len(query.name)
+        return self.shared.get((query,), lambda: {key[start:]: text for key, text in value})
+
+    def env(self, name: str, default: Optional[str] = None) -> Any:
+        value = self.environ.get(name)
+        if value is not None:
+            return value
+        if default is not None:
+            return default
+        return jinja2.StrictUndefined(
+            hint=f"environment variable {name!r} is not set (and env() was given no default)"
+        )
+
+    def node(self) -> Dict[str, str]:
+        known, value = self._value(Query(NODE))
+        return dict(value) if known else dict(EMPTY_NODE)
+
+
+def _key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or not key.strip("/"):
+        raise ValueError(f"{where}: expected a key, got {key!r}")
+    return key.lstrip("/")
+
+
+def tree_prefix(prefix: Any) -> str:
+    """'app' and '/app/' -> 'app/' (the folder, not every key starting with 'app'); '' or '/' -> ''."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"kv_tree(): expected a prefix, got {prefix!r}")
+    prefix = prefix.lstrip("/")
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def render_template(
+    template: jinja2.Template,
+    data: Data,
+    extra: Optional[Mapping[str, Any]] = None,
+    shared: Optional[Shared] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Rendered:
+    """Render with the template functions over `data`, plus the `extra` context (e.g. plugins' keys).
+
+    RenderError (file:line: message) when the template fails with all its data present; a failure
+    while data is missing only means "not yet" (the empty stand-ins may be what broke it).
+    """
+    recorder = Recorder(data, shared or Shared(), os.environ if environ is None else environ)
+    values = {**(extra or {}), **recorder.functions()}
+    try:
+        text: Optional[str] = render.render_context(template, values)
+    except render.RenderError:
+        if not recorder.missing:
+            raise
+        text = None
+    return Rendered(
+        text=None if recorder.missing else text,
+        used=frozenset(recorder.used),
+        missing=frozenset(recorder.missing),
+    )

@@ -1,0 +1,130 @@
+"""Rendering with the template functions: what a render uses is recorded; missing data means "not yet"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from basenode import render
+from basenode.deps import service_value
+from basenode.templates import KEY, NODE, PREFIX, SERVICE, SERVICES, Query, Shared, render_template
+
+
+def compile_text(tmp_path: Path, text: str):
+    path = tmp_path / "t.j2"
+    path.write_text(text)
+    return render.load_template(path)
+
+
+def web_value():
+    entries = []
+    for sid, address, status, tags in (
+        ("a", "10.0.0.1", "passing", ["primary"]),
+        ("b", "10.0.0.2", "passing", []),
+        ("c", "10.0.0.3", "critical", []),
+    ):
+        entries.append(
+            {
+                "Node": {"Node": "n1", "Address": "127.0.0.1"},
+                "Service": {"ID": sid, "Service": "web", "Address": address, "Port": 80, "Tags": tags},
+                "Checks": [{"CheckID": sid, "Status": status}],
+            }
+        )
+    return service_value("web", entries, include_warning=False)[0]
+
+
+def test_a_render_records_each_query_it_made_and_which_had_no_data_yet(tmp_path):
+    template = compile_text(
+        tmp_path, "{{ kv('app/x', 'd') }} {{ service('web') | length }} {{ node().name }}\n"
+    )
+    first = render_template(template, {Query(KEY, "app/x"): "1"})
+    assert first.text is None
+    assert first.used == {Query(KEY, "app/x"), Query(SERVICE, "web"), Query(NODE)}
+    assert first.missing == {Query(SERVICE, "web"), Query(NODE)}
+    data = {
+        Query(KEY, "app/x"): "1",
+        Query(SERVICE, "web"): web_value(),
+        Query(NODE): (("name", "n1"), ("datacenter", "dc1"), ("address", "127.0.0.1")),
+    }
+    second = render_template(template, data)
+    assert second.text == "1 2 n1\n" and not second.missing
+
+
+def test_a_failure_caused_by_missing_data_is_not_an_error_but_one_with_all_data_is(tmp_path):
+    template = compile_text(tmp_path, "{{ service('web')[0].address }}\n")
+    assert render_template(template, {}).text is None
+    with pytest.raises(render.RenderError) as e:
+        render_template(template, {Query(SERVICE, "web"): ()})
+    assert str(e.value).startswith(f"{tmp_path}/t.j2:1: ")
+
+
+def test_service_filters_by_tag_and_health_and_gives_the_route_instance_fields(tmp_path):
+    template = compile_text(
+        tmp_path,
+        "{% for i in service('web') %}{{ i.endpoint }} {% endfor %}|"
+        "{% for i in service('web', 'primary') %}{{ i.key }}{% endfor %}|"
+        "{{ service('web', passing=False) | map(attribute='id') | join(',') }}\n",
+    )
+    text = render_template(template, {Query(SERVICE, "web"): web_value()}).text
+    assert text == "10.0.0.1:80 10.0.0.2:80 |n1_a|a,b,c\n"
+
+
+def test_kv_gives_text_or_the_default_and_a_missing_key_without_default_fails_the_render(tmp_path):
+    template = compile_text(tmp_path, "{{ kv('app/x', 'fallback') }}\n")
+    assert render_template(template, {Query(KEY, "app/x"): "{{ 7 * 7 }}"}).text == "{{ 7 * 7 }}\n"
+    assert render_template(template, {Query(KEY, "app/x"): None}).text == "fallback\n"
+    strict = compile_text(tmp_path, "{{ kv('app/x') }}\n")
+    with pytest.raises(render.RenderError) as e:
+        render_template(strict, {Query(KEY, "app/x"): None})
+    assert "kv key 'app/x' does not exist in Consul" in str(e.value)
+    optional = compile_text(
+        tmp_path, "{{ kv('app/x') | default('none') }}{% if kv('app/x') is defined %}!{% endif %}\n"
+    )
+    assert (
+        render_template(optional, {Query(KEY, "app/x"): None}).text == "none"
+    )  # trim_blocks: a block tag eats its newline
+
+
+def test_kv_values_are_escaped_only_by_the_filter_the_template_asks_for(tmp_path):
+    template = compile_text(tmp_path, '{"url": {{ kv("app/url") | tojson }}, "raw": "{{ kv("app/url") }}"}\n')
+    text = render_template(template, {Query(KEY, "app/url"): 'a"b<c>'}).text
+    assert text == '{"url": "a\\"b\\u003cc\\u003e", "raw": "a"b<c>"}\n'
+
+
+def test_kv_tree_keys_are_relative_to_the_folder(tmp_path):
+    template = compile_text(
+        tmp_path, "{% for k, v in kv_tree('app') | dictsort %}{{ k }}={{ v }};{% endfor %}\n"
+    )
+    rendered = render_template(template, {Query(PREFIX, "app/"): (("app/a", "1"), ("app/sub/b", "2"))})
+    assert rendered.text == "a=1;sub/b=2;"
+    assert rendered.used == {Query(PREFIX, "app/")}
+
+
+def test_services_and_env(tmp_path):
+    template = compile_text(
+        tmp_path,
+        "{% for s in services() %}{{ s.name }}:{{ s.tags | join('+') }} {% endfor %}{{ env('HOME_X', 'h') }}"
+        "{{ env('SET_X') }}\n",
+    )
+    data = {Query(SERVICES): (("db", ()), ("web", ("a", "b")))}
+    assert render_template(template, data, environ={"SET_X": "!"}).text == "db: web:a+b h!\n"
+    with pytest.raises(render.RenderError) as e:
+        render_template(template, data, environ={})
+    assert "environment variable 'SET_X' is not set" in str(e.value)
+
+
+def test_the_sandbox_still_applies_to_values_from_consul(tmp_path):
+    template = compile_text(tmp_path, "{{ service('web').append(1) }}\n")
+    with pytest.raises(render.RenderError) as e:
+        render_template(template, {Query(SERVICE, "web"): web_value()})
+    assert "unsafe" in str(e.value) or "not safely callable" in str(e.value) or "append" in str(e.value)
+
+
+def test_templates_of_one_round_share_the_values_they_build(tmp_path):
+    template = compile_text(tmp_path, "{{ service('web') | length }}\n")
+    shared = Shared()
+    data = {Query(SERVICE, "web"): web_value()}
+    render_template(template, data, shared=shared)
+    render_template(template, data, shared=shared)
+    assert len(shared.values) == 1
