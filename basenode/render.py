@@ -101,6 +101,35 @@ def load_template(path: Path) -> jinja2.Template:
         raise RenderError(str(path), None, f"cannot read template: {e}") from None
 
 
+class TemplateSource:
+    """A template file and its compiled form; compiled again when the file changes on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stamp: Optional[tuple] = None
+        self.template: Any = None
+
+    def file_stamp(self) -> Optional[tuple]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def changed(self) -> bool:
+        """The file differs from the compiled version (or none is compiled yet)."""
+        return self.template is None or self.file_stamp() != self.stamp
+
+    def refresh(self) -> bool:
+        """Recompile if the file changed; True when a new good template took over. RenderError if bad."""
+        stamp = self.file_stamp()
+        if stamp == self.stamp and self.template is not None:
+            return False
+        template = load_template(self.path)  # raises RenderError: the old one stays
+        self.template, self.stamp = template, stamp
+        return True
+
+
 def context(snapshot: Snapshot, settings: Settings) -> Dict[str, Any]:
     """The documented template context (see the module docstring); plain data only."""
     state_dir = str(Path(settings.state_dir).absolute())

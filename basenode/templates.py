@@ -70,11 +70,14 @@ EMPTY_NODE = {"name": "", "datacenter": "", "address": ""}
 
 @dataclass(frozen=True)
 class Rendered:
-    """A render's text (None when data was missing) and the queries it used and lacked."""
+    """A render's text (None when data was missing or it failed), the queries it used and lacked, and
+    its error. A failed render still says what it used: the key whose absence broke it is watched, and
+    its arrival renders the template again."""
 
     text: Optional[str]
     used: FrozenSet[Query]
     missing: FrozenSet[Query]
+    error: Optional[render.RenderError] = None
 
 
 @dataclass
@@ -202,19 +205,21 @@ def render_template(
 ) -> Rendered:
     """Render with the template functions over `data`, plus the `extra` context (e.g. plugins' keys).
 
-    RenderError (file:line: message) when the template fails with all its data present; a failure
-    while data is missing only means "not yet" (the empty stand-ins may be what broke it).
+    A template that fails with all its data present gives Rendered.error (file:line: message); a
+    failure while data is missing only means "not yet" (the empty stand-ins may be what broke it).
     """
     recorder = Recorder(data, shared or Shared(), os.environ if environ is None else environ)
     values = {**(extra or {}), **recorder.functions()}
+    text: Optional[str] = None
+    error: Optional[render.RenderError] = None
     try:
-        text: Optional[str] = render.render_context(template, values)
-    except render.RenderError:
-        if not recorder.missing:
-            raise
-        text = None
+        text = render.render_context(template, values)
+    except render.RenderError as e:
+        error = e
+    missing = frozenset(recorder.missing)
     return Rendered(
-        text=None if recorder.missing else text,
+        text=None if missing else text,
         used=frozenset(recorder.used),
-        missing=frozenset(recorder.missing),
+        missing=missing,
+        error=None if missing else error,
     )

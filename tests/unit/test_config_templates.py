@@ -1,4 +1,4 @@
-"""[templates.NAME], --template-spec and plugins_dir: parsed into TemplateSpecs, bad values named with file:line."""
+"""[templates.NAME], --template-spec, plugins_dir -> TemplateSpecs; each bad value named with file:line."""
 
 from __future__ import annotations
 

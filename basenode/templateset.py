@@ -1,0 +1,207 @@
+"""The configured templates ([templates.NAME], --template-spec) as one set, rendered round by round.
+
+A round renders, from one copy of the dependency cache (one consistent view of Consul), the templates
+that need it: those never rendered, those waiting for data, those using a query that changed, those
+whose template or plugin file changed, and those with plugins when the discovery snapshot changed
+(plugins read it). Each output goes through outputs.apply: written only when its text changed,
+checked, promoted atomically, reloaded. Whatever fails (render, plugin, check, reload) is logged with
+where it came from and counted; the last good file stays. After a round, `wanted()` is what the
+dependency watcher must watch: the union of what the templates' last renders used.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Collection, Dict, FrozenSet, List, Optional, Tuple
+
+from . import outputs, render, templates, watch
+from .config import Settings, TemplateSpec
+from .deps import DependencyWatcher
+from .plugins import PluginError, Plugins
+from .snapshot import Snapshot
+from .templates import Data, Query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TemplateStatus:
+    """What one template last did, for status output and tests."""
+
+    destination: str
+    renders: int = 0
+    writes: int = 0  # the destination replaced (and its reload action taken)
+    render_errors: int = 0
+    plugin_errors: int = 0
+    check_failures: int = 0
+    reload_failures: int = 0
+    last_write: Optional[float] = None
+    last_error: Optional[str] = None
+    waiting_for: List[str] = field(default_factory=list)  # queries with no data yet
+
+
+class TemplateSet:
+    """Every configured template, its compiled source, its last render's queries and its status.
+
+    Not thread-safe: the sync loop calls it under its own lock.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.specs: Tuple[TemplateSpec, ...] = settings.templates
+        self.sources = {spec.name: render.TemplateSource(spec.source) for spec in self.specs}
+        self.plugins = Plugins(settings.plugins_dir, reserved=templates.FUNCTION_NAMES)
+        self.status = {spec.name: TemplateStatus(str(spec.destination)) for spec in self.specs}
+        self._used: Dict[str, FrozenSet[Query]] = {}
+        self._missing: Dict[str, FrozenSet[Query]] = {}
+        self._stamps: Dict[str, Tuple[Any, ...]] = {}  # template and plugin files at the last render
+
+    def wanted(self) -> FrozenSet[Query]:
+        return frozenset().union(*self._used.values()) if self._used else frozenset()
+
+    def _file_stamps(self, spec: TemplateSpec) -> Tuple[Any, ...]:
+        return (self.sources[spec.name].file_stamp(), *(self.plugins.stamp(p) for p in spec.plugins))
+
+    def due(self, changed: Collection[Query] = (), snapshot_changed: bool = False) -> List[TemplateSpec]:
+        """The templates this round must render (see the module docstring)."""
+        changed = frozenset(changed)
+        return [
+            spec
+            for spec in self.specs
+            if spec.name not in self._used
+            or self._missing.get(spec.name)
+            or self._used[spec.name] & changed
+            or self._stamps.get(spec.name) != self._file_stamps(spec)
+            or (snapshot_changed and spec.plugins)
+        ]
+
+    def render_round(
+        self,
+        data: Data,
+        snapshot: Snapshot,
+        changed: Collection[Query] = (),
+        snapshot_changed: bool = False,
+    ) -> int:
+        """Render and apply what is due, all from `data`; returns how many destinations were written."""
+        shared = templates.Shared()
+        written = 0
+        for spec in self.due(changed, snapshot_changed):
+            written += self._render_one(spec, data, snapshot, shared)
+        return written
+
+    def _render_one(
+        self, spec: TemplateSpec, data: Data, snapshot: Snapshot, shared: templates.Shared
+    ) -> bool:
+        status = self.status[spec.name]
+        self._stamps[spec.name] = self._file_stamps(spec)
+        try:
+            self.sources[spec.name].refresh()
+            extra: Dict[str, Any] = {}
+            for plugin in spec.plugins:
+                extra.update(self.plugins.context(plugin, snapshot))
+        except render.RenderError as e:
+            status.render_errors += 1
+            return self._failed(spec, f"template: {e}")
+        except PluginError as e:
+            status.plugin_errors += 1
+            return self._failed(spec, f"plugin: {e}")
+        result = templates.render_template(self.sources[spec.name].template, data, extra, shared)
+        self._used[spec.name] = result.used
+        self._missing[spec.name] = result.missing
+        status.waiting_for = sorted(str(q) for q in result.missing)
+        if result.missing:
+            log.debug("template %s: waiting for %s", spec.name, ", ".join(status.waiting_for))
+            return False
+        status.renders += 1
+        if result.error is not None:
+            status.render_errors += 1
+            return self._failed(spec, f"render: {result.error}")
+        assert result.text is not None
+        try:
+            how = outputs.apply(spec, result.text, self.settings.state_dir)
+        except outputs.CheckFailed as e:
+            status.check_failures += 1
+            return self._failed(spec, f"check rejected the new file: {e}")
+        except outputs.ReloadFailed as e:
+            status.reload_failures += 1
+            status.writes += 1
+            status.last_write = time.time()
+            log.error("template %s: %s written, but its reload failed: %s", spec.name, spec.destination, e)
+            status.last_error = f"reload: {e}"
+            return True
+        except outputs.OutputError as e:
+            return self._failed(spec, str(e))
+        status.last_error = None
+        if how == "written":
+            status.writes += 1
+            status.last_write = time.time()
+            log.info("template %s: wrote %s%s", spec.name, spec.destination, _action(spec))
+            return True
+        return False
+
+    def _failed(self, spec: TemplateSpec, message: str) -> bool:
+        self.status[spec.name].last_error = message
+        log.error("template %s: %s (the last good %s stays)", spec.name, message, spec.destination)
+        return False
+
+
+def _action(spec: TemplateSpec) -> str:
+    if spec.reload_command:
+        return ", ran its reload command"
+    if spec.reload_program:
+        return f", signalled {spec.reload_program}"
+    if spec.restart_program:
+        return f", restarted {spec.restart_program}"
+    return ""
+
+
+class TemplateLoop:
+    """The templates on the watch loop: dependency changes, discovery snapshots and file edits each
+    start a round; one round at a time (rounds come from the dependency thread and the sync loop)."""
+
+    def __init__(self, settings: Settings, deps: Optional[DependencyWatcher] = None) -> None:
+        self.templates = TemplateSet(settings)
+        self.deps = deps or DependencyWatcher(settings)
+        self.snapshot = watch.static_snapshot(settings)  # until discovery sends one (or for ever)
+        self.lock = threading.Lock()
+
+    def round(self, changed: Collection[Query] = (), snapshot_changed: bool = False) -> None:
+        with self.lock:
+            self.templates.render_round(self.deps.data(), self.snapshot, changed, snapshot_changed)
+            self.deps.want(self.templates.wanted())
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.round(snapshot_changed=True)
+
+    def tick(self) -> None:
+        """Called every second or so: renders what a file edit (template, plugin) or missing data made due."""
+        if self.templates.due():
+            self.round()
+
+    def waiting(self) -> bool:
+        return any(status.waiting_for for status in self.templates.status.values())
+
+    def once(self, timeout: float) -> bool:
+        """Render until no template waits for data (or `timeout`); True when every template is good."""
+        deadline = time.monotonic() + timeout
+        self.round()
+        while self.waiting() and time.monotonic() < deadline:
+            wanted = self.deps.watched()
+            if wanted <= set(self.deps.data()):
+                self.round()  # everything asked for is here: the next render may ask for more
+            else:
+                time.sleep(0.02)
+        self.deps.close()
+        return not self.waiting() and all(s.last_error is None for s in self.templates.status.values())
+
+    def run(self, stop: threading.Event) -> None:
+        """First round, then a round per (debounced) dependency change, until `stop`."""
+        self.round()
+        try:
+            self.deps.run(lambda changed: self.round(changed), stop)
+        finally:
+            self.deps.close()
