@@ -47,7 +47,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--template", metavar="FILE", help="HAProxy config template (env BASENODE_TEMPLATE; default bundled)")
     add("--no-consul", action="store_true", help="run no Consul agent; use the one at CONSUL_HTTP_ADDR")
-    add("--no-haproxy", action="store_true", help="run no HAProxy and no sync loop")
+    add("--no-haproxy", action="store_true", help="run no HAProxy (the sync loop runs only for templates)")
     add("--consul-bin", metavar="PATH", help="consul binary (env BASENODE_CONSUL_BIN; default from PATH)")
     add("--haproxy-bin", metavar="PATH", help="haproxy binary (env BASENODE_HAPROXY_BIN; default from PATH)")
     add("--status-addr", metavar="HOST:PORT", help="health/metrics endpoint (env BASENODE_STATUS_ADDR)")
@@ -67,6 +67,14 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="/health fails when HAProxy was last confirmed in step longer ago (default 600)",
     )
+    add(
+        "--template-spec",
+        metavar="SRC:DEST[:CHECK[:RELOAD]]",
+        action="append",
+        default=[],
+        help="render SRC to DEST, check with CHECK, then run RELOAD (repeatable)",
+    )
+    add("--plugins-dir", metavar="DIR", help="data plugins (env BASENODE_PLUGINS_DIR; /etc/basenode/plugins)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +145,8 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         apply_mode=args.apply_mode,
         drain=args.drain,
         health_max_age=args.health_max_age,
+        template_specs=tuple(args.template_spec),
+        plugins_dir=args.plugins_dir,
         command=tuple(command),
     )
 
@@ -161,7 +171,11 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
         value = getattr(flags, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), value]
-    for name in ("no_consul", "include_warning"):
+    if flags.plugins_dir is not None:
+        argv += ["--plugins-dir", flags.plugins_dir]
+    for spec in flags.template_specs:
+        argv += ["--template-spec", spec]
+    for name in ("no_consul", "no_haproxy", "include_warning"):
         if getattr(flags, name):
             argv.append("--" + name.replace("_", "-"))
     return argv
@@ -259,7 +273,7 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
         programs = all_programs(new, flags, first_start=False)
         if new.agent != old.agent and new.run_consul and old.run_consul:
             supervisor.restart_program("consul")
-        if new.run_haproxy and old.run_haproxy:
+        if new.run_sync and old.run_sync:
             # It reads the config file itself: a restart picks up every change; otherwise HUP makes it
             # look at its template now.
             with contextlib.suppress(ValueError):  # not running just now: it reads both when it starts
@@ -336,7 +350,7 @@ def builtin_programs(
 ) -> List[config.Program]:
     """Consul agent, the sync loop and HAProxy, as the settings ask for them."""
     programs: List[config.Program] = []
-    if settings.run_consul or settings.run_haproxy:
+    if settings.run_consul or settings.run_sync:
         prepare_state_dir(settings.state_dir)
     if settings.run_haproxy and first_start:
         # HAProxy waits for this file (the sync loop's first render). One left by an earlier run
@@ -348,9 +362,7 @@ def builtin_programs(
 
         agent.write_agent_config(settings)
         programs.append(agent.agent_program(settings))
-    if settings.run_haproxy:
-        from . import haproxy
-
+    if settings.run_sync:
         programs.append(
             config.Program(
                 name="sync",
@@ -364,11 +376,14 @@ def builtin_programs(
                 backoff_initial=0.5,
                 backoff_max=10.0,
                 depends_on=("consul",) if settings.run_consul else (),
-                ready_file=str(settings.haproxy_cfg),
+                ready_file=str(settings.haproxy_cfg) if settings.run_haproxy else None,
                 stop_first=True,
                 stop_timeout=5.0,
             )
         )
+    if settings.run_haproxy:
+        from . import haproxy
+
         programs.append(haproxy.program(settings, depends_on=("sync",)))
     return programs
 
