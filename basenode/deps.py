@@ -240,3 +240,12 @@ class DependencyWatcher:
         with self._cond:
             self._changes += 1
             self._cond.notify_all()
+
+
+def fetch(
+    settings: Settings, queries: Iterable[Query], client: Optional[consul.Client] = None
+) -> Dict[Query, Any]:
+    """Each query read once, now, with no blocking (`render`, `check`, `sync --once`); consul.ERRORS."""
+    client = client or consul.make_client(settings.consul_http)
+    warn = watch.WarnOnce(log)
+    return {q: reader(q, client, settings.watch.include_warning, warn)(0, None)[1] for q in queries}

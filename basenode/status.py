@@ -12,6 +12,7 @@ Every request builds one status document (`collect`); /health is its `healthy` a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -49,6 +50,7 @@ class SyncState:
     routes: Tuple[Tuple[str, int, str, int], ...] = ()  # (service, port, mode, healthy instances)
     bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     duration_sum: float = 0.0
+    templates: Dict[str, Any] = field(default_factory=dict)  # name -> templateset.TemplateStatus
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds
@@ -110,6 +112,7 @@ def collect(
             "apply_errors": state.apply_errors,
         },
         "last_error": state.last_error,
+        "templates": {name: dataclasses.asdict(t) for name, t in sorted(state.templates.items())},
     }
     doc["problems"] = problems(doc, settings.health_max_age)
     doc["healthy"] = not doc["problems"]
@@ -155,7 +158,9 @@ def problems(doc: Dict[str, Any], max_age: float) -> List[str]:
         elif not doc["haproxy"]["running"]:
             found.append("haproxy: the master socket does not answer")
     sync = doc["sync"]
-    if sync["count"] == 0:
+    if not doc["haproxy"]["enabled"]:
+        pass  # the loop runs for templates only: no HAProxy sync to wait for
+    elif sync["count"] == 0:
         found.append("sync: no successful sync yet")
     elif sync["confirmed_age"] is not None and sync["confirmed_age"] > max_age:
         found.append(
@@ -163,6 +168,9 @@ def problems(doc: Dict[str, Any], max_age: float) -> List[str]:
         )
     if doc["last_error"]:
         found.append(doc["last_error"])
+    for name, template in doc.get("templates", {}).items():
+        if template["last_error"]:
+            found.append(f"templates: {name}: {template['last_error']}")
     return found
 
 
@@ -221,7 +229,19 @@ def metrics_text(doc: Dict[str, Any], state: SyncState) -> bytes:
         buckets=buckets,
         sum_value=state.duration_sum,
     )
-    families += [applies, instances, up, restarts, duration]
+    template_errors = CounterMetricFamily(
+        "basenode_template_errors",
+        "template renders, plugins, checks and reloads that failed",
+        labels=["template", "kind"],
+    )
+    template_writes = CounterMetricFamily(
+        "basenode_template_writes", "destinations written", labels=["template"]
+    )
+    for name, template in state.templates.items():
+        for kind in ("render_errors", "plugin_errors", "check_failures", "reload_failures"):
+            template_errors.add_metric([name, kind], getattr(template, kind))
+        template_writes.add_metric([name], template.writes)
+    families += [applies, instances, up, restarts, duration, template_errors, template_writes]
 
     class Collector:
         def collect(self) -> Any:

@@ -20,46 +20,28 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import haproxy, render, status, watch
+from . import consul, haproxy, render, status, watch
 from .config import Settings
 from .snapshot import Snapshot
+from .templates import Data
+from .templateset import TemplateLoop, render_now
 
 log = logging.getLogger(__name__)
 TEMPLATE_POLL_SECONDS = 1.0  # how often a running sync looks for an edited template
 RETRY_SECONDS = 2.0  # after a failed apply (disk full, HAProxy not answering), try again this often
-
-
-class TemplateSource:
-    """The template file and its compiled form; reloaded when the file changes on disk."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.stamp: Optional[tuple] = None
-        self.template: Any = None
-
-    def _stamp(self) -> Optional[tuple]:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def refresh(self) -> bool:
-        """Recompile if the file changed; True when a new good template took over. RenderError if bad."""
-        stamp = self._stamp()
-        if stamp == self.stamp and self.template is not None:
-            return False
-        template = render.load_template(self.path)  # raises RenderError: the old one stays
-        self.template, self.stamp = template, stamp
-        return True
+ONCE_TIMEOUT = 30.0  # `sync --once`: how long templates may wait for the data they asked for
 
 
 class Loop:
     """One sync loop; `on_snapshot` runs on the watch thread, template checks on the main thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, templates: Optional[TemplateLoop] = None) -> None:
         self.settings = settings
-        self.template = TemplateSource(settings.template or render.default_template())
+        self.template = render.TemplateSource(settings.template or render.default_template())
+        # HAProxy's config is one template among the others: same functions, same dependency cache,
+        # its own apply path. A change of what its template asked for re-renders it (on_dependencies).
+        self.templates = templates or TemplateLoop(settings)
+        self.templates.on_haproxy = self.on_dependencies
         self.state = status.SyncState()
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
         self.latest: Optional[Snapshot] = None  # newest from watch (may have failed to apply)
@@ -67,9 +49,16 @@ class Loop:
         self.lock = threading.Lock()  # one apply at a time: watch thread vs template refresh
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
+        data = self.templates.deps.data()  # one view of Consul for HAProxy's config and the templates
         with self.lock:
             self.latest = snapshot
-            self._apply(snapshot, template_changed=False)
+            self._apply(snapshot, template_changed=False, data=data)
+        self.templates.round(snapshot=snapshot, data=data)
+
+    def on_dependencies(self, data: Data) -> None:
+        with self.lock:
+            if self.latest is not None:
+                self._apply(self.latest, template_changed=True, data=data)
 
     def on_startup_grace_over(self) -> None:
         with self.lock:
@@ -101,17 +90,20 @@ class Loop:
                 log.info("retrying the apply that failed")
                 self._apply(self.latest, template_changed=True)
 
-    def _apply(self, snapshot: Snapshot, template_changed: bool) -> None:
+    def _apply(self, snapshot: Snapshot, template_changed: bool, data: Optional[Data] = None) -> None:
         started = time.monotonic()
         try:
             if self.template.template is None:
                 self.template.refresh()
-            text = render.render(self.template.template, snapshot, self.settings)
+            context = render.context(snapshot, self.settings)
+            text = self.templates.render_haproxy(self.template.template, context, data)
         except render.RenderError as e:
             log.error("render: %s (the running config stays)", e)
             self.state.render_errors += 1
             self.state.last_error = f"render: {e}"
             return
+        if text is None:
+            return  # what its template functions asked for is being read: on_dependencies comes next
         previous = None if template_changed else self.applied
         try:
             result = haproxy.apply(self.settings, previous, snapshot, text)
@@ -185,19 +177,23 @@ def _malloc_trim() -> Optional[Callable[[int], int]]:
 def run(settings: Settings, once: bool = False) -> int:
     """`basenode sync [--once]`: until SIGTERM/SIGINT, or one pass with --once."""
     loop = Loop(settings)
-    try:
-        loop.template.refresh()
-    except render.RenderError as e:
-        print(f"basenode: {e}", file=sys.stderr)
-        return 2
-    if once:
+    templates = loop.templates
+    if settings.run_haproxy:
         try:
-            snapshot = watch.fetch_snapshot(settings)
-        except watch.ConsulUnavailable as e:
-            print(f"basenode: consul: {e}", file=sys.stderr)
-            return 1
-        loop.on_snapshot(snapshot)
-        return 0 if loop.state.last_error is None else 1
+            loop.template.refresh()
+        except render.RenderError as e:
+            print(f"basenode: {e}", file=sys.stderr)
+            return 2
+    if once:
+        if settings.run_haproxy:
+            try:
+                snapshot = watch.fetch_snapshot(settings)
+            except watch.ConsulUnavailable as e:
+                print(f"basenode: consul: {e}", file=sys.stderr)
+                return 1
+            loop.on_snapshot(snapshot)
+        good = templates.once(timeout=ONCE_TIMEOUT)
+        return 0 if good and loop.state.last_error is None else 1
 
     stop = threading.Event()
     look_now = threading.Event()
@@ -212,25 +208,34 @@ def run(settings: Settings, once: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
     signal.signal(signal.SIGHUP, request_template_check)
-    watcher = watch.Watcher(settings)
+    watcher = watch.Watcher(settings) if settings.run_haproxy else None
+    loop.state.templates = templates.templates.status
     server = status.serve(settings, loop.state, watcher)
-    thread = threading.Thread(target=watcher.run, args=(loop.on_snapshot, stop), name="watch", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=templates.run, args=(stop,), name="templates", daemon=True)]
+    if watcher is not None:
+        threads.append(
+            threading.Thread(target=watcher.run, args=(loop.on_snapshot, stop), name="watch", daemon=True)
+        )
+    for thread in threads:
+        thread.start()
     grace_over = time.monotonic() + settings.watch.startup_grace
     while not stop.is_set():
         look_now.wait(TEMPLATE_POLL_SECONDS)
         look_now.clear()
         if stop.is_set():
             break
-        loop.on_template_tick()
-        if loop.applied is None and time.monotonic() > grace_over:
-            loop.on_startup_grace_over()
-        if not thread.is_alive():
-            log.error("watch thread ended unexpectedly")
+        if watcher is not None:
+            loop.on_template_tick()
+            if loop.applied is None and time.monotonic() > grace_over:
+                loop.on_startup_grace_over()
+        templates.tick()
+        if not all(thread.is_alive() for thread in threads):
+            log.error("%s thread ended unexpectedly", ", ".join(t.name for t in threads if not t.is_alive()))
             return 1
     if server is not None:
         server.server_close()
-    thread.join(timeout=2.0)
+    for thread in threads:
+        thread.join(timeout=2.0)
     return 0
 
 
@@ -239,12 +244,18 @@ def render_once(settings: Settings, out: str = "-") -> int:
     try:
         template = render.load_template(settings.template or render.default_template())
         snapshot = watch.fetch_snapshot(settings)
-        text = render.render(template, snapshot, settings)
+        rendered = render_now(template, render.context(snapshot, settings), settings)
+        if rendered.error is not None:
+            raise rendered.error
+        text = rendered.text or ""
     except render.RenderError as e:
         print(f"basenode: {e}", file=sys.stderr)
         return 2
     except watch.ConsulUnavailable as e:
         print(f"basenode: consul: {e}", file=sys.stderr)
+        return 1
+    except consul.ERRORS as e:
+        print(f"basenode: consul: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     if out == "-":
         sys.stdout.write(text)
@@ -268,7 +279,10 @@ def check(settings: Settings) -> int:
         except watch.ConsulUnavailable:
             snapshot = watch.static_snapshot(settings)
             source = "configured routes, no instances (Consul not reachable)"
-        text = render.render(template, snapshot, settings)
+        rendered = render_now(template, render.context(snapshot, settings), settings, partial=True)
+        if rendered.error is not None:
+            raise rendered.error
+        text = rendered.text or ""
     except render.RenderError as e:
         print(f"basenode: {e}", file=sys.stderr)
         return 2

@@ -202,11 +202,13 @@ def render_template(
     extra: Optional[Mapping[str, Any]] = None,
     shared: Optional[Shared] = None,
     environ: Optional[Mapping[str, str]] = None,
+    partial: bool = False,
 ) -> Rendered:
     """Render with the template functions over `data`, plus the `extra` context (e.g. plugins' keys).
 
     A template that fails with all its data present gives Rendered.error (file:line: message); a
     failure while data is missing only means "not yet" (the empty stand-ins may be what broke it).
+    `partial` keeps the text rendered with the stand-ins (`basenode check` without a cluster).
     """
     recorder = Recorder(data, shared or Shared(), os.environ if environ is None else environ)
     values = {**(extra or {}), **recorder.functions()}
@@ -216,7 +218,7 @@ def render_template(
         text = render.render_context(template, values)
     except render.RenderError as e:
         error = e
-    missing = frozenset(recorder.missing)
+    missing = frozenset(recorder.missing) if not partial else frozenset()
     return Rendered(
         text=None if missing else text,
         used=frozenset(recorder.used),

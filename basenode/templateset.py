@@ -15,9 +15,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Optional, Tuple
 
-from . import outputs, render, templates, watch
+from . import consul, deps, outputs, render, templates, watch
 from .config import Settings, TemplateSpec
 from .deps import DependencyWatcher
 from .plugins import PluginError, Plugins
@@ -158,24 +158,86 @@ def _action(spec: TemplateSpec) -> str:
     return ""
 
 
+MAX_PASSES = 20  # render_now: a template whose every pass asks for new data is given up on
+
+
+def render_now(
+    template: Any, extra: Dict[str, Any], settings: Settings, partial: bool = False
+) -> templates.Rendered:
+    """Render once with data read now: render, read what it lacked, render again (`render`, `check`).
+
+    consul.ERRORS when Consul cannot be read, unless `partial`: then what could not be read stays
+    missing and the text is the render with the empty stand-ins (for `check` without a cluster).
+    """
+    data: Dict[Query, Any] = {}
+    for _ in range(MAX_PASSES):
+        rendered = templates.render_template(template, data, extra)
+        if not rendered.missing:
+            return rendered
+        try:
+            data.update(deps.fetch(settings, rendered.missing))
+        except consul.ERRORS:
+            if not partial:
+                raise
+            return templates.render_template(template, data, extra, partial=True)
+    return rendered
+
+
 class TemplateLoop:
-    """The templates on the watch loop: dependency changes, discovery snapshots and file edits each
-    start a round; one round at a time (rounds come from the dependency thread and the sync loop)."""
+    """The templates on the watch loop, and the data HAProxy's own template asks for.
 
-    def __init__(self, settings: Settings, deps: Optional[DependencyWatcher] = None) -> None:
+    A round starts on a dependency change (the dependency thread), a discovery snapshot (the watch
+    thread) or a file edit (the sync loop's tick). It takes ONE copy of the dependency cache and renders
+    from it every template that is due, and HAProxy's config too when its template's queries changed
+    (through `on_haproxy`, set by sync.Loop, which keeps HAProxy's own apply path). After it, the
+    dependency watcher watches exactly what the last renders used.
+    """
+
+    def __init__(self, settings: Settings, dependencies: Optional[DependencyWatcher] = None) -> None:
         self.templates = TemplateSet(settings)
-        self.deps = deps or DependencyWatcher(settings)
+        self.deps = dependencies or DependencyWatcher(settings)
         self.snapshot = watch.static_snapshot(settings)  # until discovery sends one (or for ever)
-        self.lock = threading.Lock()
+        self.on_haproxy: Optional[Callable[[Data], None]] = None
+        self.lock = threading.Lock()  # one round at a time
+        self._want_lock = threading.Lock()  # a leaf: HAProxy's render reports its queries under it
+        self._templates_wanted: FrozenSet[Query] = frozenset()
+        self._haproxy_used: FrozenSet[Query] = frozenset()
+        self._haproxy_missing: FrozenSet[Query] = frozenset()
 
-    def round(self, changed: Collection[Query] = (), snapshot_changed: bool = False) -> None:
+    def round(
+        self,
+        changed: Collection[Query] = (),
+        snapshot: Optional[Snapshot] = None,
+        data: Optional[Data] = None,
+    ) -> None:
         with self.lock:
-            self.templates.render_round(self.deps.data(), self.snapshot, changed, snapshot_changed)
-            self.deps.want(self.templates.wanted())
+            if snapshot is not None:
+                self.snapshot = snapshot
+            data = self.deps.data() if data is None else data
+            self.templates.render_round(data, self.snapshot, changed, snapshot_changed=snapshot is not None)
+            self._templates_wanted = self.templates.wanted()
+            self._want()
+            haproxy_due = bool(self._haproxy_missing or self._haproxy_used & frozenset(changed))
+        if haproxy_due and snapshot is None and self.on_haproxy is not None:
+            self.on_haproxy(data)
 
-    def on_snapshot(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        self.round(snapshot_changed=True)
+    def render_haproxy(
+        self, template: Any, context: Dict[str, Any], data: Optional[Data] = None
+    ) -> Optional[str]:
+        """HAProxy's config text with the template functions; None while their data is on its way.
+
+        RenderError as render.render raises it."""
+        rendered = templates.render_template(template, self.deps.data() if data is None else data, context)
+        with self._want_lock:
+            self._haproxy_used, self._haproxy_missing = rendered.used, rendered.missing
+        self._want()
+        if rendered.error is not None:
+            raise rendered.error
+        return rendered.text
+
+    def _want(self) -> None:
+        with self._want_lock:
+            self.deps.want(self._templates_wanted | self._haproxy_used)
 
     def tick(self) -> None:
         """Called every second or so: renders what a file edit (template, plugin) or missing data made due."""
@@ -183,15 +245,15 @@ class TemplateLoop:
             self.round()
 
     def waiting(self) -> bool:
-        return any(status.waiting_for for status in self.templates.status.values())
+        """Some template (HAProxy's included) still waits for data it asked for."""
+        return bool(self._haproxy_missing) or any(s.waiting_for for s in self.templates.status.values())
 
     def once(self, timeout: float) -> bool:
         """Render until no template waits for data (or `timeout`); True when every template is good."""
         deadline = time.monotonic() + timeout
         self.round()
         while self.waiting() and time.monotonic() < deadline:
-            wanted = self.deps.watched()
-            if wanted <= set(self.deps.data()):
+            if self.deps.watched() <= set(self.deps.data()):
                 self.round()  # everything asked for is here: the next render may ask for more
             else:
                 time.sleep(0.02)

@@ -1,0 +1,268 @@
+"""Templates for any file (issue 6), end to end: the zipapp's sync loop against a real Consul agent.
+
+Each test writes a config with [templates.NAME] tables, starts `dist/basenode sync` (or `run`, when a
+supervised program must get a signal) against the test's own agent, and changes Consul the way an
+operator would; the assertions are on the files a user's programs read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from tests.conftest import ZIPAPP
+from tests.support.consul_agent import ConsulAgent
+from tests.support.counting_proxy import CountingProxy
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
+
+
+class Basenode:
+    """`dist/basenode COMMAND --no-consul --no-haproxy` with a config file, output to a log file."""
+
+    def __init__(self, tmp: Path, consul_addr: str, config: str, command: str = "sync") -> None:
+        if not ZIPAPP.exists():
+            pytest.fail(f"{ZIPAPP} is missing; run `make zipapp`", pytrace=False)
+        self.tmp = tmp
+        self.config = tmp / "basenode.toml"
+        self.config.write_text(textwrap.dedent(config).replace("TMP", str(tmp)))
+        self.log_path = tmp / f"basenode-{command}.log"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
+            "CONSUL_HTTP_ADDR": consul_addr,
+        }
+        argv = [
+            sys.executable,
+            str(ZIPAPP),
+            command,
+            "--no-consul",
+            "--no-haproxy",
+            "--config",
+            str(self.config),
+            "--state-dir",
+            str(tmp / "state"),
+            "--status-addr",
+            f"127.0.0.1:{free_port()}",
+        ]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator:
+    started: List[Basenode] = []
+
+    def run(consul_addr: str, config: str, command: str = "sync") -> Basenode:
+        node = Basenode(tmp_path, consul_addr, config, command)
+        started.append(node)
+        return node
+
+    yield run
+    for node in started:
+        node.stop()
+
+
+def text_of(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def has_text(path: Path, expected: str):
+    return lambda: text_of(path) == expected
+
+
+# The application: on SIGHUP it appends what its config file holds to a marker file.
+APP = """\
+import pathlib, signal, sys, time
+conf, marker = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+signal.signal(signal.SIGHUP, lambda *_: marker.open("a").write("HUP " + conf.read_text()))
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_kv_key_rendered_into_an_app_config_signals_the_app_and_its_deletion_renders_the_default(
+    tmp_path, consul_agent: ConsulAgent, start
+):
+    key = "app/greeting"
+    consul_agent.kv_put(key, "hello")
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "app.conf.j2").write_text(
+        'greeting = {{ kv("app/greeting", "default-greeting") | tojson }}\n'
+    )
+    conf, marker = tmp_path / "app.conf", tmp_path / "hups"
+    node = start(
+        consul_agent.http_addr,
+        f"""
+        [programs.myapp]
+        command = ["{sys.executable}", "TMP/app.py", "TMP/app.conf", "TMP/hups"]
+        autorestart = "always"
+
+        [templates.app]
+        source = "TMP/app.conf.j2"
+        destination = "TMP/app.conf"
+        reload_program = "myapp"
+        reload_signal = "HUP"
+        """,
+        command="run",
+    )
+    eventually(has_text(conf, 'greeting = "hello"\n'), timeout=30, what="the first render")
+
+    consul_agent.kv_put(key, "bonjour")
+    eventually(has_text(conf, 'greeting = "bonjour"\n'), what="the file to follow the key")
+    eventually(
+        lambda: 'HUP greeting = "bonjour"' in text_of(marker), what="the app to get SIGHUP after the write"
+    )
+
+    consul_agent.kv_delete(key)
+    eventually(has_text(conf, 'greeting = "default-greeting"\n'), what="the default once the key is gone")
+    eventually(lambda: 'HUP greeting = "default-greeting"' in text_of(marker), what="the app's SIGHUP")
+    assert "Traceback" not in node.output()
+
+
+PLUGIN = """\
+def context(snapshot):
+    return {"greeting": "hello from a plugin", "routes": len(snapshot.routes)}
+"""
+
+BROKEN_PLUGIN = """\
+def context(snapshot):
+    raise RuntimeError("the plugin broke")
+"""
+
+
+def test_a_plugin_adds_variables_and_one_that_raises_is_reported_and_contained(
+    tmp_path, consul_agent_session: ConsulAgent, start
+):
+    agent = consul_agent_session
+    key = f"plugin-test/{free_port()}"
+    agent.kv_put(key, "one")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "extra.py").write_text(PLUGIN)
+    (tmp_path / "t.j2").write_text(f'{{{{ greeting }}}} ({{{{ routes }}}} routes) {{{{ kv("{key}") }}}}\n')
+    out = tmp_path / "out.txt"
+    node = start(
+        agent.http_addr,
+        """
+        plugins_dir = "TMP/plugins"
+        [templates.greet]
+        source = "TMP/t.j2"
+        destination = "TMP/out.txt"
+        plugins = ["extra"]
+        """,
+    )
+    eventually(
+        has_text(out, "hello from a plugin (0 routes) one\n"), timeout=30, what="the plugin's variables"
+    )
+
+    (plugins / "extra.py").write_text(BROKEN_PLUGIN)
+    agent.kv_put(key, "two")
+    eventually(
+        lambda: f"{plugins}/extra.py:2: context() raised RuntimeError: the plugin broke" in node.output(),
+        what="the plugin's failure reported with its file and line",
+    )
+    assert text_of(out) == "hello from a plugin (0 routes) one\n"  # the last good output stays
+
+    (plugins / "extra.py").write_text(PLUGIN.replace("hello", "hello again"))
+    eventually(has_text(out, "hello again from a plugin (0 routes) two\n"), what="the mended plugin's output")
+
+
+def test_two_templates_using_the_same_service_hold_one_blocking_query_for_it(
+    tmp_path, consul_agent_session: ConsulAgent, start
+):
+    agent = consul_agent_session
+    service = f"shared-{free_port()}"
+    agent.register(service, 8001, service_id=f"{service}-1")
+    proxy = CountingProxy(("127.0.0.1", agent.ports["http"]))
+    try:
+        body = f'{{% for i in service("{service}") %}}server {{{{ i.endpoint }}}}\n{{% endfor %}}'
+        (tmp_path / "a.j2").write_text("# a\n" + body)
+        (tmp_path / "b.j2").write_text("# b\n" + body)
+        start(
+            proxy.addr,
+            """
+            [templates.a]
+            source = "TMP/a.j2"
+            destination = "TMP/a.conf"
+            [templates.b]
+            source = "TMP/b.j2"
+            destination = "TMP/b.conf"
+            """,
+        )
+        path = f"/v1/health/service/{service}"
+        eventually(
+            has_text(tmp_path / "a.conf", "# a\nserver 127.0.0.1:8001\n"), timeout=30, what="a rendered"
+        )
+        eventually(has_text(tmp_path / "b.conf", "# b\nserver 127.0.0.1:8001\n"), what="b rendered")
+        eventually(lambda: proxy.in_flight[path] == 1, what="the blocking query on the service")
+
+        agent.register(service, 8002, service_id=f"{service}-2")
+        two = "server 127.0.0.1:8001\nserver 127.0.0.1:8002\n"
+        eventually(has_text(tmp_path / "a.conf", "# a\n" + two), what="a to follow the catalog")
+        eventually(has_text(tmp_path / "b.conf", "# b\n" + two), what="b to follow the catalog")
+        eventually(lambda: proxy.in_flight[path] == 1, what="the next blocking query on the service")
+
+        assert proxy.max_in_flight[path] == 1  # never two held open for one dependency
+        # One plain first read, then one blocking read per wake: never one per template.
+        assert proxy.requests[path] - proxy.blocking[path] == 1
+    finally:
+        proxy.close()
+
+
+def test_a_broken_template_or_a_failing_check_leaves_the_destination_as_it_was(
+    tmp_path, consul_agent_session: ConsulAgent, start
+):
+    agent = consul_agent_session
+    key = f"broken-test/{free_port()}"
+    agent.kv_put(key, "ok-1")
+    template = tmp_path / "t.j2"
+    template.write_text(f'value = {{{{ kv("{key}") }}}}\n')
+    out = tmp_path / "out.conf"
+    node = start(
+        agent.http_addr,
+        """
+        [templates.t]
+        source = "TMP/t.j2"
+        destination = "TMP/out.conf"
+        check = ["grep", "-q", "value = ok", "{candidate}"]
+        """,
+    )
+    eventually(has_text(out, "value = ok-1\n"), timeout=30, what="the first render")
+
+    template.write_text("value = {% if %}\n")  # a syntax error: the running file stays
+    eventually(lambda: f"{template}:1" in node.output(), what="the template error with its file:line")
+    agent.kv_put(key, "ok-2")
+    template.write_text("value = {{ undefined_name }}\n")  # a render error
+    eventually(lambda: "'undefined_name' is undefined" in node.output(), what="the render error")
+    assert text_of(out) == "value = ok-1\n"
+
+    template.write_text(f'value = {{{{ kv("{key}") }}}}\n')
+    eventually(has_text(out, "value = ok-2\n"), what="the mended template's output")
+
+    agent.kv_put(key, "bad")  # the check rejects it
+    eventually(lambda: "check rejected the new file" in node.output(), what="the check's rejection")
+    assert text_of(out) == "value = ok-2\n"
+    assert not list(tmp_path.glob(".basenode-candidate.*"))  # no candidate left behind
