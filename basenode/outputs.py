@@ -133,16 +133,10 @@ def reload(spec: TemplateSpec, state_dir: Path) -> None:
 
 
 def _control(state_dir: Path, message: Dict[str, Any]) -> None:
-    """Ask PID 1 (basenode run) through its control socket; ReloadFailed with its answer's error."""
+    """Ask PID 1 (basenode run) through its control socket; ReloadFailed with why it did not happen."""
+    from . import control
+
     try:
-        from . import control
-    except ImportError:
-        raise ReloadFailed("this basenode has no control socket (basenode/control.py)") from None
-    what = f"{message['op']} {message['program']}"
-    try:
-        answer = control.request(state_dir, message)
-    except Exception as e:  # a missing socket, a PID 1 that went away: the file is in place regardless
-        raise ReloadFailed(f"{what}: control socket: {type(e).__name__}: {e}") from None
-    if not isinstance(answer, dict) or not answer.get("ok"):
-        error = answer.get("error") if isinstance(answer, dict) else answer
-        raise ReloadFailed(f"{what}: {error or 'refused'}")
+        control.checked(state_dir, message)
+    except control.ControlError as e:
+        raise ReloadFailed(f"{message['op']} {message['program']}: {e}") from None
