@@ -7,16 +7,20 @@ operator would; the assertions are on the files a user's programs read.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator, List
 
 import pytest
 
+from basenode.render import default_template
 from tests.conftest import ZIPAPP
 from tests.support.consul_agent import ConsulAgent
 from tests.support.counting_proxy import CountingProxy
@@ -38,6 +42,7 @@ class Basenode:
             **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
             "CONSUL_HTTP_ADDR": consul_addr,
         }
+        self.status_addr = f"127.0.0.1:{free_port()}"
         argv = [
             sys.executable,
             str(ZIPAPP),
@@ -49,13 +54,21 @@ class Basenode:
             "--state-dir",
             str(tmp / "state"),
             "--status-addr",
-            f"127.0.0.1:{free_port()}",
+            self.status_addr,
         ]
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str):
+        """(status code, JSON body) of a path of the sync loop's status endpoint."""
+        try:
+            with urllib.request.urlopen(f"http://{self.status_addr}{path}", timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -266,3 +279,65 @@ def test_a_broken_template_or_a_failing_check_leaves_the_destination_as_it_was(
     eventually(lambda: "check rejected the new file" in node.output(), what="the check's rejection")
     assert text_of(out) == "value = ok-2\n"
     assert not list(tmp_path.glob(".basenode-candidate.*"))  # no candidate left behind
+
+    code, health = node.get("/health")
+    assert code == 503
+    assert any(p.startswith("templates: t: check rejected the new file") for p in health["problems"])
+    counts = node.get("/status")[1]["templates"]["t"]
+    assert (counts["render_errors"], counts["check_failures"], counts["writes"]) == (2, 1, 2)
+
+
+def test_a_query_no_template_uses_any_more_stops_being_watched(tmp_path, consul_agent_session, start):
+    agent = consul_agent_session
+    prefix = f"stop-test/{free_port()}"
+    agent.kv_put(f"{prefix}/flag", "on")
+    agent.kv_put(f"{prefix}/extra", "x1")
+    proxy = CountingProxy(("127.0.0.1", agent.ports["http"]))
+    try:
+        (tmp_path / "t.j2").write_text(
+            f'{{% if kv("{prefix}/flag", "off") == "on" %}}extra={{{{ kv("{prefix}/extra", "none") }}}}'
+            "{% else %}off{% endif %}\n"  # trim_blocks: the block tag eats this newline
+        )
+        out = tmp_path / "out.txt"
+        start(
+            proxy.addr,
+            """
+            [watch]
+            blocking_wait = "2s"
+            [templates.t]
+            source = "TMP/t.j2"
+            destination = "TMP/out.txt"
+            """,
+        )
+        extra = f"/v1/kv/{prefix}/extra"
+        eventually(has_text(out, "extra=x1"), timeout=30, what="the first render")
+        eventually(lambda: proxy.in_flight[extra] == 1, what="the blocking query on the extra key")
+
+        agent.kv_put(f"{prefix}/flag", "off")  # the template no longer calls kv(".../extra")
+        eventually(has_text(out, "off"), what="the render without the extra key")
+        eventually(lambda: proxy.in_flight[extra] == 0, what="the extra key's query to end")
+        asked = proxy.requests[extra]
+        agent.kv_put(f"{prefix}/extra", "x2")
+        agent.kv_put(f"{prefix}/flag", "still off")
+        eventually(has_text(out, "off"), what="another render")
+        eventually(
+            lambda: proxy.blocking[f"/v1/kv/{prefix}/flag"] >= 3, what="the flag's next blocking query"
+        )
+        assert proxy.requests[extra] == asked  # nobody watches it any more
+
+        agent.kv_put(f"{prefix}/flag", "on")
+        eventually(has_text(out, "extra=x2"), what="the extra key watched again")
+    finally:
+        proxy.close()
+
+
+def test_haproxys_own_template_can_use_the_template_functions(tmp_path, consul_agent, start_basenode):
+    key = f"haproxy/comment-{free_port()}"
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text(default_template().read_text() + f'# tuned by {{{{ kv("{key}", "nobody") }}}}\n')
+    node = start_basenode(f"web:{free_port()}", "--template", str(template))
+    live = node.state_dir / "haproxy.cfg"
+    eventually(lambda: text_of(live).endswith("# tuned by nobody\n"), timeout=30, what="the default rendered")
+    consul_agent.kv_put(key, "kv")
+    eventually(lambda: text_of(live).endswith("# tuned by kv\n"), what="HAProxy's config to follow the key")
+    assert "render" not in " ".join(node.health()[1]["problems"])
