@@ -14,6 +14,7 @@ from typing import Any, Dict
 from .config import Program, Settings
 from .files import write_atomic
 
+HTTP_MAX_CONNS_PER_CLIENT = 10000
 DEFAULT_BIND_TEMPLATE = "{{ GetPrivateIP }}"  # go-sockaddr: the container's one private address
 
 
@@ -36,6 +37,10 @@ def agent_config(settings: Settings) -> Dict[str, Any]:
         "ports": {"https": http_port, "http": -1} if http.scheme == "https" else {"http": http_port},
         "retry_join": list(agent.join),
         "server": agent.server,
+        # Templates hold one blocking query, so one connection, per distinct dependency, all from
+        # 127.0.0.1 (the only address this agent's HTTP API listens on); Consul's default of 200
+        # connections per client address would refuse the 201st.
+        "limits": {"http_max_conns_per_client": HTTP_MAX_CONNS_PER_CLIENT},
     }
     if agent.node_name:
         config["node_name"] = agent.node_name

@@ -404,6 +404,15 @@ def format_table(doc: Dict[str, Any]) -> str:
         lines.append(
             f"{r['service'][:40]:<40} {r['port']:>5} {r['mode']:<4} {r['healthy']:>7} {r['total']:>5}"
         )
+    templates = doc.get("templates") or {}
+    if templates:
+        lines.append("")
+        lines.append(f"{'TEMPLATE':<20} {'WRITES':>6} {'ERRORS':>6} {'LAST WRITE':>10}  DESTINATION")
+        now = time.time()
+        for name, t in templates.items():
+            errors = t["render_errors"] + t["plugin_errors"] + t["check_failures"] + t["reload_failures"]
+            age = f"{_duration(now - t['last_write'])} ago" if t["last_write"] else "-"
+            lines.append(f"{name[:20]:<20} {t['writes']:>6} {errors:>6} {age:>10}  {t['destination']}")
     c, s = doc["consul"], doc["sync"]
     lines.append("")
     agent = "reachable" if c["reachable"] else "NOT reachable"

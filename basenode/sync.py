@@ -195,6 +195,7 @@ def run(settings: Settings, once: bool = False) -> int:
         good = templates.once(timeout=ONCE_TIMEOUT)
         return 0 if good and loop.state.last_error is None else 1
 
+    _raise_open_files_limit()
     stop = threading.Event()
     look_now = threading.Event()
 
@@ -237,6 +238,16 @@ def run(settings: Settings, once: bool = False) -> int:
     for thread in threads:
         thread.join(timeout=2.0)
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Soft limit on open files up to the hard one: each template dependency holds a connection."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def render_once(settings: Settings, out: str = "-") -> int:

@@ -102,6 +102,13 @@ def text_of(path: Path) -> str:
         return ""
 
 
+def replace(path: Path, text: str) -> None:
+    """Edit a file as an editor saves it (write beside, rename over): never seen half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def has_text(path: Path, expected: str):
     return lambda: text_of(path) == expected
 
@@ -191,7 +198,7 @@ def test_a_plugin_adds_variables_and_one_that_raises_is_reported_and_contained(
         has_text(out, "hello from a plugin (0 routes) one\n"), timeout=30, what="the plugin's variables"
     )
 
-    (plugins / "extra.py").write_text(BROKEN_PLUGIN)
+    replace(plugins / "extra.py", BROKEN_PLUGIN)
     agent.kv_put(key, "two")
     eventually(
         lambda: f"{plugins}/extra.py:2: context() raised RuntimeError: the plugin broke" in node.output(),
@@ -199,7 +206,7 @@ def test_a_plugin_adds_variables_and_one_that_raises_is_reported_and_contained(
     )
     assert text_of(out) == "hello from a plugin (0 routes) one\n"  # the last good output stays
 
-    (plugins / "extra.py").write_text(PLUGIN.replace("hello", "hello again"))
+    replace(plugins / "extra.py", PLUGIN.replace("hello", "hello again"))
     eventually(has_text(out, "hello again from a plugin (0 routes) two\n"), what="the mended plugin's output")
 
 
@@ -265,14 +272,14 @@ def test_a_broken_template_or_a_failing_check_leaves_the_destination_as_it_was(
     )
     eventually(has_text(out, "value = ok-1\n"), timeout=30, what="the first render")
 
-    template.write_text("value = {% if %}\n")  # a syntax error: the running file stays
+    replace(template, "value = {% if %}\n")  # a syntax error: the running file stays
     eventually(lambda: f"{template}:1" in node.output(), what="the template error with its file:line")
     agent.kv_put(key, "ok-2")
-    template.write_text("value = {{ undefined_name }}\n")  # a render error
+    replace(template, "value = {{ undefined_name }}\n")  # a render error
     eventually(lambda: "'undefined_name' is undefined" in node.output(), what="the render error")
     assert text_of(out) == "value = ok-1\n"
 
-    template.write_text(f'value = {{{{ kv("{key}") }}}}\n')
+    replace(template, f'value = {{{{ kv("{key}") }}}}\n')
     eventually(has_text(out, "value = ok-2\n"), what="the mended template's output")
 
     agent.kv_put(key, "bad")  # the check rejects it
@@ -285,6 +292,14 @@ def test_a_broken_template_or_a_failing_check_leaves_the_destination_as_it_was(
     assert any(p.startswith("templates: t: check rejected the new file") for p in health["problems"])
     counts = node.get("/status")[1]["templates"]["t"]
     assert (counts["render_errors"], counts["check_failures"], counts["writes"]) == (2, 1, 2)
+    shown = subprocess.run(
+        [sys.executable, str(ZIPAPP), "status", "--status-addr", node.status_addr],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    row = next(line for line in shown.splitlines() if line.startswith("t "))
+    assert row.split()[1:3] == ["2", "3"]  # writes, errors
 
 
 def test_a_query_no_template_uses_any_more_stops_being_watched(tmp_path, consul_agent_session, start):
