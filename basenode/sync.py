@@ -24,7 +24,7 @@ from . import consul, haproxy, render, status, watch
 from .config import Settings
 from .snapshot import Snapshot
 from .templates import Data
-from .templateset import TemplateLoop, render_now
+from .templateset import TemplateLoop, check_templates, render_now
 
 log = logging.getLogger(__name__)
 TEMPLATE_POLL_SECONDS = 1.0  # how often a running sync looks for an edited template
@@ -297,6 +297,11 @@ def check(settings: Settings) -> int:
     except render.RenderError as e:
         print(f"basenode: {e}", file=sys.stderr)
         return 2
+    faults = check_templates(settings, snapshot)
+    for fault in faults:
+        print(f"basenode: {fault}", file=sys.stderr)
+    if faults:
+        return 2
     if settings.run_haproxy:
         candidate = settings.state_dir / "haproxy.cfg.check"
         try:
@@ -309,5 +314,6 @@ def check(settings: Settings) -> int:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(candidate)
-    print(f"ok: config, template {path} ({source}), haproxy -c")
+    names = "".join(f", template {t.name}" for t in settings.templates)
+    print(f"ok: config, template {path} ({source}), haproxy -c{names}")
     return 0

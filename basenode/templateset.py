@@ -183,6 +183,26 @@ def render_now(
     return rendered
 
 
+def check_templates(settings: Settings, snapshot: Snapshot) -> List[str]:
+    """`basenode check` for the configured templates: each compiles, its plugins load and give their
+    keys, and it renders (from Consul when it answers, else with empty stand-ins). One line per fault."""
+    plugins = Plugins(settings.plugins_dir, reserved=templates.FUNCTION_NAMES)
+    faults = []
+    for spec in settings.templates:
+        try:
+            template = render.load_template(spec.source)
+            extra: Dict[str, Any] = {}
+            for plugin in spec.plugins:
+                extra.update(plugins.context(plugin, snapshot))
+            rendered = render_now(template, extra, settings, partial=True)
+        except (render.RenderError, PluginError) as e:
+            faults.append(f"template {spec.name}: {e}")
+            continue
+        if rendered.error is not None:
+            faults.append(f"template {spec.name}: {rendered.error}")
+    return faults
+
+
 class TemplateLoop:
     """The templates on the watch loop, and the data HAProxy's own template asks for.
 

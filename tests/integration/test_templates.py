@@ -356,3 +356,28 @@ def test_haproxys_own_template_can_use_the_template_functions(tmp_path, consul_a
     consul_agent.kv_put(key, "kv")
     eventually(lambda: text_of(live).endswith("# tuned by kv\n"), what="HAProxy's config to follow the key")
     assert "render" not in " ".join(node.health()[1]["problems"])
+
+
+def test_check_compiles_and_renders_every_template_and_names_the_faulty_one(tmp_path, consul_agent_session):
+    key = f"check-test/{free_port()}"
+    consul_agent_session.kv_put(key, "v")
+    (tmp_path / "good.j2").write_text(f'{{{{ kv("{key}") }}}}\n')
+    (tmp_path / "bad.j2").write_text("{{ kv('x') }\n")
+    config = tmp_path / "basenode.toml"
+    config.write_text(
+        f'[templates.good]\nsource = "{tmp_path}/good.j2"\ndestination = "{tmp_path}/good.txt"\n'
+        f'[templates.bad]\nsource = "{tmp_path}/bad.j2"\ndestination = "{tmp_path}/bad.txt"\n'
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
+        "CONSUL_HTTP_ADDR": consul_agent_session.http_addr,
+    }
+    argv = [sys.executable, str(ZIPAPP), "check", "--no-consul", "--no-haproxy", "--config", str(config)]
+    argv += ["--state-dir", str(tmp_path / "state")]
+    failed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2
+    assert failed.stderr.startswith(f"basenode: template bad: {tmp_path}/bad.j2:1: ")
+    (tmp_path / "bad.j2").write_text("{{ kv('x', 'default') }}\n")
+    passed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert passed.returncode == 0 and passed.stdout.rstrip().endswith("template good, template bad")
+    assert not (tmp_path / "good.txt").exists()  # check writes nothing
