@@ -70,7 +70,8 @@ class Loop:
                 self.settings.consul_http.addr,
                 self.settings.watch.startup_grace,
             )
-            self._apply(watch.static_snapshot(self.settings), template_changed=False)
+            # Its template functions get empty stand-ins for what Consul has not answered.
+            self._apply(watch.static_snapshot(self.settings), template_changed=False, partial=True)
 
     def on_template_tick(self) -> None:
         with self.lock:
@@ -90,13 +91,15 @@ class Loop:
                 log.info("retrying the apply that failed")
                 self._apply(self.latest, template_changed=True)
 
-    def _apply(self, snapshot: Snapshot, template_changed: bool, data: Optional[Data] = None) -> None:
+    def _apply(
+        self, snapshot: Snapshot, template_changed: bool, data: Optional[Data] = None, partial: bool = False
+    ) -> None:
         started = time.monotonic()
         try:
             if self.template.template is None:
                 self.template.refresh()
             context = render.context(snapshot, self.settings)
-            text = self.templates.render_haproxy(self.template.template, context, data)
+            text = self.templates.render_haproxy(self.template.template, context, data, partial)
         except render.RenderError as e:
             log.error("render: %s (the running config stays)", e)
             self.state.render_errors += 1

@@ -242,12 +242,12 @@ class TemplateLoop:
             self.on_haproxy(data)
 
     def render_haproxy(
-        self, template: Any, context: Dict[str, Any], data: Optional[Data] = None
+        self, template: Any, context: Dict[str, Any], data: Optional[Data] = None, partial: bool = False
     ) -> Optional[str]:
-        """HAProxy's config text with the template functions; None while their data is on its way.
-
-        RenderError as render.render raises it."""
-        rendered = templates.render_template(template, self.deps.data() if data is None else data, context)
+        """HAProxy's config text with the template functions; None while their data is on its way
+        (unless `partial`: the startup grace is over, stand-ins will do). RenderError as render.render."""
+        data = self.deps.data() if data is None else data
+        rendered = templates.render_template(template, data, context, partial=partial)
         with self._want_lock:
             self._haproxy_used, self._haproxy_missing = rendered.used, rendered.missing
         self._want()
