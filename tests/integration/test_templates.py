@@ -23,7 +23,7 @@ import pytest
 from basenode.render import default_template
 from tests.conftest import ZIPAPP
 from tests.support.consul_agent import ConsulAgent
-from tests.support.counting_proxy import CountingProxy
+from tests.support.consul_proxy import ConsulProxy
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
@@ -216,13 +216,14 @@ def test_two_templates_using_the_same_service_hold_one_blocking_query_for_it(
     agent = consul_agent_session
     service = f"shared-{free_port()}"
     agent.register(service, 8001, service_id=f"{service}-1")
-    proxy = CountingProxy(("127.0.0.1", agent.ports["http"]))
+    proxy = ConsulProxy(agent.http_addr)
+    counts = proxy.per_path
     try:
         body = f'{{% for i in service("{service}") %}}server {{{{ i.endpoint }}}}\n{{% endfor %}}'
         (tmp_path / "a.j2").write_text("# a\n" + body)
         (tmp_path / "b.j2").write_text("# b\n" + body)
         start(
-            proxy.addr,
+            proxy.http_addr,
             """
             [templates.a]
             source = "TMP/a.j2"
@@ -237,17 +238,17 @@ def test_two_templates_using_the_same_service_hold_one_blocking_query_for_it(
             has_text(tmp_path / "a.conf", "# a\nserver 127.0.0.1:8001\n"), timeout=30, what="a rendered"
         )
         eventually(has_text(tmp_path / "b.conf", "# b\nserver 127.0.0.1:8001\n"), what="b rendered")
-        eventually(lambda: proxy.in_flight[path] == 1, what="the blocking query on the service")
+        eventually(lambda: counts.in_flight[path] == 1, what="the blocking query on the service")
 
         agent.register(service, 8002, service_id=f"{service}-2")
         two = "server 127.0.0.1:8001\nserver 127.0.0.1:8002\n"
         eventually(has_text(tmp_path / "a.conf", "# a\n" + two), what="a to follow the catalog")
         eventually(has_text(tmp_path / "b.conf", "# b\n" + two), what="b to follow the catalog")
-        eventually(lambda: proxy.in_flight[path] == 1, what="the next blocking query on the service")
+        eventually(lambda: counts.in_flight[path] == 1, what="the next blocking query on the service")
 
-        assert proxy.max_in_flight[path] == 1  # never two held open for one dependency
+        assert counts.max_in_flight[path] == 1  # never two held open for one dependency
         # One plain first read, then one blocking read per wake: never one per template.
-        assert proxy.requests[path] - proxy.blocking[path] == 1
+        assert counts.requests[path] - counts.blocking[path] == 1
     finally:
         proxy.close()
 
@@ -307,7 +308,8 @@ def test_a_query_no_template_uses_any_more_stops_being_watched(tmp_path, consul_
     prefix = f"stop-test/{free_port()}"
     agent.kv_put(f"{prefix}/flag", "on")
     agent.kv_put(f"{prefix}/extra", "x1")
-    proxy = CountingProxy(("127.0.0.1", agent.ports["http"]))
+    proxy = ConsulProxy(agent.http_addr)
+    counts = proxy.per_path
     try:
         (tmp_path / "t.j2").write_text(
             f'{{% if kv("{prefix}/flag", "off") == "on" %}}extra={{{{ kv("{prefix}/extra", "none") }}}}'
@@ -315,7 +317,7 @@ def test_a_query_no_template_uses_any_more_stops_being_watched(tmp_path, consul_
         )
         out = tmp_path / "out.txt"
         start(
-            proxy.addr,
+            proxy.http_addr,
             """
             [watch]
             blocking_wait = "2s"
@@ -326,19 +328,19 @@ def test_a_query_no_template_uses_any_more_stops_being_watched(tmp_path, consul_
         )
         extra = f"/v1/kv/{prefix}/extra"
         eventually(has_text(out, "extra=x1"), timeout=30, what="the first render")
-        eventually(lambda: proxy.in_flight[extra] == 1, what="the blocking query on the extra key")
+        eventually(lambda: counts.in_flight[extra] == 1, what="the blocking query on the extra key")
 
         agent.kv_put(f"{prefix}/flag", "off")  # the template no longer calls kv(".../extra")
         eventually(has_text(out, "off"), what="the render without the extra key")
-        eventually(lambda: proxy.in_flight[extra] == 0, what="the extra key's query to end")
-        asked = proxy.requests[extra]
+        eventually(lambda: counts.in_flight[extra] == 0, what="the extra key's query to end")
+        asked = counts.requests[extra]
         agent.kv_put(f"{prefix}/extra", "x2")
         agent.kv_put(f"{prefix}/flag", "still off")
         eventually(has_text(out, "off"), what="another render")
         eventually(
-            lambda: proxy.blocking[f"/v1/kv/{prefix}/flag"] >= 3, what="the flag's next blocking query"
+            lambda: counts.blocking[f"/v1/kv/{prefix}/flag"] >= 3, what="the flag's next blocking query"
         )
-        assert proxy.requests[extra] == asked  # nobody watches it any more
+        assert counts.requests[extra] == asked  # nobody watches it any more
 
         agent.kv_put(f"{prefix}/flag", "on")
         eventually(has_text(out, "extra=x2"), what="the extra key watched again")

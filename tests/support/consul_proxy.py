@@ -9,7 +9,8 @@ Modes:
 
 Switching the mode also cuts the requests the agent is still holding (a blocking query can wait five
 minutes): each gets the new mode's answer at once, as if the agent had just gone bad under it.
-`requests` counts the requests received, whatever the mode.
+`requests` counts the requests received, whatever the mode; `per_path` counts them per URL path:
+how many, how many carried an index (blocking queries), how many are held open now and at most.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import contextlib
 import http.client
 import socket
 import threading
+from collections import Counter
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator, Optional, Set, Tuple
+from urllib.parse import urlsplit
 
 from .ports import free_port
 
@@ -27,6 +31,16 @@ MODES = ("pass", "500", "garbage")
 NOT_JSON = b'[{"Node": {"Node": "n1", "Address": "127.0.0.1"}, "Service": {"ID": "web-1"\xff\xfe\x00\x80'
 WRONG_SHAPE = b'[1, "two", null, [3], "Node"]'
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "content-length", "host"))
+
+
+@dataclass
+class PathCounts:
+    """Requests per URL path (e.g. /v1/health/service/web), whatever their query string."""
+
+    requests: Counter = field(default_factory=Counter)
+    blocking: Counter = field(default_factory=Counter)  # those with an index: blocking queries
+    in_flight: Counter = field(default_factory=Counter)  # held by the agent right now
+    max_in_flight: Counter = field(default_factory=Counter)  # the most ever held at once
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -46,7 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         mode, generation = self.server.count_request()
         if mode == "pass":
-            answer = self._forward(body, generation)
+            with self.server.held(self.path):
+                answer = self._forward(body, generation)
             if answer is None:
                 mode = self.server.mode  # cut by a mode switch: answer as the new mode does
                 if mode == "pass":
@@ -102,6 +117,7 @@ class _Server(ThreadingHTTPServer):
         self.garbage = NOT_JSON
         self._lock = threading.Lock()
         self._open: Set[http.client.HTTPConnection] = set()
+        self.per_path = PathCounts()
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client closing its connection mid-answer is normal here
@@ -110,6 +126,21 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             self.requests += 1
             return self.mode, self.generation
+
+    @contextlib.contextmanager
+    def held(self, target: str) -> Iterator[None]:
+        url = urlsplit(target)
+        counts = self.per_path
+        with self._lock:
+            counts.requests[url.path] += 1
+            counts.blocking[url.path] += "index=" in url.query
+            counts.in_flight[url.path] += 1
+            counts.max_in_flight[url.path] = max(counts.max_in_flight[url.path], counts.in_flight[url.path])
+        try:
+            yield
+        finally:
+            with self._lock:
+                counts.in_flight[url.path] -= 1
 
     def track(self, conn: http.client.HTTPConnection, generation: int) -> None:
         with self._lock:
@@ -161,6 +192,11 @@ class ConsulProxy:
     @property
     def requests(self) -> int:
         return self._server.requests
+
+    @property
+    def per_path(self) -> PathCounts:
+        """Requests passed on to the agent, per path (live counters)."""
+        return self._server.per_path
 
     def set_mode(self, mode: str, garbage: bytes = NOT_JSON) -> None:
         """Switch to `mode`; in "garbage" mode every answer's body is `garbage`."""
