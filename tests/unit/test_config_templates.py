@@ -176,3 +176,15 @@ def test_plugins_dir_follows_flag_environment_file_default(files):
 def test_templates_alone_run_the_sync_loop_and_reserve_its_name(files):
     text = APP + '[programs.sync]\ncommand = ["sleep", "1"]\n'
     assert error_of(files, text) == "basenode.toml:10: programs.sync: name is reserved for a built-in program"
+
+
+def test_the_sync_child_of_run_gets_the_template_specs_plugins_dir_and_no_haproxy():
+    from basenode import cli
+
+    flags = config.Flags(
+        template_specs=("a.j2:/x/a.conf", "b.j2:/x/b.conf"), plugins_dir="/p", no_haproxy=True
+    )
+    argv = cli.flags_to_argv(flags)
+    assert argv[argv.index("--plugins-dir") + 1] == "/p"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--template-spec"] == list(flags.template_specs)
+    assert "--no-haproxy" in argv
