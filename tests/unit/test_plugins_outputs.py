@@ -114,3 +114,17 @@ def test_a_reload_program_without_a_running_basenode_is_a_reload_failure(tmp_pat
     with pytest.raises(outputs.ReloadFailed) as e:
         outputs.apply(signalling, "x\n", tmp_path)
     assert str(e.value).startswith("signal web: control socket")
+
+
+def test_the_owner_is_set_before_the_file_appears(tmp_path):
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    owned = spec(
+        tmp_path, owner=user, group=group, check=("sh", "-c", 'test "$(stat -c %U {candidate})" = ' + user)
+    )
+    assert outputs.apply(owned, "x\n", tmp_path) == "written"
+    info = (tmp_path / "out.conf").stat()
+    assert (info.st_uid, info.st_gid) == (os.getuid(), os.getgid())
