@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real components the tests and the demo run: HAProxy from Debian (bookworm),
-# Consul 1.8.7 from Debian's bullseye archive (bookworm has no consul package), and the
-# small tools the tests and benchmarks use. Idempotent: a second run changes nothing.
+# Consul 1.8.7 from Debian's bullseye archive (bookworm has no consul package), nginx (the
+# real reverse proxy the template tests supervise; Debian's plain `nginx` package is the
+# lightest one with the upstream and proxy modules built in: `nginx-light` is `nginx` plus
+# an extra module), and the small tools the tests and benchmarks use. Idempotent: a second
+# run changes nothing.
 #
 # Consul is unpacked, not installed: `dpkg -x` into .deps/consul keeps the machine's
 # apt state clean and lets the project pin exactly one build. The .deb must match the
@@ -13,7 +16,7 @@ deps="$root/.deps"
 consul_deb="consul_1.8.7+dfsg1-2+b3_amd64.deb"
 consul_sha256="e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89d9"
 vendor="$root/../shared/vendor/$consul_deb"
-apt_packages=(haproxy python3-venv tini supervisor wrk iproute2 util-linux curl)
+apt_packages=(haproxy nginx python3-venv tini supervisor wrk iproute2 util-linux curl)
 
 log() { printf 'install-system-deps: %s\n' "$*" >&2; }
 
@@ -37,7 +40,7 @@ install_apt_packages() {
     # shellcheck disable=SC2086
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     # Debian's packages start their services; ours run under basenode, not under init.
-    as_root sh -c 'for s in haproxy supervisor; do service "$s" stop >/dev/null 2>&1 || true; done'
+    as_root sh -c 'for s in haproxy nginx supervisor; do service "$s" stop >/dev/null 2>&1 || true; done'
 }
 
 sha_ok() { echo "$consul_sha256  $1" | sha256sum --check --status; }
