@@ -50,6 +50,11 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     add("--no-haproxy", action="store_true", help="run no HAProxy (the sync loop runs only for templates)")
     add("--consul-bin", metavar="PATH", help="consul binary (env BASENODE_CONSUL_BIN; default from PATH)")
     add("--haproxy-bin", metavar="PATH", help="haproxy binary (env BASENODE_HAPROXY_BIN; default from PATH)")
+    add(
+        "--haproxy-log",
+        choices=("on", "off"),
+        help="HAProxy's access log in basenode's output (env BASENODE_HAPROXY_LOG; default on)",
+    )
     add("--status-addr", metavar="HOST:PORT", help="health/metrics endpoint (env BASENODE_STATUS_ADDR)")
     add("--log-format", choices=("text", "json"), help="log format (env BASENODE_LOG_FORMAT; default text)")
     add("--log-level", choices=("debug", "info", "warning", "error"), help="(env BASENODE_LOG_LEVEL)")
@@ -136,6 +141,7 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         no_haproxy=args.no_haproxy,
         consul_bin=args.consul_bin,
         haproxy_bin=args.haproxy_bin,
+        haproxy_log=args.haproxy_log,
         status_addr=args.status_addr,
         log_format=args.log_format,
         log_level=args.log_level,
@@ -159,6 +165,7 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
         if value is not None:
             argv += ["--" + name.replace("_", "-"), value]
     for name in (
+        "haproxy_log",
         "log_format",
         "log_level",
         "watch_mode",

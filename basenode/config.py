@@ -206,6 +206,9 @@ class Settings:
     # root to re-bind on reload). Default: the `haproxy` user where it exists (Debian's package).
     haproxy_user: Optional[str] = None
     haproxy_group: Optional[str] = None
+    # HAProxy's access log (one line per request or TCP session) on its stdout, which basenode
+    # prefixes `haproxy |` like every program's output.
+    haproxy_log: bool = True
     status_addr: Tuple[str, int] = ("127.0.0.1", 8089)
     log_format: str = "text"
     log_level: str = "info"
@@ -367,6 +370,7 @@ class Flags:
     no_haproxy: bool = False
     consul_bin: Optional[str] = None
     haproxy_bin: Optional[str] = None
+    haproxy_log: Optional[str] = None  # "on" | "off"
     status_addr: Optional[str] = None
     log_format: Optional[str] = None
     log_level: Optional[str] = None
@@ -745,6 +749,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
         ("haproxy", "default"),
     )
     haproxy_user, haproxy_group = _haproxy_user(haproxy_table)
+    haproxy_log = _haproxy_log(flags, environ, top)
     run_consul = not flags.no_consul and consul_table.get("enabled", "flag", True)
     run_haproxy = not flags.no_haproxy and haproxy_table.get("enabled", "flag", True)
     agent = _load_agent(environ, consul_table)
@@ -820,6 +825,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
         haproxy_bin=haproxy_bin[0],
         haproxy_user=haproxy_user,
         haproxy_group=haproxy_group,
+        haproxy_log=haproxy_log,
         status_addr=status_addr,
         log_format=log_format,
         log_level=log_level.lower(),
@@ -1034,6 +1040,20 @@ def _haproxy_user(t: _Table) -> Tuple[Optional[str], Optional[str]]:
     except KeyError:
         group = None
     return entry.pw_name, group
+
+
+def _haproxy_log(flags: Flags, environ: Environ, top: _Table) -> bool:
+    """--haproxy-log on|off > BASENODE_HAPROXY_LOG > the file's haproxy_log > on."""
+    switch = {"on": True, "off": False}
+    if flags.haproxy_log is not None and flags.haproxy_log not in switch:
+        raise ConfigError("--haproxy-log", "", f"expected on or off, got {_show(flags.haproxy_log)}")
+    value, _ = _choose(
+        (switch.get(flags.haproxy_log or ""), "--haproxy-log"),
+        (_env_flag(environ, "BASENODE_HAPROXY_LOG"), "BASENODE_HAPROXY_LOG"),
+        (top.get("haproxy_log", "flag"), top.source("haproxy_log")),
+        (True, "default"),
+    )
+    return value
 
 
 def _load_agent(environ: Environ, t: _Table) -> Agent:

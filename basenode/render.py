@@ -32,9 +32,12 @@ stats_socket   the runtime-API socket path HAProxy must open (<state_dir>/haprox
                applies server changes through it, so a template must keep it, with `level admin`
 master_socket  the master CLI socket (given to HAProxy with -S, not in the config)
 settings       bind, state_dir, stats_socket, master_socket, apply_mode, include_warning,
-               datacenter, node_name
+               datacenter, node_name, haproxy_log
 haproxy_user   the user HAProxy's workers run as (None: stay as basenode's user)
 haproxy_group  that user's group (or None)
+haproxy_log    True when HAProxy's access log should reach basenode's output (haproxy_log,
+               --haproxy-log on|off, BASENODE_HAPROXY_LOG; default on): the bundled template then
+               gives each frontend `log stdout format raw local0`, which basenode prefixes `haproxy |`
 """
 
 from __future__ import annotations
@@ -152,9 +155,11 @@ def context(snapshot: Snapshot, settings: Settings) -> Dict[str, Any]:
             "include_warning": settings.watch.include_warning,
             "datacenter": settings.agent.datacenter,
             "node_name": settings.agent.node_name,
+            "haproxy_log": settings.haproxy_log,
         },
         "haproxy_user": settings.haproxy_user,
         "haproxy_group": settings.haproxy_group,
+        "haproxy_log": settings.haproxy_log,
     }
 
 

@@ -255,3 +255,50 @@ def test_sync_once_renders_and_writes_the_config_then_exits(consul_agent, backen
     rendered = (state / "haproxy.cfg").read_text()
     assert f"127.0.0.1:{a.port}" in rendered and "bind 127.0.0.1:9999" in rendered
     assert (state / "haproxy.cfg").stat().st_mode & 0o777 == 0o600
+
+
+def test_haproxy_access_log_reaches_basenode_output_prefixed_like_every_program(
+    consul_agent, backends, start_basenode
+):
+    a, c = backends.start("a"), backends.start("c")
+    consul_agent.register("web", a.port, service_id="web-a")
+    consul_agent.register("db", c.port, service_id="db-c")
+    web_port, db_port = free_port(), free_port()
+    node = start_basenode(f"web:{web_port}/http,db:{db_port}")
+    eventually(serving(web_port, ["a"]), timeout=30, what="a through basenode")
+    eventually(serving(db_port, ["c"]), timeout=30, what="c through the tcp route")
+
+    assert get(web_port, "/access-log-probe") == "a"
+
+    def logged(fragment: str):
+        return lambda: [line for line in node.output().splitlines() if fragment in line]
+
+    (http_line,) = eventually(
+        logged('"GET /access-log-probe HTTP/1.1"'), what="the request's access log line"
+    )
+    assert http_line.startswith("haproxy | 127.0.0.1:"), http_line
+    assert " web web/" in http_line and " 200 " in http_line, http_line
+    tcp_lines = eventually(logged(" db db/"), what="a tcp session's log line")
+    assert all(line.startswith("haproxy | 127.0.0.1:") for line in tcp_lines), tcp_lines
+
+
+def test_with_haproxy_log_off_requests_leave_no_line_in_basenode_output(
+    consul_agent, backends, start_basenode
+):
+    a, b = backends.start("a"), backends.start("b")
+    consul_agent.register("web", a.port, service_id="web-a")
+    consul_agent.register("web", b.port, service_id="web-b")
+    port = free_port()
+    node = start_basenode(f"web:{port}/http", "--haproxy-log", "off")
+    eventually(serving(port, ["a", "b"]), timeout=30, what="a and b through basenode")
+    for _ in range(5):
+        get(port, "/access-log-probe")
+
+    # HAProxy's own messages still come through: a server going to maintenance is printed on its
+    # stderr after the requests above were answered, so once it shows, their lines would have too.
+    consul_agent.deregister("web-b")
+    eventually(lambda: "is going DOWN for maintenance" in node.output(), what="HAProxy's own message")
+    out = node.output()
+    assert "haproxy | [WARNING]" in out
+    assert "/access-log-probe" not in out
+    assert "\n    log " not in node.settings.haproxy_cfg.read_text()

@@ -220,3 +220,24 @@ def test_negative_durations_are_refused(tmp_path):
         error_of(tmp_path, text)
         == "basenode.toml:3: programs.web.startsecs: expected a number of seconds, got -1"
     )
+
+
+def test_haproxy_log_is_on_by_default_and_each_layer_can_switch_it(tmp_path):
+    assert load_file(tmp_path, "").haproxy_log is True
+    assert load_file(tmp_path, "haproxy_log = false\n").haproxy_log is False
+    env_on = {"BASENODE_HAPROXY_LOG": "on"}
+    assert load_file(tmp_path, "haproxy_log = false\n", env=env_on).haproxy_log is True
+    flag_off = config.Flags(no_consul=True, no_haproxy=True, haproxy_log="off")
+    assert load_file(tmp_path, "", flags=flag_off, env=env_on).haproxy_log is False
+
+
+def test_a_bad_haproxy_log_switch_names_its_source(tmp_path):
+    assert error_of(tmp_path, 'haproxy_log = "yes"\n') == (
+        'basenode.toml:1: haproxy_log: expected true or false, got "yes"'
+    )
+    with pytest.raises(
+        config.ConfigError, match=r'^BASENODE_HAPROXY_LOG: expected 1/0 or true/false, got "x"$'
+    ):
+        config.load(NO_COMPONENTS, {"BASENODE_HAPROXY_LOG": "x"})
+    with pytest.raises(config.ConfigError, match=r'^--haproxy-log: expected on or off, got "loud"$'):
+        config.load(config.Flags(no_consul=True, no_haproxy=True, haproxy_log="loud"), {})

@@ -150,6 +150,7 @@ def test_the_context_has_the_documented_fields_and_no_secrets(tmp_path):
         "settings",
         "haproxy_user",
         "haproxy_group",
+        "haproxy_log",
     }
     web = ctx["routes"][1]
     assert set(web) == {"service", "port", "mode", "tag", "instances"}
@@ -179,3 +180,17 @@ def test_haproxy_workers_drop_to_the_configured_user_and_stay_put_without_one(tm
     text = render.render(template, snapshot(), as_root)
     assert "\n    user haproxy\n    group haproxy\n" in text
     assert "\n    user " not in render.render(template, snapshot(), Settings(state_dir=tmp_path))
+
+
+def test_each_frontend_logs_its_traffic_to_stdout_unless_haproxy_log_is_off(tmp_path):
+    template = render.load_template(render.default_template())
+    on = render.render(template, snapshot(), Settings(state_dir=tmp_path))
+    db, web = on.split("\nfrontend ")[1:]
+    assert "log stdout format raw local0\n    option tcplog\n" in db.split("\nbackend ")[0]
+    assert "log stdout format raw local0\n    option httplog\n" in web.split("\nbackend ")[0]
+    # Only frontends log: a global or backend target would repeat what HAProxy prints on stderr.
+    assert on.count("\n    log ") == 2
+    proc = haproxy_check(on, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    off = render.render(template, snapshot(), Settings(state_dir=tmp_path, haproxy_log=False))
+    assert "\n    log " not in off and "option httplog" not in off and "option tcplog" not in off
