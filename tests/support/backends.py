@@ -99,11 +99,19 @@ def names_seen(port: int, requests: int = 20) -> List[str]:
 
 class Load:
     """HTTP requests through HAProxy in a loop from two threads until closed: one client keeps its
-    connection alive (as a connection pool would), the other opens a new connection per request."""
+    connection alive (as a connection pool would), the other opens a new connection per request.
 
-    def __init__(self, port: int) -> None:
+    retry_idle_close: a GET whose reused keep-alive connection the server closed before answering
+    is sent again once on a new connection, as HTTP clients do (RFC 9112 9.3.1: idempotent requests
+    may be retried). A proxy that reloads by replacing its workers (nginx) closes idle keep-alive
+    connections on every reload; such a retry is counted in `retried`, never in `failures`, and a
+    failure on the new connection is a failure."""
+
+    def __init__(self, port: int, retry_idle_close: bool = False) -> None:
         self.port = port
+        self.retry_idle_close = retry_idle_close
         self.ok = 0
+        self.retried = 0
         self.failures: List[str] = []
         self.seen: set = set()
         self.stop = threading.Event()
@@ -130,11 +138,14 @@ class Load:
     def _run(self, keep_alive: bool) -> None:
         conn: Optional[http.client.HTTPConnection] = None
         while not self.stop.is_set():
+            # One http.client closed itself (the answer said "Connection: close") reopens: not reused.
+            reused, answered = conn is not None and conn.sock is not None, False
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                 conn.request("GET", "/")
                 response = conn.getresponse()
+                answered = True
                 body = response.read().decode()
                 if response.status != 200:
                     raise RuntimeError(f"HTTP {response.status}: {body[:100]!r}")
@@ -142,8 +153,14 @@ class Load:
                     self.ok += 1
                     self.seen.add(body)
             except Exception as e:  # every failure counts, whatever its kind
+                idle_close = isinstance(
+                    e, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+                )
                 with self.lock:
-                    self.failures.append(f"{type(e).__name__}: {e}")
+                    if self.retry_idle_close and reused and not answered and idle_close:
+                        self.retried += 1
+                    else:
+                        self.failures.append(f"{type(e).__name__}: {e}")
                 conn = None
                 continue
             if not keep_alive:
