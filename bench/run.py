@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py --out docs/benchmarks.md      (what `make bench` runs)
     .venv/bin/python bench/run.py --only supervisor --quick     (a smoke run of the harness)
+    .venv/bin/python bench/run.py --only templates --out docs/benchmarks.md   (one family again)
 
 A family is a module bench/NAME.py with `TITLE: str` and `run(ctx: common.Context) -> common.Section`;
 add NAME to FAMILIES to have it measured and written in the same run as the others. Inside, start
@@ -9,6 +10,10 @@ processes only through `common.Processes` (everything is stopped, descendants in
 `with` block ends), write files only under `ctx.scratch` (removed at the end), size repetitions
 with `ctx.reps(full, quick)`, bind only loopback (`common.free_port()`), and return tables of
 percentiles and ratios with notes that say what each figure includes.
+
+Writing --out keeps the sections of the file that this run did not measure (a family left out with
+--only, or one another command writes), each marked with the run it came from; the sections it did
+measure are replaced in place.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import re
 import shlex
 import shutil
 import signal
@@ -24,13 +30,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable as a package
     sys.path.insert(0, str(ROOT))
 
-FAMILIES = ("supervisor", "discovery", "docker_cluster")
+FAMILIES = ("supervisor", "discovery", "docker_cluster", "templates")
 MAKE_BENCH = ".venv/bin/python bench/run.py --out docs/benchmarks.md"
 
 
@@ -95,9 +101,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         default_zipapp = args.zipapp.resolve() == (ROOT / "dist" / "basenode").resolve()
         note = f"`dist/basenode`, built from {measured_code}" if default_zipapp else f"`{args.zipapp}`"
-        args.out.write_text(render(command, note, started, elapsed, facts, sections, args.quick))
+        text = render(command, note, started, elapsed, facts, sections, args.quick)
+        args.out.write_text(kept_sections(args.out.read_text() if args.out.exists() else "", text))
         print(f"bench: wrote {args.out}")
     return 0
+
+
+def split_sections(text: str) -> Tuple[str, Dict[str, str]]:
+    """A generated document -> (everything before its first `## ` section, {title: section text})."""
+    head, *parts = re.split(r"(?m)^(?=## )", text)
+    return head, {part.splitlines()[0][3:].strip(): part.rstrip() + "\n" for part in parts}
+
+
+def kept_sections(previous: str, text: str) -> str:
+    """`text` plus every section of `previous` that `text` does not have, in the previous order.
+
+    A kept section says which run measured it (that run's date and zipapp lines), once: kept again by
+    a later run, it still names the run that measured it."""
+    old_head, old = split_sections(previous)
+    head, new = split_sections(text)
+    provenance = "; ".join(
+        line[2:] for line in old_head.splitlines() if line.startswith(("- Date:", "- Zipapp measured:"))
+    )
+    merged = []
+    for title in [*old, *(t for t in new if t not in old)]:
+        if title in new:
+            merged.append(new[title])
+            continue
+        section = old[title]
+        if KEPT_MARK not in section and provenance:
+            heading, _, rest = section.partition("\n")
+            section = f"{heading}\n\n{KEPT_MARK} ({provenance}).*\n{rest.rstrip()}\n"
+        merged.append(section)
+    return head + "\n".join(merged)
+
+
+KEPT_MARK = "*Not measured by the run above: kept from an earlier run"
 
 
 def _rel(path: str) -> str:
