@@ -121,7 +121,14 @@ def kept_sections(previous: str, text: str) -> str:
     old_head, old = split_sections(previous)
     head, new = split_sections(text)
     provenance = "; ".join(
-        line[2:] for line in old_head.splitlines() if line.startswith(("- Date:", "- Zipapp measured:"))
+        [
+            *(
+                line[2:]
+                for line in old_head.splitlines()
+                if line.startswith(("- Date:", "- Zipapp measured:"))
+            ),
+            *machine_summary(old.get("Machine", "")),
+        ]
     )
     merged = []
     for title in [*old, *(t for t in new if t not in old)]:
@@ -134,6 +141,13 @@ def kept_sections(previous: str, text: str) -> str:
             section = f"{heading}\n\n{KEPT_MARK} ({provenance}).*\n{rest.rstrip()}\n"
         merged.append(section)
     return head + "\n".join(merged)
+
+
+def machine_summary(section: str) -> List[str]:
+    """The rows of a Machine table that tell one machine and its load from another, as `fact: value`."""
+    wanted = ("CPUs (nproc)", "CPU model", "load average (1, 5, 15 min) at start")
+    rows = (line.strip("|").split("|") for line in section.splitlines() if line.startswith("| "))
+    return [f"{k.strip()}: {v.strip()}" for k, v, *_ in rows if k.strip() in wanted]
 
 
 KEPT_MARK = "*Not measured by the run above: kept from an earlier run"

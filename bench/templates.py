@@ -312,6 +312,10 @@ def run(ctx: Context) -> Section:
     )
 
 
+def plural(count: int) -> str:
+    return f"{count} template" + ("s" if count != 1 else "")
+
+
 def seconds(value: Optional[float]) -> str:
     return "none" if value is None else fmt(value, 1)
 
@@ -430,7 +434,7 @@ def targets(default: Result, results: Sequence[Result], service_count: int) -> T
         f"Target (issue 6): exactly one blocking query per distinct dependency "
         f"(agent limit {RAISED_LIMIT:,}): {'met' if ok else 'MISSED'} ("
         + "; ".join(
-            f"{r.count} templates: {sum(r.held.values()):,} held for {service_count:,}" for r in results
+            f"{plural(r.count)}: {sum(r.held.values()):,} held for {service_count:,}" for r in results
         )
         + ")."
     )
@@ -446,8 +450,7 @@ def targets(default: Result, results: Sequence[Result], service_count: int) -> T
         + "."
     )
     timing = "Render and apply, p50 (p99): " + "; ".join(
-        f"{r.count} template{'s' if r.count > 1 else ''} {pct(r.applies, 50)} ms "
-        f"({pct(r.applies, 99, min_samples=20)} ms)"
+        f"{plural(r.count)} {pct(r.applies, 50)} ms ({pct(r.applies, 99, min_samples=20)} ms)"
         for r in results
     )
     return (line, default_line, timing + f", with {service_count:,} shared service dependencies.")
