@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -78,7 +79,20 @@ def default_template() -> Path:
     return here.parent / "templates" / TEMPLATE_NAME
 
 
-def _environment(directory: Path) -> jinja2.Environment:
+# A value printed into HAProxy's config must stay on its line: a newline (or any control character
+# but tab) from a KV value or an env() variable would start a directive the template never wrote.
+LINE_BREAKING_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029\x85]")
+
+
+def _single_line(value: Any) -> Any:
+    if isinstance(value, str) and LINE_BREAKING_RE.search(value):
+        raise ValueError(
+            f"a value with a line break or control character cannot be printed here: {value[:80]!r}"
+        )
+    return value
+
+
+def _environment(directory: Path, single_line: bool = False) -> jinja2.Environment:
     # Immutable sandbox: templates may not call methods that mutate lists or dicts either.
     return ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(directory)),
@@ -87,13 +101,17 @@ def _environment(directory: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_single_line if single_line else None,
     )
 
 
-def load_template(path: Path) -> jinja2.Template:
-    """Compile the template at `path`; RenderError naming file:line on a syntax error."""
+def load_template(path: Path, single_line: bool = False) -> jinja2.Template:
+    """Compile the template at `path`; RenderError naming file:line on a syntax error.
+
+    `single_line`: every `{{ value }}` must print without line breaks or control characters (HAProxy's
+    config, where one line is one directive); breaking the rule fails the render, naming the line."""
     path = Path(path).absolute()
-    env = _environment(path.parent)
+    env = _environment(path.parent, single_line)
     try:
         return env.get_template(path.name)
     except jinja2.TemplateNotFound:
@@ -128,7 +146,7 @@ class TemplateSource:
         stamp = self.file_stamp()
         if stamp == self.stamp and self.template is not None:
             return False
-        template = load_template(self.path)  # raises RenderError: the old one stays
+        template = load_template(self.path, single_line=True)  # RenderError: the old one stays
         self.template, self.stamp = template, stamp
         return True
 

@@ -256,7 +256,7 @@ def _raise_open_files_limit() -> None:
 def render_once(settings: Settings, out: str = "-") -> int:
     """`basenode render`: the config the live catalog gives, applying nothing."""
     try:
-        template = render.load_template(settings.template or render.default_template())
+        template = render.load_template(settings.template or render.default_template(), single_line=True)
         snapshot = watch.fetch_snapshot(settings)
         rendered = render_now(template, render.context(snapshot, settings), settings)
         if rendered.error is not None:
@@ -286,7 +286,7 @@ def check(settings: Settings) -> int:
     """
     path = settings.template or render.default_template()
     try:
-        template = render.load_template(path)
+        template = render.load_template(path, single_line=True)
         try:
             snapshot = watch.fetch_snapshot(settings, timeout=2.0)
             source = "live catalog"

@@ -19,12 +19,14 @@ Functions (in the sandboxed environment of render.py, alongside whatever else th
                                          `kv(k) is defined` and `kv(k) | default(..)` work
   kv_tree(prefix)                        {key relative to prefix: text} for every key under prefix
   env(name, default=None)                an environment variable of basenode (undefined if unset and
-                                         no default); not watched: the environment does not change
+                                         no default); not watched: the environment does not change;
+                                         CONSUL_HTTP_TOKEN, CONSUL_ENCRYPT, CONSUL_CLIENT_KEY refused
   node()                                 {"name", "datacenter", "address"} of the local agent's node
 
-Every value was validated in deps.py with snapshot.py's rules before it got here, as in discovery.
-KV values are text and reach the template unescaped; the template picks the escaping it needs with a
-filter (e.g. `| tojson` for JSON, `| replace(...)`).
+Catalog values were validated in deps.py with snapshot.py's rules before they got here, as in
+discovery. KV values are text (any text) and reach the template unescaped; the template picks the
+escaping it needs with a filter (e.g. `| tojson` for JSON, `| replace(...)`). HAProxy's own template
+is stricter: nothing it prints may hold a line break (render.load_template's single_line).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ class Shared:
         if key not in self.values:
             self.values[key] = build()
         return self.values[key]
+
+
+# The ACL token and the gossip key: basenode keeps them out of logs and command lines, and a template
+# (whose output is often world-readable) does not get them either.
+WITHHELD_ENV = frozenset({"CONSUL_HTTP_TOKEN", "CONSUL_ENCRYPT", "CONSUL_CLIENT_KEY"})
 
 
 class Recorder:
@@ -168,6 +175,8 @@ class Recorder:
         return self.shared.get((query,), lambda: {key[start:]: text for key, text in value})
 
     def env(self, name: str, default: Optional[str] = None) -> Any:
+        if name in WITHHELD_ENV:
+            raise ValueError(f"env({name!r}): basenode's secrets are not given to templates")
         value = self.environ.get(name)
         if value is not None:
             return value

@@ -194,3 +194,17 @@ def test_each_frontend_logs_its_traffic_to_stdout_unless_haproxy_log_is_off(tmp_
     assert proc.returncode == 0, proc.stdout + proc.stderr
     off = render.render(template, snapshot(), Settings(state_dir=tmp_path, haproxy_log=False))
     assert "\n    log " not in off and "option httplog" not in off and "option tcplog" not in off
+
+
+def test_haproxy_template_refuses_a_printed_line_break_other_templates_keep_it(tmp_path):
+    """A KV value (or env()) with a newline must not add a directive to HAProxy's config."""
+    path = tmp_path / "t.j2"
+    path.write_text("maxconn {{ value }}\n")
+    strict = render.load_template(path, single_line=True)
+    assert render.render_context(strict, {"value": "100"}) == "maxconn 100\n"
+    for hostile in ("100\n    lua-load /tmp/x.lua", "100\r", "1\x00", "1\u2028x"):
+        with pytest.raises(render.RenderError) as caught:
+            render.render_context(strict, {"value": hostile})
+        assert caught.value.line == 1 and "line break" in caught.value.message
+    plain = render.load_template(path)
+    assert render.render_context(plain, {"value": "a\nb"}) == "maxconn a\nb\n"

@@ -122,3 +122,10 @@ def test_templates_of_one_round_share_the_values_they_build(tmp_path):
     render_template(template, data, shared=shared)
     render_template(template, data, shared=shared)
     assert len(shared.values) == 1
+
+
+def test_env_withholds_basenodes_secrets(tmp_path):
+    template = compile_text(tmp_path, "{{ env('CONSUL_HTTP_TOKEN', 'none') }}\n")
+    failed = render_template(template, {}, environ={"CONSUL_HTTP_TOKEN": "s3cret"})
+    assert failed.text is None and "secrets are not given" in str(failed.error)
+    assert "s3cret" not in str(failed.error)
