@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from . import consul, watch
 from .config import Settings
@@ -155,6 +155,11 @@ class DependencyWatcher:
         """Queries with a live thread that is not stopping."""
         with self._cond:
             return frozenset(q for q, w in self._watches.items() if not w.stop.is_set())
+
+    def sources(self) -> List[watch.SourceStatus]:
+        """The read state of every query still wanted (for status: failing reads, errors, index)."""
+        with self._cond:
+            return [w.status for w in self._watches.values() if not w.stop.is_set()]
 
     def threads(self) -> int:
         """Query threads alive, stopping ones included."""

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, consul, control, haproxy, watch
 from .config import Settings
@@ -51,6 +51,8 @@ class SyncState:
     bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     duration_sum: float = 0.0
     templates: Dict[str, Any] = field(default_factory=dict)  # name -> templateset.TemplateStatus
+    # The template functions' queries (deps.DependencyWatcher.sources): their failures count as Consul's.
+    dependency_sources: Optional[Callable[[], List[watch.SourceStatus]]] = None
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds
@@ -73,6 +75,8 @@ def collect(
     now = time.time() if now is None else now
     programs = control.programs(settings.state_dir, timeout=CHECK_TIMEOUT)
     sources = list(watcher.sources.values()) if watcher is not None else []
+    if state.dependency_sources is not None:
+        sources += state.dependency_sources()
     totals = watcher.instance_totals() if watcher is not None else {}
     reachable, leader, agent_error = _probe_agent(settings)
     failing = [s for s in sources if s.failures]

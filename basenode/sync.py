@@ -214,6 +214,7 @@ def run(settings: Settings, once: bool = False) -> int:
     signal.signal(signal.SIGHUP, request_template_check)
     watcher = watch.Watcher(settings) if settings.run_haproxy else None
     loop.state.templates = templates.templates.status
+    loop.state.dependency_sources = templates.deps.sources
     server = status.serve(settings, loop.state, watcher)
     threads = [threading.Thread(target=templates.run, args=(stop,), name="templates", daemon=True)]
     if watcher is not None:
