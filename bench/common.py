@@ -82,6 +82,34 @@ class Section:
     method: Tuple[str, ...] = ()  # paragraphs: how it was measured
     summary: Tuple[str, ...] = ()  # one line per target of the issue, met or missed, shown first
 
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", ""]
+        if self.summary:
+            lines += [f"- {line}" for line in self.summary] + [""]
+        for paragraph in self.method:
+            lines += [paragraph, ""]
+        lines += [table.markdown() for table in self.tables]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _section_lines(lines: Sequence[str], title: str) -> Optional[Tuple[int, int]]:
+    """First and past-last line of the `## TITLE...` section: its heading up to the next `## `."""
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"## {title}")), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start, end
+
+
+def with_section(text: str, title: str, section: str) -> str:
+    """`text` with its `## TITLE...` section replaced by `section` (in place), or `section` appended."""
+    lines = text.splitlines(keepends=True)
+    found = _section_lines(lines, title)
+    if found is None:
+        return text.rstrip() + "\n\n\n" + section  # two blank lines, as bench/run.py separates sections
+    rest = "".join(lines[found[1] :])
+    return "".join(lines[: found[0]]) + section + ("\n" + rest if rest else "")
+
 
 # --- statistics ---------------------------------------------------------------------------------
 
@@ -177,6 +205,15 @@ def comm(pid: int) -> str:
         with open(f"/proc/{pid}/comm") as f:
             return f.read().strip()
     except OSError:
+        return ""
+
+
+def proc_state(pid: int) -> str:
+    """Field 3 of /proc/PID/stat (R, S, D, Z, ...); '' when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return ""
 
 
@@ -378,53 +415,23 @@ def machine_facts(python: str) -> Tuple[Tuple[str, str], ...]:
 CONSUL_PORT_NAMES = ("http", "dns", "serf_lan", "serf_wan", "server", "grpc")
 
 
-class ConsulDev:
-    """A `consul agent -dev` on free loopback ports (every port set, so nothing collides), started
-    through `Processes`, with a keep-alive HTTP client for the benchmark's own catalog writes."""
+class ConsulClient:
+    """A keep-alive HTTP client for the benchmark's own catalog and agent writes, to an agent on loopback."""
 
-    def __init__(self, procs: Processes, workdir: Path, binary: Optional[str] = None) -> None:
-        binary = binary or consul_binary()
-        if not binary:
-            raise RuntimeError("consul not found: run `make system-deps`")
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = _distinct_ports(CONSUL_PORT_NAMES)
-        self.node = f"bench-{os.getpid()}-{self.ports['http']}"
-        self.log = workdir / "consul.log"
-        argv = [
-            binary,
-            "agent",
-            "-dev",
-            "-bind=127.0.0.1",
-            "-client=127.0.0.1",
-            f"-node={self.node}",
-            f"-data-dir={workdir / 'data'}",
-            *(f"-{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()),
-            "-log-level=warn",
-        ]
-        self.proc = procs.start(argv, env=clean_env(), log=self.log)
+    def __init__(self, http_port: int) -> None:
+        self.http_port = http_port
         self._conn: Optional[http.client.HTTPConnection] = None
-        wait_for(self._ready, 30, 0.05, f"consul agent on {self.http_addr}")
 
     @property
     def http_addr(self) -> str:
-        return f"127.0.0.1:{self.ports['http']}"
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"consul exited with {self.proc.returncode}; see {self.log}")
-        try:
-            return bool(self.request("GET", "/v1/status/leader")) and bool(
-                self.request("GET", f"/v1/catalog/node/{self.node}")
-            )
-        except (OSError, ValueError, RuntimeError):
-            return False
+        return f"127.0.0.1:{self.http_port}"
 
     def request(self, method: str, path: str, body: object = None) -> object:
         """One call on a kept-alive connection (reopened once if the agent closed it)."""
         data = json.dumps(body).encode() if body is not None else None
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self.ports["http"], timeout=30)
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
             try:
                 self._conn.request(method, path, body=data)
                 resp = self._conn.getresponse()
@@ -479,6 +486,44 @@ class ConsulDev:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class ConsulDev(ConsulClient):
+    """A `consul agent -dev` on free loopback ports (every port set, so nothing collides), started
+    through `Processes`, with a keep-alive HTTP client for the benchmark's own catalog writes."""
+
+    def __init__(self, procs: Processes, workdir: Path, binary: Optional[str] = None) -> None:
+        binary = binary or consul_binary()
+        if not binary:
+            raise RuntimeError("consul not found: run `make system-deps`")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = _distinct_ports(CONSUL_PORT_NAMES)
+        super().__init__(self.ports["http"])
+        self.node = f"bench-{os.getpid()}-{self.ports['http']}"
+        self.log = workdir / "consul.log"
+        argv = [
+            binary,
+            "agent",
+            "-dev",
+            "-bind=127.0.0.1",
+            "-client=127.0.0.1",
+            f"-node={self.node}",
+            f"-data-dir={workdir / 'data'}",
+            *(f"-{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()),
+            "-log-level=warn",
+        ]
+        self.proc = procs.start(argv, env=clean_env(), log=self.log)
+        wait_for(self._ready, 30, 0.05, f"consul agent on {self.http_addr}")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"consul exited with {self.proc.returncode}; see {self.log}")
+        try:
+            return bool(self.request("GET", "/v1/status/leader")) and bool(
+                self.request("GET", f"/v1/catalog/node/{self.node}")
+            )
+        except (OSError, ValueError, RuntimeError):
+            return False
 
 
 def _distinct_ports(names: Sequence[str]) -> Dict[str, int]:

@@ -65,6 +65,13 @@ CHURN = ("d0", "d1", "d2")  # load: added, failed, passed, removed in turn
 POOL = ("s0", "s1", "s2", "s3", "s4")  # scale: instance j of every service answers as s<j>
 BACKEND_NAMES = ("base", *NEW, *STEADY, *CHURN, *POOL)
 
+# The processes of a `basenode run`, by role.
+PID1 = "basenode run (PID 1)"
+SYNC = "basenode sync"
+HAPROXY_MASTER = "haproxy master"
+HAPROXY_WORKER = "haproxy worker"
+CONSUL_AGENT = "consul agent"
+
 APPLIED_RE = re.compile(r"applied by (\w+) in ([\d.]+) ms")
 
 
@@ -80,6 +87,7 @@ class Subject:
     log: Path
     ports: Dict[str, int]
     counter: Optional[object] = None  # the DnsCounter or HttpCounter in front of the agent, if any
+    status_port: int = 0  # basenode's --status-addr port (0: not basenode)
     log_offset: int = 0
     pending: str = ""  # log text read but not yet consumed by _apply_lines
 
@@ -110,20 +118,24 @@ def start_basenode(
     consul_addr: str,
     ports: Mapping[str, int],
     flags: Sequence[str] = (),
+    run_agent: bool = False,
 ) -> Subject:
+    """`basenode run` routing `ports`; with `run_agent` it runs its own agent (its HTTP port from
+    `consul_addr`, the rest from `flags`' config), else it uses the agent at `consul_addr`."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec = ",".join(f"{service}:{port}/http" for service, port in ports.items())
+    status_port = free_port()
     argv = [
         ctx.python,
         str(ctx.zipapp),
         "run",
-        "--no-consul",
+        *(() if run_agent else ("--no-consul",)),
         "--state-dir",
         str(workdir / "state"),
         "--routes",
         spec,
         "--status-addr",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{status_port}",
         # No access log: the HAProxy DNS subject logs none either, and under wrk a line per request
         # through PID 1 would be measured as part of basenode's cost.
         "--haproxy-log",
@@ -132,7 +144,7 @@ def start_basenode(
     ]
     log = workdir / "basenode.log"
     proc = procs.start(argv, env=basenode_env(ctx, consul_addr), log=log)
-    return Subject(name, proc, log, dict(ports))
+    return Subject(name, proc, log, dict(ports), status_port=status_port)
 
 
 DNS_CONFIG = """\
@@ -554,18 +566,26 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def churn(agent: ConsulDev, service: str, backends: Mapping[str, int], i: int) -> str:
-    """Change number i of a cycle per churn instance: register, fail its check, pass it, deregister."""
-    name = CHURN[(i // 4) % len(CHURN)]
+CHURN_STEPS = ("add", "fail", "pass", "remove")  # each one changes the servers HAProxy routes to
+
+
+def churn_step(agent: common.ConsulClient, service: str, name: str, port: int, step: int) -> str:
+    """Step `step` of an instance's cycle: register it (agent service, TTL check passing), fail its
+    check, pass it, deregister it."""
     service_id = f"{service}-{name}"
-    step = i % 4
     if step == 0:
-        agent.agent_register(service, service_id, backends[name])
+        agent.agent_register(service, service_id, port)
     elif step in (1, 2):
         agent.set_check(service_id, passing=step == 2)
     else:
         agent.agent_deregister(service_id)
-    return ("add", "fail", "pass", "remove")[step]
+    return CHURN_STEPS[step]
+
+
+def churn(agent: ConsulDev, service: str, backends: Mapping[str, int], i: int) -> str:
+    """Change number i: the churn instances take turns, each through a whole cycle."""
+    name = CHURN[(i // 4) % len(CHURN)]
+    return churn_step(agent, service, name, backends[name], i % 4)
 
 
 def load_phase(
@@ -861,10 +881,10 @@ def scale_phase(
         ),
     )
     growth = ""
-    if "basenode sync" in fresh and "basenode sync" in memory:
+    if SYNC in fresh and SYNC in memory:
         growth = (
-            f"The sync process at {routes:,} routes held {fresh['basenode sync'].rss_kb / MIB:.1f} MiB "
-            f"RSS 2 s after start-up, before any change, and {memory['basenode sync'].rss_kb / MIB:.1f} "
+            f"The sync process at {routes:,} routes held {fresh[SYNC].rss_kb / MIB:.1f} MiB "
+            f"RSS 2 s after start-up, before any change, and {memory[SYNC].rss_kb / MIB:.1f} "
             f"MiB after the {changes} changes."
         )
     return table, {"applied": applied, "e2e": end_to_end}, memory, growth
@@ -899,20 +919,42 @@ def _apply_lines(subject: Subject) -> Optional[List[Tuple[str, float]]]:
     return found or None
 
 
-def process_memory(procs: Processes, subject: Subject) -> Dict[str, common.Memory]:
-    """Resident memory of basenode PID 1 (the `run` process), its sync child and HAProxy."""
-    found = {"basenode run (PID 1)": common.memory_of(subject.proc.pid)}
+def basenode_processes(procs: Processes, subject: Subject) -> Dict[str, int]:
+    """{role: pid} of basenode PID 1 (the `run` process), its sync child, HAProxy and its Consul
+    agent (when it runs one). A process that is exiting (a zombie) plays no role."""
+    found = {PID1: subject.proc.pid}
+    haproxies = []
     for pid in procs.remember_descendants(subject.proc):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"sync" in argv:
-            found["basenode sync"] = common.memory_of(pid)
-        elif common.comm(pid) == "haproxy":
-            role = "master" if _ppid(pid) == subject.proc.pid else "worker"
-            found[f"haproxy {role}"] = common.memory_of(pid)
+        name = common.comm(pid)
+        if common.proc_state(pid) in ("Z", ""):
+            continue
+        if _ppid(pid) != subject.proc.pid:
+            if name == "haproxy":
+                haproxies.append(pid)  # a worker, an old worker finishing, or the sync loop's `haproxy -c`
+        elif b"sync" in argv:
+            found[SYNC] = pid
+        elif name == "haproxy":
+            found[HAPROXY_MASTER] = pid
+        elif name == "consul":
+            found[CONSUL_AGENT] = pid
+    # The newest child of the master is its current worker (an old one lingers a while after a reload).
+    workers = [pid for pid in haproxies if _ppid(pid) == found.get(HAPROXY_MASTER)]
+    if workers:
+        found[HAPROXY_WORKER] = max(workers, key=lambda pid: int(common.start_time(pid) or 0))
     return found
+
+
+def process_memory(procs: Processes, subject: Subject) -> Dict[str, common.Memory]:
+    """Resident memory of basenode PID 1 (the `run` process), its sync child and HAProxy."""
+    return {
+        role: common.memory_of(pid)
+        for role, pid in basenode_processes(procs, subject).items()
+        if role != CONSUL_AGENT
+    }
 
 
 def _ppid(pid: int) -> int:
@@ -932,7 +974,7 @@ def memory_table(
         return "-" if value is None else f"{value / MIB:.1f}"
 
     rows = []
-    for process in ("basenode run (PID 1)", "basenode sync", "haproxy master", "haproxy worker"):
+    for process in (PID1, SYNC, HAPROXY_MASTER, HAPROXY_WORKER):
         row = [process]
         for readings in (small, scale) if small is not None else (scale,):
             m = readings.get(process)
@@ -1033,8 +1075,8 @@ def targets(
     seed_per_route = idle[SEED] / idle_routes
     apply50, apply90 = percentile(scale["applied"], 50), percentile(scale["applied"], 90)
     # the target is in MB (10^6 bytes); the tables show MiB
-    sync_mb = memory["basenode sync"].rss_kb * 1.024e-3 if "basenode sync" in memory else float("nan")
-    pid1_mb = memory["basenode run (PID 1)"].rss_kb * 1.024e-3
+    sync_mb = memory[SYNC].rss_kb * 1.024e-3 if SYNC in memory else float("nan")
+    pid1_mb = memory[PID1].rss_kb * 1.024e-3
     return (
         f"Target (issue 3): propagation p50 <= 50 ms: {verdict(p50 <= 50)} ({p50:.1f} ms over "
         f"{len(lat)} changes; seed mode {percentile(prop[SEED].all, 50) * 1000:.0f} ms, HAProxy DNS 1 s "
