@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import http.client
+import json
 import os
 import random
 import re
@@ -139,8 +140,9 @@ def write_config(workdir: Path, ports: Mapping[str, int]) -> Path:
         "server = true\n"
         "bootstrap_expect = 1\n"
         f'node_name = "soak-{os.getpid()}"\n'
-        f'data_dir = "{workdir / "consul"}"\n'
-        f"extra_args = [{', '.join(f'{a!r}'.replace(chr(39), chr(34)) for a in args)}]\n"
+        # JSON strings and arrays of them are TOML too
+        f"data_dir = {json.dumps(str(workdir / 'consul'))}\n"
+        f"extra_args = {json.dumps(args)}\n"
     )
     return path
 
