@@ -130,6 +130,10 @@ def _probe_agent(settings: Settings) -> Tuple[bool, Optional[str], Optional[str]
         leader = consul.leader(client)
     except consul.ERRORS as e:
         return False, None, f"cannot read {settings.consul_http.addr}: {type(e).__name__}: {e}"[:300]
+    finally:
+        # py-consul's client is a reference cycle: left to the garbage collector, its connection
+        # stays open until a collection runs, one more socket per scrape in an idle loop.
+        client.http.close()
     return True, leader or None, None
 
 

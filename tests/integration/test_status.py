@@ -3,6 +3,7 @@ the control socket, SIGHUP reload and JSON logs. Real Consul agent, real HAProxy
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -11,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from basenode import control
+from basenode import control, status
+from basenode.config import ConsulHTTP, Settings
 from tests.conftest import ZIPAPP
 from tests.support.basenode_run import serving
 from tests.support.ports import free_port
@@ -193,3 +195,25 @@ def test_state_dir_holds_no_status_file_a_full_disk_could_freeze(consul_agent, s
     eventually(lambda: healthy(node), timeout=30, what="/health to pass")
     names = {p.name for p in Path(node.state_dir).iterdir()}
     assert "sync-state.json" not in names and control.SOCKET_NAME in names
+
+
+def test_a_status_request_leaves_no_connection_to_the_agent_open(consul_agent, tmp_path):
+    # The sync loop answers a scraper every few seconds for months. Each request must close what it
+    # opened (its probe of the agent), not leave it to a garbage collector that an idle process may
+    # not run for hours: the soak saw the loop's open sockets grow with every scrape. Collection is
+    # off here, so whatever a request does not close itself stays open and is counted.
+    settings = Settings(state_dir=tmp_path, consul_http=ConsulHTTP(addr=consul_agent.http_addr))
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = open_fds()
+        for _ in range(5):
+            assert status.collect(settings, status.SyncState(), None)["consul"]["reachable"] is True
+        after = open_fds()
+    finally:
+        gc.enable()
+    assert after == before
