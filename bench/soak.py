@@ -17,6 +17,7 @@ the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import http.client
 import json
@@ -29,6 +30,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -81,6 +83,7 @@ class Reading:
     pss_kb: Optional[int]
     fds: int
     threads: int
+    fd_targets: Tuple[str, ...] = ()  # what each open fd is (readlink): names what a growth holds
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,15 @@ class Sample:
 def read_process(pid: int) -> Optional[Reading]:
     try:
         memory = common.memory_of(pid)
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        fds = os.listdir(f"/proc/{pid}/fd")
     except (RuntimeError, OSError):
         return None  # gone between finding it and reading it
+    targets = []
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
     threads = common.proc_kb(f"/proc/{pid}/status", ("Threads",)).get("Threads", 0)
-    return Reading(pid, memory.rss_kb, memory.pss_kb, fds, threads)
+    return Reading(pid, memory.rss_kb, memory.pss_kb, len(fds), threads, tuple(sorted(targets)))
 
 
 def take_sample(procs: Processes, subject: Subject, changes: int) -> Sample:
@@ -508,6 +515,15 @@ def load_table(result: Soak, args: argparse.Namespace) -> Table:
     )
 
 
+def more_fds(start: Reading, end: Reading) -> str:
+    """The kinds of fd open at `end` beyond those at `start`: `socket 4, pipe 1`."""
+
+    def kinds(reading: Reading) -> Counter:
+        return Counter(re.sub(r":\[\d+\]$", "", t) for t in reading.fd_targets)
+
+    return ", ".join(f"{kind} {n}" for kind, n in sorted((kinds(end) - kinds(start)).items()))
+
+
 def targets(result: Soak, warmup: int) -> Tuple[str, ...]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
@@ -533,6 +549,11 @@ def targets(result: Soak, warmup: int) -> Tuple[str, ...]:
         + "; RSS, median of the last readings - median of the first after the warm-up).",
         f"Target (issue 5): no fd growth: {verdict(all(b <= a for a, b in fds.values()) and len(fds) == 4)} ("
         + ", ".join(f"{r} {a} -> {b}" for r, (a, b) in fds.items())
+        + "".join(
+            f"; {r} holds more at end: {more_fds(result.start.processes[r], result.end.processes[r])}"
+            for r, (a, b) in fds.items()
+            if b > a
+        )
         + ").",
         f"Target (issue 5): no thread growth: "
         f"{verdict(all(b <= a for a, b in threads.values()) and len(threads) == 4)} ("
