@@ -694,7 +694,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = section(result, args, warmup, run_facts, args.python)
     for table in report.tables:
         print(table.text(), flush=True)
-    for line in report.summary:
+    for line in (*report.method, *report.summary):
         print(line)
     if args.out:
         previous = args.out.read_text() if args.out.exists() else ""
