@@ -611,7 +611,10 @@ def section(
         "as they would be in a busy cluster. A slower rate with one apply per change would take over "
         "15 minutes for the same number of changes.",
         f"The first {warmup:,} changes are the warm-up: caches, HAProxy's pools and the interpreter's "
-        "arenas fill there. " + scraped + ". " + stop,
+        "arenas fill there, and the first GET /metrics imports prometheus-client into the sync process. "
+        + scraped
+        + ". "
+        + stop,
     )
     return common.Section(
         TITLE,
