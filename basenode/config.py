@@ -1159,14 +1159,29 @@ def parse_command(value: Any, shell: bool) -> Tuple[str, ...]:
         except ValueError as e:
             raise ValueError(f"cannot split {_show(value)}: {e}") from None
     argv = _text_list(value)
-    return (" ".join(argv),) if shell and argv else argv
+    return (" ".join(_shell_word(word) for word in argv),) if shell and argv else argv
+
+
+def _shell_word(word: str) -> str:
+    """`word` quoted for /bin/sh, its {candidate} and {dest} left bare: outputs.substitute quotes them."""
+    pieces = re.split(r"(\{candidate\}|\{dest\})", word)
+    if word == "":
+        return "''"
+    return "".join(p if p in ("{candidate}", "{dest}") else shlex.quote(p) for p in pieces if p)
 
 
 def parse_template_spec(text: str) -> Mapping[str, Any]:
     """--template-spec SRC:DEST[:CHECK[:RELOAD]] -> the keys of a [templates.NAME] table."""
-    parts = text.split(":", 3)
+    parts = text.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise ConfigError("--template-spec", "", f"expected SRC:DEST[:CHECK[:RELOAD]], got {_show(text)}")
+    if len(parts) > 4:  # a ':' inside CHECK or RELOAD (a URL): no split of it is surely the meant one
+        raise ConfigError(
+            "--template-spec",
+            "",
+            f"expected SRC:DEST[:CHECK[:RELOAD]], got {len(parts)} ':'-separated parts in {_show(text)}: "
+            "CHECK and RELOAD may not contain ':' here; use a [templates.NAME] table",
+        )
     values: dict[str, Any] = {"source": parts[0], "destination": parts[1]}
     if len(parts) > 2 and parts[2].strip():
         values["check"] = parts[2]

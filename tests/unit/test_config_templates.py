@@ -80,6 +80,8 @@ def test_a_command_string_is_split_like_a_shell_would_and_kept_whole_with_shell_
     assert spec.check == ("grep", "-q", "x =", "{candidate}")
     (spec,) = load(files, APP + 'check = "test -s {candidate} && true"\nshell = true\n').templates
     assert spec.check == ("test -s {candidate} && true",) and spec.shell
+    (spec,) = load(files, APP + "check = ['grep', '-q', 'a b', '{candidate}']\nshell = true\n").templates
+    assert spec.check == ("grep -q 'a b' {candidate}",)  # a list's words stay words for the shell
 
 
 def test_a_mode_that_is_not_octal_is_refused_with_its_line(files):
@@ -163,6 +165,13 @@ def test_a_bad_template_spec_flag_names_the_flag_and_the_value(files):
     assert (
         message == '--template-spec: "app.conf.j2:gone/x.conf": destination: directory "gone" does not exist'
     )
+
+
+def test_a_template_spec_flag_whose_check_contains_a_colon_is_refused_not_mis_split(files):
+    text = f"{files}/app.conf.j2:{files}/out/a.conf:curl -f http://127.0.0.1:8080/:true"
+    message = error_of(files, "", template_specs=(text,))
+    assert message.startswith("--template-spec: expected SRC:DEST[:CHECK[:RELOAD]], got 6 ")
+    assert "http://127.0.0.1:8080/" in message and "[templates.NAME]" in message
 
 
 def test_plugins_dir_follows_flag_environment_file_default(files):
