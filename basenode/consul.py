@@ -341,9 +341,12 @@ def local_node(
 def kv_get(
     client: pyconsul.Consul, key: str, index: int = 0, wait: Optional[str] = None
 ) -> Tuple[int, Optional[str]]:
-    """One key's value as text (None when missing)."""
+    """One key's value as text (None when missing or not UTF-8; "" for a key with an empty value)."""
     raw_index, item = client.kv.get(key, index=index or None, wait=wait)
-    return _index(raw_index), _text(item.get("Value")) if isinstance(item, Mapping) else None
+    if not isinstance(item, Mapping):
+        return _index(raw_index), None
+    value = item.get("Value")
+    return _index(raw_index), "" if value is None else _text(value)  # Consul sends null for b""
 
 
 def kv_recurse(

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from basenode import watch
+from basenode import consul, watch
 from basenode.agent import agent_config, agent_program
 from basenode.config import Agent, ConsulHTTP, Route, Settings, Watch
 from basenode.consul import join_command
@@ -336,3 +336,11 @@ def test_agent_reachable_and_static_snapshot_for_check_and_health(consul_agent_s
     with pytest.raises(watch.WatchError):
         fetch_snapshot(dead, timeout=2)
     assert [(s.route.service, s.instances) for s in watch.static_snapshot(settings).routes] == [("web", ())]
+
+
+def test_a_key_with_an_empty_value_is_empty_text_and_a_missing_one_is_none(consul_agent_session):
+    key = unique("app/empty")
+    consul_agent_session.kv_put(key, "")
+    client = consul.make_client(ConsulHTTP(addr=consul_agent_session.http_addr))
+    assert consul.kv_get(client, key)[1] == ""  # Consul answers "Value": null for it
+    assert consul.kv_get(client, key + "-gone")[1] is None
