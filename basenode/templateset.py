@@ -143,6 +143,9 @@ class TemplateSet:
         return False
 
     def _failed(self, spec: TemplateSpec, message: str) -> bool:
+        # Counts as rendered: it is due again when its files, its data or the snapshot change, not
+        # every round (a template broken from the start would otherwise fail and log every second).
+        self._used.setdefault(spec.name, frozenset())
         self.status[spec.name].last_error = message
         log.error("template %s: %s (the last good %s stays)", spec.name, message, spec.destination)
         return False

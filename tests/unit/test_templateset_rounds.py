@@ -1,0 +1,35 @@
+"""Rounds of TemplateSet: what a failure makes due again, and what it must not stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from basenode.config import Settings, TemplateSpec
+from basenode.snapshot import Snapshot
+from basenode.templateset import TemplateSet
+
+EMPTY = Snapshot(routes=())
+
+
+def settings_for(tmp_path: Path, *specs: TemplateSpec) -> Settings:
+    return Settings(templates=specs, plugins_dir=tmp_path, state_dir=tmp_path)
+
+
+def spec(tmp_path: Path, name: str, text: str, **fields: Any) -> TemplateSpec:
+    source = tmp_path / f"{name}.j2"
+    source.write_text(text)
+    return TemplateSpec(name=name, source=source, destination=tmp_path / f"{name}.conf", **fields)
+
+
+def test_a_template_broken_from_the_start_fails_once_then_waits_for_an_edit(tmp_path):
+    broken = spec(tmp_path, "broken", "{% if %}\n")
+    templates = TemplateSet(settings_for(tmp_path, broken))
+    for _ in range(3):  # what three ticks of the sync loop do
+        if templates.due():
+            templates.render_round({}, EMPTY)
+    assert templates.status["broken"].render_errors == 1
+    (tmp_path / "broken.j2").write_text("fixed\n")
+    assert templates.due() == [broken]
+    templates.render_round({}, EMPTY)
+    assert (tmp_path / "broken.conf").read_text() == "fixed\n"
