@@ -56,6 +56,13 @@ def current_text(destination: Path) -> Optional[str]:
 
 def apply(spec: TemplateSpec, text: str, state_dir: Path) -> str:
     """Put `text` in place for `spec`; "unchanged" or "written". CheckFailed, ReloadFailed, OutputError."""
+    try:
+        return _apply(spec, text, state_dir)
+    except (OSError, LookupError) as e:  # a destination that is a directory, an owner that is gone, ...
+        raise OutputError(f"{spec.destination}: {type(e).__name__}: {e}") from None
+
+
+def _apply(spec: TemplateSpec, text: str, state_dir: Path) -> str:
     destination = spec.destination
     if current_text(destination) == text:
         return "unchanged"

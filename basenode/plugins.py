@@ -58,7 +58,9 @@ class Plugins:
             raise PluginError(path, None, "defines no context(snapshot) function")
         try:
             values = function(snapshot)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # sys.exit() in a plugin included: it must not end the sync loop
             raise PluginError(path, _line_in(e, path), f"context() raised {type(e).__name__}: {e}") from None
         line = getattr(getattr(function, "__code__", None), "co_firstlineno", None)
         if not isinstance(values, dict):
@@ -87,7 +89,9 @@ class Plugins:
             exec(code, module.__dict__)
         except SyntaxError as e:
             raise PluginError(str(path), e.lineno, f"SyntaxError: {e.msg}") from None
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # sys.exit() at a plugin's top level included
             message = f"loading raised {type(e).__name__}: {e}"
             raise PluginError(str(path), _line_in(e, str(path)), message) from None
         self._loaded[name] = (stamp, module)

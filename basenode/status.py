@@ -246,7 +246,7 @@ def metrics_text(doc: Dict[str, Any], state: SyncState) -> bytes:
         "basenode_template_writes", "destinations written", labels=["template"]
     )
     for name, template in state.templates.items():
-        for kind in ("render_errors", "plugin_errors", "check_failures", "reload_failures"):
+        for kind in ("render_errors", "plugin_errors", "check_failures", "reload_failures", "output_errors"):
             template_errors.add_metric([name, kind], getattr(template, kind))
         template_writes.add_metric([name], template.writes)
     families += [applies, instances, up, restarts, duration, template_errors, template_writes]
@@ -418,7 +418,10 @@ def format_table(doc: Dict[str, Any]) -> str:
         lines.append(f"{'TEMPLATE':<20} {'WRITES':>6} {'ERRORS':>6} {'LAST WRITE':>10}  DESTINATION")
         now = time.time()
         for name, t in templates.items():
-            errors = t["render_errors"] + t["plugin_errors"] + t["check_failures"] + t["reload_failures"]
+            errors = sum(
+                t[k] for k in ("render_errors", "plugin_errors", "check_failures", "reload_failures")
+            )
+            errors += t.get("output_errors", 0)
             age = f"{_duration(now - t['last_write'])} ago" if t["last_write"] else "-"
             lines.append(f"{name[:20]:<20} {t['writes']:>6} {errors:>6} {age:>10}  {t['destination']}")
     c, s = doc["consul"], doc["sync"]

@@ -38,6 +38,7 @@ class TemplateStatus:
     plugin_errors: int = 0
     check_failures: int = 0
     reload_failures: int = 0
+    output_errors: int = 0  # the destination (or its candidate) could not be read, written or owned
     last_write: Optional[float] = None
     last_error: Optional[str] = None
     waiting_for: List[str] = field(default_factory=list)  # queries with no data yet
@@ -89,7 +90,12 @@ class TemplateSet:
         shared = templates.Shared()
         written = 0
         for spec in self.due(changed, snapshot_changed):
-            written += self._render_one(spec, data, snapshot, shared)
+            try:
+                written += self._render_one(spec, data, snapshot, shared)
+            except Exception as e:  # whatever it is, it is this template's: the others and the loop go on
+                log.debug("template %s failed", spec.name, exc_info=True)
+                self.status[spec.name].render_errors += 1
+                self._failed(spec, f"{type(e).__name__}: {e}")
         return written
 
     def _render_one(
@@ -133,6 +139,7 @@ class TemplateSet:
             status.last_error = f"reload: {e}"
             return True
         except outputs.OutputError as e:
+            status.output_errors += 1
             return self._failed(spec, str(e))
         status.last_error = None
         if how == "written":

@@ -41,6 +41,11 @@ def plugins_with(tmp_path: Path, source: str) -> Plugins:
         ("def context(snapshot)\n    return {}\n", "p.py:1: SyntaxError: "),
         ("x = 1\ny = 1 / 0\n", "p.py:2: loading raised ZeroDivisionError: division by zero"),
         ("CONTEXT = {}\n", "p.py: defines no context(snapshot) function"),
+        (
+            "import sys\ndef context(snapshot):\n    sys.exit(3)\n",
+            "p.py:3: context() raised SystemExit: 3",  # not the end of the sync process
+        ),
+        ("import sys\nsys.exit('bye')\n", "p.py:2: loading raised SystemExit: bye"),
     ],
 )
 def test_a_faulty_plugin_is_reported_with_its_file_and_line(tmp_path, source, message):

@@ -33,3 +33,15 @@ def test_a_template_broken_from_the_start_fails_once_then_waits_for_an_edit(tmp_
     assert templates.due() == [broken]
     templates.render_round({}, EMPTY)
     assert (tmp_path / "broken.conf").read_text() == "fixed\n"
+
+
+def test_a_destination_that_cannot_be_written_fails_its_template_only(tmp_path):
+    odd = spec(tmp_path, "odd", "a\n")
+    (tmp_path / "odd.conf").mkdir()  # a directory where the file should be
+    good = spec(tmp_path, "good", "b\n")
+    templates = TemplateSet(settings_for(tmp_path, odd, good))
+    assert templates.render_round({}, EMPTY) == 1
+    assert templates.status["odd"].output_errors == 1
+    assert "IsADirectoryError" in (templates.status["odd"].last_error or "")
+    assert (tmp_path / "good.conf").read_text() == "b\n"
+    assert templates.status["good"].last_error is None
