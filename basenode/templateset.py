@@ -5,8 +5,10 @@ that need it: those never rendered, those waiting for data, those using a query 
 whose template or plugin file changed, and those with plugins when the discovery snapshot changed
 (plugins read it). Each output goes through outputs.apply: written only when its text changed,
 checked, promoted atomically, reloaded. Whatever fails (render, plugin, check, reload) is logged with
-where it came from and counted; the last good file stays. After a round, `wanted()` is what the
-dependency watcher must watch: the union of what the templates' last renders used.
+where it came from and counted; the last good file stays. A failed check, write or reload (which a
+fixed program or file system may make work without any input changing) is due again every
+RETRY_SECONDS; a failed reload is retried on its own, the file being in place already. After a round,
+`wanted()` is what the dependency watcher must watch: the union of what the templates' last renders used.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import consul, deps, outputs, render, templates, watch
 from .config import Settings, TemplateSpec
@@ -25,6 +27,7 @@ from .snapshot import Snapshot
 from .templates import Data, Query
 
 log = logging.getLogger(__name__)
+RETRY_SECONDS = 2.0  # a failed check, write or reload is tried again this often (like sync's applies)
 
 
 @dataclass
@@ -50,8 +53,9 @@ class TemplateSet:
     Not thread-safe: the sync loop calls it under its own lock.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self._clock = clock
         self.specs: Tuple[TemplateSpec, ...] = settings.templates
         self.sources = {spec.name: render.TemplateSource(spec.source) for spec in self.specs}
         self.plugins = Plugins(settings.plugins_dir, reserved=templates.FUNCTION_NAMES)
@@ -59,6 +63,8 @@ class TemplateSet:
         self._used: Dict[str, FrozenSet[Query]] = {}
         self._missing: Dict[str, FrozenSet[Query]] = {}
         self._stamps: Dict[str, Tuple[Any, ...]] = {}  # template and plugin files at the last render
+        self._retry_at: Dict[str, float] = {}  # clock() when a failed check, write or reload is due again
+        self._reload_pending: Set[str] = set()  # written, but the reload failed: the program runs the old
 
     def wanted(self) -> FrozenSet[Query]:
         return frozenset().union(*self._used.values()) if self._used else frozenset()
@@ -69,6 +75,7 @@ class TemplateSet:
     def due(self, changed: Collection[Query] = (), snapshot_changed: bool = False) -> List[TemplateSpec]:
         """The templates this round must render (see the module docstring)."""
         changed = frozenset(changed)
+        now = self._clock()
         return [
             spec
             for spec in self.specs
@@ -77,6 +84,7 @@ class TemplateSet:
             or self._used[spec.name] & changed
             or self._stamps.get(spec.name) != self._file_stamps(spec)
             or (snapshot_changed and spec.plugins)
+            or self._retry_at.get(spec.name, now + 1) <= now
         ]
 
     def render_round(
@@ -103,6 +111,7 @@ class TemplateSet:
     ) -> bool:
         status = self.status[spec.name]
         self._stamps[spec.name] = self._file_stamps(spec)
+        again = self._retry_at.pop(spec.name, None) is not None
         try:
             self.sources[spec.name].refresh()
             extra: Dict[str, Any] = {}
@@ -126,21 +135,41 @@ class TemplateSet:
             status.render_errors += 1
             return self._failed(spec, f"render: {result.error}")
         assert result.text is not None
+        how: Optional[str] = None
         try:
             how = outputs.apply(spec, result.text, self.settings.state_dir)
+            if how == "unchanged" and spec.name in self._reload_pending:
+                outputs.reload(spec, self.settings.state_dir)  # the file is in place, its reload was not
+                log.info("template %s: reloaded %s (retried)", spec.name, spec.destination)
         except outputs.CheckFailed as e:
             status.check_failures += 1
-            return self._failed(spec, f"check rejected the new file: {e}")
+            self._retry_at[spec.name] = self._clock() + RETRY_SECONDS
+            return self._failed(spec, f"check rejected the new file: {e}", again)
         except outputs.ReloadFailed as e:
             status.reload_failures += 1
+            self._reload_pending.add(spec.name)
+            self._retry_at[spec.name] = self._clock() + RETRY_SECONDS
+            message = f"reload: {e}"
+            quiet = again and status.last_error == message
+            status.last_error = message
+            if how is not None:  # a retry of the reload alone
+                log.log(logging.DEBUG if quiet else logging.ERROR, "template %s: %s", spec.name, message)
+                return False
             status.writes += 1
             status.last_write = time.time()
-            log.error("template %s: %s written, but its reload failed: %s", spec.name, spec.destination, e)
-            status.last_error = f"reload: {e}"
+            log.error(
+                "template %s: %s written, but its reload failed (retrying every %.0f s): %s",
+                spec.name,
+                spec.destination,
+                RETRY_SECONDS,
+                e,
+            )
             return True
         except outputs.OutputError as e:
             status.output_errors += 1
-            return self._failed(spec, str(e))
+            self._retry_at[spec.name] = self._clock() + RETRY_SECONDS
+            return self._failed(spec, str(e), again)
+        self._reload_pending.discard(spec.name)
         status.last_error = None
         if how == "written":
             status.writes += 1
@@ -149,12 +178,15 @@ class TemplateSet:
             return True
         return False
 
-    def _failed(self, spec: TemplateSpec, message: str) -> bool:
+    def _failed(self, spec: TemplateSpec, message: str, again: bool = False) -> bool:
+        """`again`: a retry; the same failure as last time is then logged at debug level only."""
         # Counts as rendered: it is due again when its files, its data or the snapshot change, not
         # every round (a template broken from the start would otherwise fail and log every second).
         self._used.setdefault(spec.name, frozenset())
+        quiet = again and self.status[spec.name].last_error == message
         self.status[spec.name].last_error = message
-        log.error("template %s: %s (the last good %s stays)", spec.name, message, spec.destination)
+        level = logging.DEBUG if quiet else logging.ERROR
+        log.log(level, "template %s: %s (the last good %s stays)", spec.name, message, spec.destination)
         return False
 
 
