@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional
 from . import consul, haproxy, render, status, watch
 from .config import Settings
 from .snapshot import Snapshot
-from .templates import Data
 from .templateset import TemplateLoop, check_templates, render_now
 
 log = logging.getLogger(__name__)
@@ -49,16 +48,18 @@ class Loop:
         self.lock = threading.Lock()  # one apply at a time: watch thread vs template refresh
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
-        data = self.templates.deps.data()  # one view of Consul for HAProxy's config and the templates
+        # Each apply reads the dependency cache under the lock that orders it (HAProxy's here, the
+        # templates' in round): a copy read before the slow HAProxy apply could be older than a render
+        # the dependency thread makes meanwhile, and would overwrite it.
         with self.lock:
             self.latest = snapshot
-            self._apply(snapshot, template_changed=False, data=data)
-        self.templates.round(snapshot=snapshot, data=data)
+            self._apply(snapshot, template_changed=False)
+        self.templates.round(snapshot=snapshot)
 
-    def on_dependencies(self, data: Data) -> None:
+    def on_dependencies(self) -> None:
         with self.lock:
             if self.latest is not None:
-                self._apply(self.latest, template_changed=True, data=data)
+                self._apply(self.latest, template_changed=True)
 
     def on_startup_grace_over(self) -> None:
         with self.lock:
@@ -91,15 +92,13 @@ class Loop:
                 log.info("retrying the apply that failed")
                 self._apply(self.latest, template_changed=True)
 
-    def _apply(
-        self, snapshot: Snapshot, template_changed: bool, data: Optional[Data] = None, partial: bool = False
-    ) -> None:
+    def _apply(self, snapshot: Snapshot, template_changed: bool, partial: bool = False) -> None:
         started = time.monotonic()
         try:
             if self.template.template is None:
                 self.template.refresh()
             context = render.context(snapshot, self.settings)
-            text = self.templates.render_haproxy(self.template.template, context, data, partial)
+            text = self.templates.render_haproxy(self.template.template, context, partial)
         except render.RenderError as e:
             log.error("render: %s (the running config stays)", e)
             self.state.render_errors += 1

@@ -249,17 +249,19 @@ class TemplateLoop:
     """The templates on the watch loop, and the data HAProxy's own template asks for.
 
     A round starts on a dependency change (the dependency thread), a discovery snapshot (the watch
-    thread) or a file edit (the sync loop's tick). It takes ONE copy of the dependency cache and renders
-    from it every template that is due, and HAProxy's config too when its template's queries changed
-    (through `on_haproxy`, set by sync.Loop, which keeps HAProxy's own apply path). After it, the
-    dependency watcher watches exactly what the last renders used.
+    thread) or a file edit (the sync loop's tick). Under the round lock it takes ONE copy of the
+    dependency cache and renders from it every template that is due; then HAProxy's config when its
+    template's queries changed (through `on_haproxy`, set by sync.Loop, which keeps HAProxy's own apply
+    path and reads the cache again under its own lock). The cache is read under the lock that orders
+    the writes, never before it: a copy read earlier could be older than what a round in between wrote,
+    and would overwrite it. After a round, the dependency watcher watches what the last renders used.
     """
 
     def __init__(self, settings: Settings, dependencies: Optional[DependencyWatcher] = None) -> None:
         self.templates = TemplateSet(settings)
         self.deps = dependencies or DependencyWatcher(settings)
         self.snapshot = watch.static_snapshot(settings)  # until discovery sends one (or for ever)
-        self.on_haproxy: Optional[Callable[[Data], None]] = None
+        self.on_haproxy: Optional[Callable[[], None]] = None
         self.lock = threading.Lock()  # one round at a time
         self._want_lock = threading.Lock()  # a leaf: HAProxy's render reports its queries under it
         self._templates_wanted: FrozenSet[Query] = frozenset()
@@ -270,25 +272,23 @@ class TemplateLoop:
         self,
         changed: Collection[Query] = (),
         snapshot: Optional[Snapshot] = None,
-        data: Optional[Data] = None,
     ) -> None:
         with self.lock:
             if snapshot is not None:
                 self.snapshot = snapshot
-            data = self.deps.data() if data is None else data
+            data = self.deps.data()  # under the lock: see the class docstring
             self.templates.render_round(data, self.snapshot, changed, snapshot_changed=snapshot is not None)
             self._templates_wanted = self.templates.wanted()
             self._want()
             haproxy_due = bool(self._haproxy_missing or self._haproxy_used & frozenset(changed))
         if haproxy_due and snapshot is None and self.on_haproxy is not None:
-            self.on_haproxy(data)
+            self.on_haproxy()
 
-    def render_haproxy(
-        self, template: Any, context: Dict[str, Any], data: Optional[Data] = None, partial: bool = False
-    ) -> Optional[str]:
-        """HAProxy's config text with the template functions; None while their data is on its way
-        (unless `partial`: the startup grace is over, stand-ins will do). RenderError as render.render."""
-        data = self.deps.data() if data is None else data
+    def render_haproxy(self, template: Any, context: Dict[str, Any], partial: bool = False) -> Optional[str]:
+        """HAProxy's config text with the template functions, from the cache as it is now (the caller
+        holds the lock that orders HAProxy's applies); None while their data is on its way (unless
+        `partial`: the startup grace is over, stand-ins will do). RenderError as render.render."""
+        data = self.deps.data()
         rendered = templates.render_template(template, data, context, partial=partial)
         with self._want_lock:
             self._haproxy_used, self._haproxy_missing = rendered.used, rendered.missing

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
+from basenode import sync
 from basenode.config import Settings, TemplateSpec
 from basenode.snapshot import Snapshot
-from basenode.templateset import TemplateSet
+from basenode.templates import KEY, Query
+from basenode.templateset import TemplateLoop, TemplateSet
 
 EMPTY = Snapshot(routes=())
 
@@ -91,3 +93,39 @@ def test_a_rejected_file_is_checked_again_later(tmp_path):
     clock.now += 2.5
     assert templates.render_round({}, EMPTY) == 1
     assert (tmp_path / "c.conf").read_text() == "x\n" and templates.status["c"].last_error is None
+
+
+class FakeDependencies:
+    """The dependency cache without Consul: tests set `values`; rounds read a copy of it."""
+
+    def __init__(self, values: Dict[Query, Any]) -> None:
+        self.values = values
+
+    def data(self) -> Dict[Query, Any]:
+        return dict(self.values)
+
+    def want(self, queries: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_slow_haproxy_apply_does_not_let_an_older_view_of_consul_overwrite_a_newer_render(tmp_path):
+    (tmp_path / "p.py").write_text("def context(snapshot):\n    return {}\n")  # re-rendered per snapshot
+    app = spec(tmp_path, "app", "{{ kv('app/x') }}\n", plugins=("p",))
+    settings = settings_for(tmp_path, app)
+    key = Query(KEY, "app/x")
+    cache = FakeDependencies({key: "old"})
+    loop = sync.Loop(settings, templates=TemplateLoop(settings, dependencies=cache))  # type: ignore[arg-type]
+    loop.templates.round()
+    assert (tmp_path / "app.conf").read_text() == "old\n"
+
+    def slow_haproxy_apply(*args: Any, **kwargs: Any) -> None:
+        # While HAProxy applies the snapshot, the value changes and the dependency thread renders it.
+        cache.values = {key: "new"}
+        loop.templates.round(changed={key})
+
+    loop._apply = slow_haproxy_apply  # type: ignore[method-assign]
+    loop.on_snapshot(EMPTY)
+    assert (tmp_path / "app.conf").read_text() == "new\n"
