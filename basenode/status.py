@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CHECK_TIMEOUT = 2.0  # each probe of /health: the agent, the master socket, PID 1
 APPLY_HOWS = ("runtime", "reload", "restart", "written")
+# templateset.TemplateStatus counters that are failures: /metrics kinds, the status table's ERRORS column
+TEMPLATE_ERROR_KINDS = (
+    "render_errors",
+    "plugin_errors",
+    "check_failures",
+    "reload_failures",
+    "output_errors",
+)
 
 
 @dataclass
@@ -246,7 +254,7 @@ def metrics_text(doc: Dict[str, Any], state: SyncState) -> bytes:
         "basenode_template_writes", "destinations written", labels=["template"]
     )
     for name, template in state.templates.items():
-        for kind in ("render_errors", "plugin_errors", "check_failures", "reload_failures", "output_errors"):
+        for kind in TEMPLATE_ERROR_KINDS:
             template_errors.add_metric([name, kind], getattr(template, kind))
         template_writes.add_metric([name], template.writes)
     families += [applies, instances, up, restarts, duration, template_errors, template_writes]
@@ -418,10 +426,7 @@ def format_table(doc: Dict[str, Any]) -> str:
         lines.append(f"{'TEMPLATE':<20} {'WRITES':>6} {'ERRORS':>6} {'LAST WRITE':>10}  DESTINATION")
         now = time.time()
         for name, t in templates.items():
-            errors = sum(
-                t[k] for k in ("render_errors", "plugin_errors", "check_failures", "reload_failures")
-            )
-            errors += t.get("output_errors", 0)
+            errors = sum(t.get(kind, 0) for kind in TEMPLATE_ERROR_KINDS)  # an older basenode: fewer kinds
             age = f"{_duration(now - t['last_write'])} ago" if t["last_write"] else "-"
             lines.append(f"{name[:20]:<20} {t['writes']:>6} {errors:>6} {age:>10}  {t['destination']}")
     c, s = doc["consul"], doc["sync"]
