@@ -129,7 +129,7 @@ def test_nginx_routing_follows_the_instances_of_web_with_no_failed_request(consu
     with Load(files.port, retry_idle_close=True) as load:
         for change, expected in steps:
             change()
-            eventually(serving(files.port, expected), timeout=15, what=f"nginx to route to {expected}")
+            eventually(serving(files.port, expected), timeout=60, what=f"nginx to route to {expected}")
             load.wait_for_more(20)
     assert load.failures == [], load.failures[:5]
     assert load.ok > 100
@@ -165,5 +165,5 @@ def test_a_broken_template_leaves_nginx_serving_the_old_config(consul_agent, bac
 
     # Fixed: the next render goes through, and nginx routes to what the catalog says.
     files.template.write_text(good_template)
-    eventually(serving(files.port, ["a", "b"]), timeout=15, what="the fixed template to route to a and b")
+    eventually(serving(files.port, ["a", "b"]), timeout=60, what="the fixed template to route to a and b")
     assert files.master_pid() == master and node.proc.poll() is None
