@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -102,7 +103,7 @@ class ControlServer:
         op = request.get("op")
         try:
             if op == "programs":
-                now = _now()
+                now = time.time()
                 return {"ok": True, "programs": [program_view(s, now) for s in self.supervisor.states()]}
             if op == "signal":
                 self.supervisor.signal_program(str(request.get("program")), _signal(request.get("signal")))
@@ -113,12 +114,6 @@ class ControlServer:
         except ValueError as e:
             return {"ok": False, "error": str(e)}
         return {"ok": False, "error": f"unknown op {op!r}"}
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def _signal(name: Any) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ import pytest
 
 from basenode.render import default_template
 from tests.conftest import ZIPAPP
+from tests.support.basenode_run import terminate
 from tests.support.consul_agent import ConsulAgent
 from tests.support.consul_proxy import ConsulProxy
 from tests.support.ports import free_port
@@ -71,13 +71,7 @@ class Basenode:
             return e.code, json.loads(e.read())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 
