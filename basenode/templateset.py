@@ -65,6 +65,7 @@ class TemplateSet:
         self._stamps: Dict[str, Tuple[Any, ...]] = {}  # template and plugin files at the last render
         self._retry_at: Dict[str, float] = {}  # clock() when a failed check, write or reload is due again
         self._reload_pending: Set[str] = set()  # written, but the reload failed: the program runs the old
+        self._uncompiled: Set[str] = set()  # the template file as it is now does not compile
 
     def wanted(self) -> FrozenSet[Query]:
         return frozenset().union(*self._used.values()) if self._used else frozenset()
@@ -76,16 +77,22 @@ class TemplateSet:
         """The templates this round must render (see the module docstring)."""
         changed = frozenset(changed)
         now = self._clock()
-        return [
-            spec
-            for spec in self.specs
-            if spec.name not in self._used
+        return [spec for spec in self.specs if self._is_due(spec, changed, snapshot_changed, now)]
+
+    def _is_due(
+        self, spec: TemplateSpec, changed: FrozenSet[Query], snapshot_changed: bool, now: float
+    ) -> bool:
+        if self._stamps.get(spec.name) != self._file_stamps(spec):
+            return True  # never rendered, or its template or a plugin file was edited
+        if spec.name in self._uncompiled:
+            return False  # new data cannot mend a template that does not compile: only an edit can
+        return bool(
+            spec.name not in self._used
             or self._missing.get(spec.name)
             or self._used[spec.name] & changed
-            or self._stamps.get(spec.name) != self._file_stamps(spec)
             or (snapshot_changed and spec.plugins)
             or self._retry_at.get(spec.name, now + 1) <= now
-        ]
+        )
 
     def render_round(
         self,
@@ -114,12 +121,15 @@ class TemplateSet:
         again = self._retry_at.pop(spec.name, None) is not None
         try:
             self.sources[spec.name].refresh()
+        except render.RenderError as e:
+            self._uncompiled.add(spec.name)
+            status.render_errors += 1
+            return self._failed(spec, f"template: {e}")
+        self._uncompiled.discard(spec.name)
+        try:
             extra: Dict[str, Any] = {}
             for plugin in spec.plugins:
                 extra.update(self.plugins.context(plugin, snapshot))
-        except render.RenderError as e:
-            status.render_errors += 1
-            return self._failed(spec, f"template: {e}")
         except PluginError as e:
             status.plugin_errors += 1
             return self._failed(spec, f"plugin: {e}")

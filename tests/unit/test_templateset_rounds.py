@@ -37,6 +37,21 @@ def test_a_template_broken_from_the_start_fails_once_then_waits_for_an_edit(tmp_
     assert (tmp_path / "broken.conf").read_text() == "fixed\n"
 
 
+def test_a_template_edited_to_not_compile_is_not_rendered_again_on_new_data(tmp_path):
+    app = spec(tmp_path, "app", "{{ kv('app/x') }}\n")
+    key = Query(KEY, "app/x")
+    templates = TemplateSet(settings_for(tmp_path, app))
+    templates.render_round({key: "one"}, EMPTY)
+    (tmp_path / "app.j2").write_text("{% if %}\n")
+    templates.render_round({key: "one"}, EMPTY)  # the edit: one error, logged once
+    assert templates.status["app"].render_errors == 1
+    assert templates.due(changed={key}) == []  # the same syntax error would be logged on every change
+    (tmp_path / "app.j2").write_text("x = {{ kv('app/x') }}\n")
+    templates.render_round({key: "two"}, EMPTY, changed={key})
+    assert (tmp_path / "app.conf").read_text() == "x = two\n"
+    assert templates.status["app"].render_errors == 1
+
+
 def test_a_destination_that_cannot_be_written_fails_its_template_only(tmp_path):
     odd = spec(tmp_path, "odd", "a\n")
     (tmp_path / "odd.conf").mkdir()  # a directory where the file should be
