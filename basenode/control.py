@@ -3,7 +3,8 @@
 One JSON object per connection, one line each way:
 
     {"op": "programs"}                                   -> {"ok": true, "programs": [{...}, ...]}
-    {"op": "signal", "program": "nginx", "signal": "HUP"} -> {"ok": true}
+    {"op": "signal", "program": "nginx", "signal": "HUP"} -> {"ok": true, "sent": true}
+        with "if_running": true, a program not running (yet) is no error: {"ok": true, "sent": false}
     {"op": "restart", "program": "nginx"}                 -> {"ok": true}
     anything wrong                                        -> {"ok": false, "error": "why"}
 
@@ -106,8 +107,12 @@ class ControlServer:
                 now = time.time()
                 return {"ok": True, "programs": [program_view(s, now) for s in self.supervisor.states()]}
             if op == "signal":
-                self.supervisor.signal_program(str(request.get("program")), _signal(request.get("signal")))
-                return {"ok": True}
+                sent = self.supervisor.signal_program(
+                    str(request.get("program")),
+                    _signal(request.get("signal")),
+                    if_running=request.get("if_running") is True,
+                )
+                return {"ok": True, "sent": sent}
             if op == "restart":
                 self.supervisor.restart_program(str(request.get("program")))
                 return {"ok": True}

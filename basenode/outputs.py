@@ -134,7 +134,9 @@ def reload(spec: TemplateSpec, state_dir: Path) -> None:
         run_command(spec.reload_command, spec.shell, spec.destination, spec.destination, ReloadFailed)
     elif spec.reload_program:
         name = signal.Signals(spec.reload_signal).name[3:]  # SIGHUP -> HUP
-        _control(state_dir, {"op": "signal", "program": spec.reload_program, "signal": name})
+        # A program not running yet (it waits for this file, or backs off) reads the file as it starts.
+        message = {"op": "signal", "program": spec.reload_program, "signal": name, "if_running": True}
+        _control(state_dir, message)
     elif spec.restart_program:
         _control(state_dir, {"op": "restart", "program": spec.restart_program})
 

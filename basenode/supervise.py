@@ -289,6 +289,7 @@ class _Proc:
         self.kill_at = 0.0
         self.kill_logged = False
         self.restart_requested = False  # asked for (control socket, reload): start again once it exited
+        self.held_signals: List[int] = []  # reload signals that came while it was starting: sent once up
         self.retiring = False  # removed from the config by a reload: forget it once it exited
 
     def view(self) -> ProgramState:
@@ -454,11 +455,26 @@ class Supervisor:
         if self._selector is not None:
             self._selector.register(fd, selectors.EVENT_READ, _Reader(callback))
 
-    def signal_program(self, name: str, sig: int) -> None:
-        """Send `sig` to a running program's pid; ValueError naming why not."""
+    def signal_program(self, name: str, sig: int, if_running: bool = False) -> bool:
+        """Send `sig` to a running program's pid; True when sent. ValueError naming why not.
+
+        `if_running` (a template's reload): a program that is not running is no error, nothing is
+        sent (it reads its files when it starts), and one still starting gets the signal once it is
+        up: sent at once it could arrive before the program has set its handler, and kill it."""
+        p = self._procs.get(name)
+        if if_running and p is not None and not p.retiring:
+            if p.pid is None:
+                log.debug("%s: not running (%s), %s not sent", name, p.state, signal_name(sig))
+                return False
+            if p.state == STARTING:
+                log.info("%s: still starting, %s held until it is up", name, signal_name(sig))
+                if sig not in p.held_signals:
+                    p.held_signals.append(sig)
+                return False
         p = self._running(name)
         log.info("%s: sending %s to pid %d (asked for)", name, signal_name(sig), p.pid)
         _send(p.pid, sig)
+        return True
 
     def restart_program(self, name: str) -> None:
         """Stop a program (its stop signal, SIGKILL after its stop timeout) and start it again at once.
@@ -773,6 +789,11 @@ class Supervisor:
         p.up = True
         p.failed_starts = 0
         log.debug("%s: up (pid %s)", p.program.name, p.pid)
+        held, p.held_signals = p.held_signals, []
+        for sig in held:
+            assert p.pid is not None
+            log.info("%s: up: sending the held %s to pid %d", p.program.name, signal_name(sig), p.pid)
+            _send(p.pid, sig)
         self._check_ready(p)
 
     def _check_ready(self, p: _Proc) -> bool:
@@ -833,6 +854,7 @@ class Supervisor:
         p.spawned_at = now
         p.spawned_wall = time.time()
         p.up = p.ready = False
+        p.held_signals = []  # for the run that exited: this one reads its files as it starts
         if p not in self._start_order:
             self._start_order.append(p)
         self._set(p, STARTING)

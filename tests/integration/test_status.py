@@ -122,7 +122,8 @@ def test_control_socket_is_owner_only_and_signals_and_restarts_programs(
     before = programs(node)["hup"]["pid"]
     eventually(marker.exists, timeout=10, what="the trap in place")  # else HUP would end the shell
     assert control.request(node.state_dir, {"op": "signal", "program": "hup", "signal": "HUP"}) == {
-        "ok": True
+        "ok": True,
+        "sent": True,
     }
     eventually(lambda: marker.exists() and "hup" in marker.read_text(), timeout=10, what="the HUP")
 
@@ -132,6 +133,31 @@ def test_control_socket_is_owner_only_and_signals_and_restarts_programs(
 
     bad = control.request(node.state_dir, {"op": "signal", "program": "nope", "signal": "HUP"})
     assert bad["ok"] is False and "nope" in bad["error"]
+
+
+SLOW_STARTER = """
+[programs.slow]
+command = ["sh", "-c", "sleep 0.5; trap 'echo hup >> {marker}' HUP; while :; do sleep 0.1; done"]
+startsecs = 1.5
+"""
+
+
+def test_a_reload_signal_to_a_program_still_starting_is_held_until_it_is_up(
+    consul_agent, start_basenode, tmp_path
+):
+    """A template's reload (if_running) must not kill a program that has not set its handler yet."""
+    marker = tmp_path / "marker"
+    config_file = tmp_path / "basenode.toml"
+    config_file.write_text(SLOW_STARTER.format(marker=marker))
+    node = start_basenode(f"web:{free_port()}", "--config", str(config_file))
+    eventually(lambda: programs(node).get("slow", {}).get("state") == "starting", timeout=30, what="slow")
+    reload = {"op": "signal", "program": "slow", "signal": "HUP", "if_running": True}
+    assert control.request(node.state_dir, reload) == {"ok": True, "sent": False}  # held
+    eventually(lambda: marker.exists() and marker.read_text() == "hup\n", timeout=10, what="the held HUP")
+    slow = programs(node)["slow"]
+    assert (slow["state"], slow["restarts"]) == ("running", 0)  # the shell's default action never ran
+
+    assert control.request(node.state_dir, {**reload, "program": "nope"})["ok"] is False
 
 
 def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one(consul_agent, start_basenode, tmp_path):
