@@ -310,7 +310,9 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
 
 def all_programs(settings: config.Settings, flags: config.Flags, first_start: bool) -> List[config.Program]:
     """Built-in programs, [programs.*], the application and the service registration, in start order."""
-    programs = list(builtin_programs(settings, flags, first_start)) + list(settings.programs)
+    programs = list(builtin_programs(settings, flags, first_start)) + [
+        waits_for_its_files(p, settings) for p in settings.programs
+    ]
     if settings.command:
         programs.append(
             config.Program(
@@ -320,12 +322,22 @@ def all_programs(settings: config.Settings, flags: config.Flags, first_start: bo
                 startsecs=0,
                 main=True,
                 forward_signals=config.FORWARDED_SIGNALS,
-                depends_on=tuple(p.name for p in programs if p.name in ("consul", "haproxy")),
+                # After the first renders (sync), so that its config files are in place.
+                depends_on=tuple(p.name for p in programs if p.name in ("consul", "sync", "haproxy")),
             )
         )
     if settings.services:
         programs.append(register_program(settings, flags))
     return programs
+
+
+def waits_for_its_files(program: config.Program, settings: config.Settings) -> config.Program:
+    """A program that a template reloads or restarts reads that template's file: it starts after the
+    sync loop's first renders (`depends_on` gains "sync"), never on a missing or stale file."""
+    reloaded = {name for t in settings.templates for name in (t.reload_program, t.restart_program) if name}
+    if program.name not in reloaded or "sync" in program.depends_on or not settings.run_sync:
+        return program
+    return dataclasses.replace(program, depends_on=(*program.depends_on, "sync"))
 
 
 def child_command(settings: config.Settings, flags: config.Flags, subcommand: str) -> Tuple[str, ...]:
@@ -359,11 +371,12 @@ def builtin_programs(
     programs: List[config.Program] = []
     if settings.run_consul or settings.run_sync:
         prepare_state_dir(settings.state_dir)
-    if settings.run_haproxy and first_start:
-        # HAProxy waits for this file (the sync loop's first render). One left by an earlier run
-        # would start HAProxy on routes from who knows when: start from this run's catalog.
-        with contextlib.suppress(FileNotFoundError):
-            settings.haproxy_cfg.unlink()
+    if settings.run_sync and first_start:
+        # What waits for the sync loop waits for these files (its first renders). Ones left by an
+        # earlier run would start HAProxy on routes from who knows when: start from this run's catalog.
+        for path in (settings.sync_ready_file, settings.haproxy_cfg):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
     if settings.run_consul:
         from . import agent
 
@@ -378,12 +391,12 @@ def builtin_programs(
                 # only keep fragments of the big renders (measured: ~4 MB at 1,000 routes).
                 environment=(("MALLOC_ARENA_MAX", "2"),),
                 autorestart="always",
-                startsecs=0,  # "up" is its ready_file: the first render, which HAProxy waits for
+                startsecs=0,  # "up" is its ready_file: the first renders, which HAProxy waits for
                 startretries=1000000,
                 backoff_initial=0.5,
                 backoff_max=10.0,
                 depends_on=("consul",) if settings.run_consul else (),
-                ready_file=str(settings.haproxy_cfg) if settings.run_haproxy else None,
+                ready_file=str(settings.sync_ready_file),
                 stop_first=True,
                 stop_timeout=5.0,
             )

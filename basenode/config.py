@@ -235,6 +235,11 @@ class Settings:
         return self.state_dir / "haproxy.cfg"
 
     @property
+    def sync_ready_file(self) -> Path:
+        """Written by the sync loop once its first renders are done: what `depends_on sync` waits for."""
+        return self.state_dir / "sync.ready"
+
+    @property
     def haproxy_master_socket(self) -> Path:
         return self.state_dir / "haproxy-master.sock"
 

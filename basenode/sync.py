@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import consul, haproxy, render, status, watch
+from . import consul, files, haproxy, render, status, watch
 from .config import Settings
 from .snapshot import Snapshot
 from .templateset import TemplateLoop, check_templates, render_now
 
 log = logging.getLogger(__name__)
 TEMPLATE_POLL_SECONDS = 1.0  # how often a running sync looks for an edited template
+READY_POLL_SECONDS = 0.05  # until the first renders are done (programs wait for them to start)
 RETRY_SECONDS = 2.0  # after a failed apply (disk full, HAProxy not answering), try again this often
 ONCE_TIMEOUT = 30.0  # `sync --once`: how long templates may wait for the data they asked for
 
@@ -60,6 +61,10 @@ class Loop:
         with self.lock:
             if self.latest is not None:
                 self._apply(self.latest, template_changed=True)
+
+    def first_renders_done(self) -> bool:
+        """HAProxy's config is in place (when it runs) and every template had its first render."""
+        return (self.applied is not None or not self.settings.run_haproxy) and self.templates.settled()
 
     def on_startup_grace_over(self) -> None:
         with self.lock:
@@ -223,8 +228,9 @@ def run(settings: Settings, once: bool = False) -> int:
     for thread in threads:
         thread.start()
     grace_over = time.monotonic() + settings.watch.startup_grace
+    ready, ready_error = False, None
     while not stop.is_set():
-        look_now.wait(TEMPLATE_POLL_SECONDS)
+        look_now.wait(TEMPLATE_POLL_SECONDS if ready else READY_POLL_SECONDS)
         look_now.clear()
         if stop.is_set():
             break
@@ -233,6 +239,11 @@ def run(settings: Settings, once: bool = False) -> int:
             if loop.applied is None and time.monotonic() > grace_over:
                 loop.on_startup_grace_over()
         templates.tick()
+        if not ready and (loop.first_renders_done() or time.monotonic() > grace_over):
+            error = _mark_ready(settings.sync_ready_file)
+            if error is not None and error != ready_error:
+                log.error("%s", error)  # once: it is tried again every tick
+            ready, ready_error = error is None, error
         if not all(thread.is_alive() for thread in threads):
             log.error("%s thread ended unexpectedly", ", ".join(t.name for t in threads if not t.is_alive()))
             return 1
@@ -241,6 +252,17 @@ def run(settings: Settings, once: bool = False) -> int:
     for thread in threads:
         thread.join(timeout=2.0)
     return 0
+
+
+def _mark_ready(path: Path) -> Optional[str]:
+    """Write the ready file that `depends_on = ["sync"]` waits for (HAProxy, the application, programs
+    a template reloads), so that they start on files this run rendered; the error if it cannot be."""
+    try:
+        files.write_atomic(path, f"{os.getpid()}\n")
+    except OSError as e:
+        return f"cannot write {path} (programs that wait for the first renders wait on): {e}"
+    log.debug("first renders done: %s written", path)
+    return None
 
 
 def _raise_open_files_limit() -> None:

@@ -67,6 +67,10 @@ class TemplateSet:
         self._reload_pending: Set[str] = set()  # written, but the reload failed: the program runs the old
         self._uncompiled: Set[str] = set()  # the template file as it is now does not compile
 
+    def all_rendered(self) -> bool:
+        """Every template has had its first render, good or failed (one waiting for data has not)."""
+        return all(spec.name in self._used and not self._missing.get(spec.name) for spec in self.specs)
+
     def wanted(self) -> FrozenSet[Query]:
         return frozenset().union(*self._used.values()) if self._used else frozenset()
 
@@ -315,6 +319,10 @@ class TemplateLoop:
         """Called every second or so: renders what a file edit (template, plugin) or missing data made due."""
         if self.templates.due():
             self.round()
+
+    def settled(self) -> bool:
+        """Every template's first render is done and none (HAProxy's included) waits for data."""
+        return self.templates.all_rendered() and not self._haproxy_missing
 
     def waiting(self) -> bool:
         """Some template (HAProxy's included) still waits for data it asked for."""

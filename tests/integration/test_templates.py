@@ -107,10 +107,12 @@ def has_text(path: Path, expected: str):
     return lambda: text_of(path) == expected
 
 
-# The application: on SIGHUP it appends what its config file holds to a marker file.
+# The application: as it starts and on each SIGHUP it appends what its config file holds to a marker
+# file (the file is read as the app starts, before the handler is set: a HUP then would kill it).
 APP = """\
 import pathlib, signal, sys, time
 conf, marker = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+marker.open("a").write("START " + (conf.read_text() if conf.exists() else "no file\\n"))
 signal.signal(signal.SIGHUP, lambda *_: marker.open("a").write("HUP " + conf.read_text()))
 while True:
     time.sleep(1)
@@ -143,6 +145,7 @@ def test_a_kv_key_rendered_into_an_app_config_signals_the_app_and_its_deletion_r
         command="run",
     )
     eventually(has_text(conf, 'greeting = "hello"\n'), timeout=30, what="the first render")
+    eventually(lambda: text_of(marker) == 'START greeting = "hello"\n', what="the app, on the first render")
 
     consul_agent.kv_put(key, "bonjour")
     eventually(has_text(conf, 'greeting = "bonjour"\n'), what="the file to follow the key")
@@ -153,6 +156,13 @@ def test_a_kv_key_rendered_into_an_app_config_signals_the_app_and_its_deletion_r
     consul_agent.kv_delete(key)
     eventually(has_text(conf, 'greeting = "default-greeting"\n'), what="the default once the key is gone")
     eventually(lambda: 'HUP greeting = "default-greeting"' in text_of(marker), what="the app's SIGHUP")
+    # It started once, after the first render, on the rendered file (not signalled for that one),
+    # and got one signal per change.
+    assert text_of(marker).splitlines() == [
+        'START greeting = "hello"',
+        'HUP greeting = "bonjour"',
+        'HUP greeting = "default-greeting"',
+    ]
     assert "Traceback" not in node.output()
 
 
