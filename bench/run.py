@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable as a package
     sys.path.insert(0, str(ROOT))
 
-FAMILIES = ("supervisor", "discovery", "docker_cluster", "templates")
+FAMILIES = ("supervisor", "discovery", "docker_cluster", "templates", "kv_signal")
 MAKE_BENCH = ".venv/bin/python bench/run.py --out docs/benchmarks.md"
 
 
@@ -136,7 +136,9 @@ def kept_sections(previous: str, text: str) -> str:
             merged.append(new[title])
             continue
         section = old[title]
-        if KEPT_MARK not in section and provenance:
+        # A section written by a tool of its own (make soak) names its run itself: no note for it.
+        own_run = re.search(r"(?m)^Command: `", section) is not None
+        if KEPT_MARK not in section and provenance and not own_run:
             heading, _, rest = section.partition("\n")
             section = f"{heading}\n\n{KEPT_MARK} ({provenance}).*\n{rest.rstrip()}\n"
         merged.append(section)
