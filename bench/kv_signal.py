@@ -53,9 +53,8 @@ GAP = (0.2, 0.5)  # s between changes, at random: isolated changes, as an operat
 TIMEOUT = 10.0  # s a change may take before it counts as missed
 
 # The application: SIGHUP is blocked and taken with sigwaitinfo(), so its time is read the moment the
-# signal is delivered, not when the interpreter next runs a handler. It is started through
-# `sh -c 'trap "" HUP; exec ...'`: a SIGHUP that arrives during the interpreter's start-up (basenode's
-# first write signals it too) is ignored instead of killing it, and a blocked signal is never discarded.
+# signal is delivered, not when the interpreter next runs a handler. basenode starts it after the first
+# render (the sync loop's first renders come before the app), so no signal comes during its start-up.
 APP_CODE = r"""
 import json, signal, sys, time
 
@@ -310,8 +309,7 @@ def measure_basenode(ctx: Context, procs: Processes, agent: ConsulDev, changes: 
     status_port = free_port()
     argv = [ctx.python, str(ctx.zipapp), "run", "--no-consul", "--no-haproxy", "--config", str(config)]
     argv += ["--state-dir", str(workdir / "state"), "--status-addr", f"127.0.0.1:{status_port}"]
-    argv += ["--", "/bin/sh", "-c", 'trap "" HUP; exec "$@"', "app", ctx.python, str(app)]
-    argv += [str(conf), str(marker_path)]
+    argv += ["--", ctx.python, str(app), str(conf), str(marker_path)]
     log = workdir / "basenode.log"
     proc = procs.start(argv, env=env, log=log)
     marker = Marker(marker_path)
@@ -325,9 +323,6 @@ def measure_basenode(ctx: Context, procs: Processes, agent: ConsulDev, changes: 
             return value_of(0, token) in read_text(conf) and any(m.get("ready") for m in marker.lines)
 
         wait_for(started, 60, 0.01, "the first file written and the app running")
-        # The first write's signal may have reached the app before it ran (ignored then) or been
-        # refused by PID 1 and retried 2 s later: let that settle before the clock runs.
-        time.sleep(2.5)
         marker.read()
         rng = random.Random()
         for i in range(1, changes + 1):
