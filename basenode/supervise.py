@@ -52,6 +52,7 @@ Only the standard library is imported here: basenode as PID 1 must stay small.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -315,6 +316,11 @@ def _ignore(signum: int, frame: object) -> None:
     """Stands in for SIG_IGN: a caught signal reverts to the default in exec'd children."""
 
 
+def _only_order_differs(a: config.Program, b: config.Program) -> bool:
+    """The two definitions differ in depends_on alone (a running program need not restart for it)."""
+    return dataclasses.replace(a, depends_on=b.depends_on) == b
+
+
 def _send(pid: int, sig: int, group: bool = False) -> None:
     try:
         if group:
@@ -509,6 +515,8 @@ class Supervisor:
                     log.info("%s: removed from the config: stopping it", name)
                     p.retiring = True
                     self._stop_one(p, now)
+            elif new != p.program and not p.retiring and _only_order_differs(new, p.program):
+                p.program = new  # depends_on orders starts: it applies from the next start on
             elif new != p.program or p.retiring:
                 log.info("%s: changed in the config: restarting it", name)
                 p.program, p.retiring = new, False

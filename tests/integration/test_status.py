@@ -190,6 +190,35 @@ def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one(consul_agent
     assert node.proc.poll() is None
 
 
+def test_a_template_added_by_sighup_reloads_its_running_program_without_restarting_it(
+    consul_agent, start_basenode, tmp_path
+):
+    """The new template makes `hup` wait for the sync loop at its next start (depends_on); the running
+    one is not restarted for that, and gets the template's first write as a reload signal."""
+    marker = tmp_path / "marker"
+    config_file = tmp_path / "basenode.toml"
+    config_file.write_text(CONFIG.format(marker=marker, extra=""))
+    node = start_basenode(f"web:{free_port()}", "--config", str(config_file))
+    eventually(lambda: programs(node).get("hup", {}).get("state") == "running", timeout=30, what="hup runs")
+    eventually(marker.exists, timeout=10, what="the trap in place")
+    hup_pid = programs(node)["hup"]["pid"]
+
+    (tmp_path / "hup.conf.j2").write_text('greeting = {{ kv("hup-test/greeting", "hello") }}\n')
+    template = f"""
+[templates.hup]
+source = "{tmp_path}/hup.conf.j2"
+destination = "{tmp_path}/hup.conf"
+reload_program = "hup"
+"""
+    config_file.write_text(CONFIG.format(marker=marker, extra=template))
+    node.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: (tmp_path / "hup.conf").exists(), timeout=30, what="the new template's file")
+    eventually(lambda: "hup" in marker.read_text(), timeout=10, what="the reload signal for its write")
+    hup = programs(node)["hup"]
+    assert (hup["pid"], hup["restarts"]) == (hup_pid, 0)
+    assert "hup: changed in the config" not in node.output()
+
+
 def test_json_logs_wrap_every_line_with_its_program(consul_agent, backends, start_basenode, tmp_path):
     consul_agent.register("web", backends.start("a").port, service_id="web-a")
     port = free_port()
