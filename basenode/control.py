@@ -4,7 +4,8 @@ One JSON object per connection, one line each way:
 
     {"op": "programs"}                                   -> {"ok": true, "programs": [{...}, ...]}
     {"op": "signal", "program": "nginx", "signal": "HUP"} -> {"ok": true, "sent": true}
-        with "if_running": true, a program not running (yet) is no error: {"ok": true, "sent": false}
+        with "if_running": true, a program not running or just started is no error (the signal held
+        until it has run a moment): {"ok": true, "sent": false}
     {"op": "restart", "program": "nginx"}                 -> {"ok": true}
     anything wrong                                        -> {"ok": false, "error": "why"}
 

@@ -84,6 +84,9 @@ STOPPED = "stopped"  # stopped by basenode's stop
 MAX_LINE = 64 * 1024  # longer lines are split: memory per stream stays bounded
 READ_SIZE = 64 * 1024
 POLL_INTERVAL = 0.05  # ready_file and "is the process group empty yet" checks
+# A template's reload signal to a program younger than this (or than its startsecs) waits until then:
+# a signal that arrives before the program has set its handler kills it (HUP's default action).
+RELOAD_HOLD_SECONDS = 1.0
 KILL_GRACE = 0.5  # after SIGKILL at the stop deadline, how long to wait for the processes to go
 DRAIN_READS = 16  # reads of a dead program's pipes before its exit is logged
 PR_SET_CHILD_SUBREAPER = 36
@@ -290,7 +293,7 @@ class _Proc:
         self.kill_at = 0.0
         self.kill_logged = False
         self.restart_requested = False  # asked for (control socket, reload): start again once it exited
-        self.held_signals: List[int] = []  # reload signals that came while it was starting: sent once up
+        self.held_signals: List[int] = []  # reload signals that came just after its start: sent later
         self.retiring = False  # removed from the config by a reload: forget it once it exited
 
     def view(self) -> ProgramState:
@@ -464,16 +467,21 @@ class Supervisor:
     def signal_program(self, name: str, sig: int, if_running: bool = False) -> bool:
         """Send `sig` to a running program's pid; True when sent. ValueError naming why not.
 
-        `if_running` (a template's reload): a program that is not running is no error, nothing is
-        sent (it reads its files when it starts), and one still starting gets the signal once it is
-        up: sent at once it could arrive before the program has set its handler, and kill it."""
+        `if_running` (a template's reload): a program that is not running, or is stopping, is no
+        error and is sent nothing (it reads its files when it starts); one started less than
+        RELOAD_HOLD_SECONDS (or its startsecs) ago gets the signal then, not before its handler."""
         p = self._procs.get(name)
         if if_running and p is not None and not p.retiring:
-            if p.pid is None:
+            if p.pid is None or p.state == STOPPING:
                 log.debug("%s: not running (%s), %s not sent", name, p.state, signal_name(sig))
                 return False
-            if p.state == STARTING:
-                log.info("%s: still starting, %s held until it is up", name, signal_name(sig))
+            if time.monotonic() < self._hold_until(p):
+                log.info(
+                    "%s: just started, %s held until it has run %.1f s",
+                    name,
+                    signal_name(sig),
+                    self._hold_until(p) - p.spawned_at,
+                )
                 if sig not in p.held_signals:
                     p.held_signals.append(sig)
                 return False
@@ -481,6 +489,18 @@ class Supervisor:
         log.info("%s: sending %s to pid %d (asked for)", name, signal_name(sig), p.pid)
         _send(p.pid, sig)
         return True
+
+    @staticmethod
+    def _hold_until(p: _Proc) -> float:
+        return p.spawned_at + max(p.program.startsecs, RELOAD_HOLD_SECONDS)
+
+    def _send_held(self, p: _Proc, now: float) -> None:
+        if not p.held_signals or p.pid is None or p.state == STOPPING or now < self._hold_until(p):
+            return
+        held, p.held_signals = p.held_signals, []
+        for sig in held:
+            log.info("%s: sending the held %s to pid %d", p.program.name, signal_name(sig), p.pid)
+            _send(p.pid, sig)
 
     def restart_program(self, name: str) -> None:
         """Stop a program (its stop signal, SIGKILL after its stop timeout) and start it again at once.
@@ -515,7 +535,12 @@ class Supervisor:
                     log.info("%s: removed from the config: stopping it", name)
                     p.retiring = True
                     self._stop_one(p, now)
-            elif new != p.program and not p.retiring and _only_order_differs(new, p.program):
+            elif (
+                new != p.program
+                and not p.retiring
+                and p.state not in (EXITED, FATAL, STOPPED)  # those start again on a changed definition
+                and _only_order_differs(new, p.program)
+            ):
                 p.program = new  # depends_on orders starts: it applies from the next start on
             elif new != p.program or p.retiring:
                 log.info("%s: changed in the config: restarting it", name)
@@ -672,6 +697,8 @@ class Supervisor:
             return min(POLL_INTERVAL, left) if left > 0 else POLL_INTERVAL
         when: List[float] = []
         for p in self._procs.values():
+            if p.held_signals and p.pid is not None:
+                when.append(self._hold_until(p))
             if p.state == STARTING:
                 when.append(p.spawned_at + p.program.startsecs)
             elif p.state == BACKOFF:
@@ -758,6 +785,7 @@ class Supervisor:
                 if p.state == STARTING and now >= p.spawned_at + p.program.startsecs:
                     self._mark_up(p)
                     changed = True
+                self._send_held(p, now)
                 if p.state == RUNNING and not p.ready:
                     changed |= self._check_ready(p)
                 if p.state == BACKOFF and now >= p.restart_at:
@@ -797,11 +825,6 @@ class Supervisor:
         p.up = True
         p.failed_starts = 0
         log.debug("%s: up (pid %s)", p.program.name, p.pid)
-        held, p.held_signals = p.held_signals, []
-        for sig in held:
-            assert p.pid is not None
-            log.info("%s: up: sending the held %s to pid %d", p.program.name, signal_name(sig), p.pid)
-            _send(p.pid, sig)
         self._check_ready(p)
 
     def _check_ready(self, p: _Proc) -> bool:
