@@ -280,6 +280,10 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
         programs = all_programs(new, flags, first_start=False)
         if new.agent != old.agent and new.run_consul and old.run_consul:
             supervisor.restart_program("consul")
+        if new.run_sync and (new != old or not old.run_sync):
+            # The sync loop (re)starts: what is added and waits for it waits for its new first renders.
+            with contextlib.suppress(FileNotFoundError):
+                new.sync_ready_file.unlink()
         if new.run_sync and old.run_sync:
             # It reads the config file itself: a restart picks up every change; otherwise HUP makes it
             # look at its template now.

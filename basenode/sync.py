@@ -62,9 +62,12 @@ class Loop:
             if self.latest is not None:
                 self._apply(self.latest, template_changed=True)
 
-    def first_renders_done(self) -> bool:
-        """HAProxy's config is in place (when it runs) and every template had its first render."""
-        return (self.applied is not None or not self.settings.run_haproxy) and self.templates.settled()
+    def ready(self, grace_over: bool) -> bool:
+        """What waits for the sync loop may start: HAProxy's config is in place (when it runs), and
+        every template had its first render, or the startup grace is over."""
+        if self.settings.run_haproxy and self.applied is None:
+            return False
+        return grace_over or self.templates.settled()
 
     def on_startup_grace_over(self) -> None:
         with self.lock:
@@ -228,18 +231,23 @@ def run(settings: Settings, once: bool = False) -> int:
     for thread in threads:
         thread.start()
     grace_over = time.monotonic() + settings.watch.startup_grace
+    next_look = time.monotonic() + TEMPLATE_POLL_SECONDS
     ready, ready_error = False, None
     while not stop.is_set():
-        look_now.wait(TEMPLATE_POLL_SECONDS if ready else READY_POLL_SECONDS)
+        # Until ready, wake often to see the first renders done; look at the files once a second.
+        asked = look_now.wait(TEMPLATE_POLL_SECONDS if ready else READY_POLL_SECONDS)
         look_now.clear()
         if stop.is_set():
             break
-        if watcher is not None:
-            loop.on_template_tick()
-            if loop.applied is None and time.monotonic() > grace_over:
-                loop.on_startup_grace_over()
-        templates.tick()
-        if not ready and (loop.first_renders_done() or time.monotonic() > grace_over):
+        now = time.monotonic()
+        if asked or now >= next_look:
+            next_look = now + TEMPLATE_POLL_SECONDS
+            if watcher is not None:
+                loop.on_template_tick()
+                if loop.applied is None and now > grace_over:
+                    loop.on_startup_grace_over()
+            templates.tick()
+        if not ready and loop.ready(grace_over=now > grace_over):
             error = _mark_ready(settings.sync_ready_file)
             if error is not None and error != ready_error:
                 log.error("%s", error)  # once: it is tried again every tick

@@ -321,8 +321,11 @@ class TemplateLoop:
             self.round()
 
     def settled(self) -> bool:
-        """Every template's first render is done and none (HAProxy's included) waits for data."""
-        return self.templates.all_rendered() and not self._haproxy_missing
+        """Every template's first render is done (its file in place, checked, reloaded, or failed)
+        and none (HAProxy's included) waits for data. Under the round lock: a round in progress has
+        recorded a render before its file is written."""
+        with self.lock:
+            return self.templates.all_rendered() and not self._haproxy_missing
 
     def waiting(self) -> bool:
         """Some template (HAProxy's included) still waits for data it asked for."""

@@ -144,3 +144,26 @@ def test_a_slow_haproxy_apply_does_not_let_an_older_view_of_consul_overwrite_a_n
     loop._apply = slow_haproxy_apply  # type: ignore[method-assign]
     loop.on_snapshot(EMPTY)
     assert (tmp_path / "app.conf").read_text() == "new\n"
+
+
+def test_the_sync_loop_is_ready_once_every_template_rendered_or_the_grace_is_over(tmp_path):
+    app = spec(tmp_path, "app", "{{ kv('app/x') }}\n")
+    settings = Settings(templates=(app,), plugins_dir=tmp_path, state_dir=tmp_path, run_haproxy=False)
+    key = Query(KEY, "app/x")
+    cache = FakeDependencies({})
+    loop = sync.Loop(settings, templates=TemplateLoop(settings, dependencies=cache))  # type: ignore[arg-type]
+    loop.templates.round()  # asks for the key: waiting, nothing written
+    assert not loop.ready(grace_over=False)
+    assert loop.ready(grace_over=True)  # start anyway: Consul may not answer for a long time
+    cache.values = {key: "v"}
+    loop.templates.round(changed={key})
+    assert (tmp_path / "app.conf").read_text() == "v\n" and loop.ready(grace_over=False)
+
+
+def test_with_haproxy_the_sync_loop_is_not_ready_before_its_config_is_in_place(tmp_path):
+    settings = Settings(plugins_dir=tmp_path, state_dir=tmp_path)
+    loop = sync.Loop(settings, templates=TemplateLoop(settings, dependencies=FakeDependencies({})))  # type: ignore[arg-type]
+    loop.templates.round()
+    assert not loop.ready(grace_over=True)  # HAProxy would start on no config at all
+    loop.applied = EMPTY
+    assert loop.ready(grace_over=False)
