@@ -3,6 +3,7 @@ the control socket, SIGHUP reload and JSON logs. Real Consul agent, real HAProxy
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -258,17 +259,32 @@ def test_a_status_request_leaves_no_connection_to_the_agent_open(consul_agent, t
     # not run for hours: the soak saw the loop's open sockets grow with every scrape. Collection is
     # off here, so whatever a request does not close itself stays open and is counted.
     settings = Settings(state_dir=tmp_path, consul_http=ConsulHTTP(addr=consul_agent.http_addr))
+    agent_port = consul_agent.ports["http"]
 
-    def open_fds() -> int:
-        return len(os.listdir("/proc/self/fd"))
+    def sockets_to_the_agent() -> int:
+        """This process's TCP sockets connected to the agent (other threads' fds do not count)."""
+        ours = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    ours.add(target[8:-1])
+        count = 0
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    if int(fields[2].rsplit(":", 1)[1], 16) == agent_port and fields[9] in ours:
+                        count += 1
+        return count
 
     gc.collect()
     gc.disable()
     try:
-        before = open_fds()
+        before = sockets_to_the_agent()
         for _ in range(5):
             assert status.collect(settings, status.SyncState(), None)["consul"]["reachable"] is True
-        after = open_fds()
+        after = sockets_to_the_agent()
     finally:
         gc.enable()
-    assert after == before
+    assert after == before == 0
