@@ -495,9 +495,11 @@ class Supervisor:
         return p.spawned_at + max(p.program.startsecs, RELOAD_HOLD_SECONDS)
 
     def _send_held(self, p: _Proc, now: float) -> None:
-        if not p.held_signals or p.pid is None or p.state == STOPPING or now < self._hold_until(p):
+        if not p.held_signals or now < self._hold_until(p):
             return
         held, p.held_signals = p.held_signals, []
+        if p.pid is None or p.state == STOPPING:
+            return  # it exited or is stopping: the next run reads its files as it starts
         for sig in held:
             log.info("%s: sending the held %s to pid %d", p.program.name, signal_name(sig), p.pid)
             _send(p.pid, sig)
