@@ -29,7 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from basenode.supervise import RELOAD_HOLD_SECONDS
 from bench.common import (
@@ -207,15 +207,9 @@ def floor_and_seed(agent: ConsulDev, changes: int, token: str) -> Tuple[Result, 
     seed.start()
     result = Result()
     floor_ms: List[float] = []
-    rng = random.Random()
     try:
         wait_for(lambda: floor.answers, 10, 0.01, "the floor reader's first answer")
-        for i in range(1, changes + 1):
-            time.sleep(rng.uniform(*GAP))
-            value = value_of(i, token)
-            t = time.time()
-            kv.put(KEY, value)
-            result.changes.append(Change(value, t, (time.time() - t) * 1000))
+        for value, t in make_changes(kv, changes, token, result):
             answered = floor.wait_value(value, t, TIMEOUT)
             if answered is None:
                 result.missed_file += 1
@@ -300,6 +294,19 @@ def template_status(status_port: int) -> Dict[str, object]:
     return found if isinstance(found, dict) else {}
 
 
+def make_changes(kv: KvClient, changes: int, token: str, result: Result) -> Iterator[Tuple[str, float]]:
+    """PUT a new value to the key, each at a random moment GAP after the caller has seen the previous
+    one; yields (value, the wall time just before its PUT) and records the PUT's own round trip."""
+    rng = random.Random()
+    for i in range(1, changes + 1):
+        time.sleep(rng.uniform(*GAP))
+        value = value_of(i, token)
+        t = time.time()
+        kv.put(KEY, value)
+        result.changes.append(Change(value, t, (time.time() - t) * 1000))
+        yield value, t
+
+
 def measure_basenode(ctx: Context, procs: Processes, agent: ConsulDev, changes: int, token: str) -> Result:
     workdir = ctx.scratch / "kv-signal"
     config, conf, marker_path, app = write_files(workdir)
@@ -328,13 +335,7 @@ def measure_basenode(ctx: Context, procs: Processes, agent: ConsulDev, changes: 
         # arrive before the handler is set): what is measured here is a running application's reload.
         time.sleep(RELOAD_HOLD_SECONDS)
         marker.read()
-        rng = random.Random()
-        for i in range(1, changes + 1):
-            time.sleep(rng.uniform(*GAP))
-            value = value_of(i, token)
-            t = time.time()
-            kv.put(KEY, value)
-            result.changes.append(Change(value, t, (time.time() - t) * 1000))
+        for value, t in make_changes(kv, changes, token, result):
             file_at: Optional[float] = None
             signal_at: Optional[float] = None
             while file_at is None or signal_at is None:
