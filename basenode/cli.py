@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from . import __version__, config, log
 
@@ -314,8 +314,9 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
 
 def all_programs(settings: config.Settings, flags: config.Flags, first_start: bool) -> List[config.Program]:
     """Built-in programs, [programs.*], the application and the service registration, in start order."""
+    reloaded = {name for t in settings.templates for name in (t.reload_program, t.restart_program) if name}
     programs = list(builtin_programs(settings, flags, first_start)) + [
-        waits_for_its_files(p, settings) for p in settings.programs
+        waits_for_its_files(p, reloaded) if settings.run_sync else p for p in settings.programs
     ]
     if settings.command:
         programs.append(
@@ -335,11 +336,11 @@ def all_programs(settings: config.Settings, flags: config.Flags, first_start: bo
     return programs
 
 
-def waits_for_its_files(program: config.Program, settings: config.Settings) -> config.Program:
-    """A program that a template reloads or restarts reads that template's file: it starts after the
-    sync loop's first renders (`depends_on` gains "sync"), never on a missing or stale file."""
-    reloaded = {name for t in settings.templates for name in (t.reload_program, t.restart_program) if name}
-    if program.name not in reloaded or "sync" in program.depends_on or not settings.run_sync:
+def waits_for_its_files(program: config.Program, reloaded: Set[str]) -> config.Program:
+    """A program that a template reloads or restarts (its name in `reloaded`) reads that template's
+    file: it starts after the sync loop's first renders (`depends_on` gains "sync"), never on a
+    missing or stale file."""
+    if program.name not in reloaded or "sync" in program.depends_on:
         return program
     return dataclasses.replace(program, depends_on=(*program.depends_on, "sync"))
 

@@ -475,12 +475,13 @@ class Supervisor:
             if p.pid is None or p.state == STOPPING:
                 log.debug("%s: not running (%s), %s not sent", name, p.state, signal_name(sig))
                 return False
-            if time.monotonic() < self._hold_until(p):
+            hold_until = self._hold_until(p)
+            if time.monotonic() < hold_until:
                 log.info(
                     "%s: just started, %s held until it has run %.1f s",
                     name,
                     signal_name(sig),
-                    self._hold_until(p) - p.spawned_at,
+                    hold_until - p.spawned_at,
                 )
                 if sig not in p.held_signals:
                     p.held_signals.append(sig)
