@@ -79,8 +79,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, body: Optional[bytes], generation: int) -> Optional[Tuple[int, list, bytes]]:
         """The agent's answer, or None when a mode switch cut the request (or the agent failed)."""
         upstream = http.client.HTTPConnection(*self.server.upstream, timeout=700)
-        self.server.track(upstream, generation)
         try:
+            # Connected before it is tracked: a switch can only cut a connection that has a socket, and
+            # one that comes between the request's arrival and here is seen by track() as a new generation.
+            upstream.connect()
+            self.server.track(upstream, generation)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
