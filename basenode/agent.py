@@ -14,7 +14,6 @@ from typing import Any, Dict
 from .config import Program, Settings
 from .files import write_atomic
 
-HTTP_MAX_CONNS_PER_CLIENT = 10000
 DEFAULT_BIND_TEMPLATE = "{{ GetPrivateIP }}"  # go-sockaddr: the container's one private address
 
 
@@ -37,10 +36,9 @@ def agent_config(settings: Settings) -> Dict[str, Any]:
         "ports": {"https": http_port, "http": -1} if http.scheme == "https" else {"http": http_port},
         "retry_join": list(agent.join),
         "server": agent.server,
-        # Templates hold one blocking query, so one connection, per distinct dependency, all from
-        # 127.0.0.1 (the only address this agent's HTTP API listens on); Consul's default of 200
-        # connections per client address would refuse the 201st.
-        "limits": {"http_max_conns_per_client": HTTP_MAX_CONNS_PER_CLIENT},
+        # No `limits`: Consul's default of 200 connections per client address stands. The watch holds
+        # at most watch.max_conns (default 100) of them; extra_args can raise the agent's limit
+        # (-hcl='limits { http_max_conns_per_client = 1000 }') for a larger watch.max_conns.
     }
     if agent.node_name:
         config["node_name"] = agent.node_name

@@ -62,6 +62,11 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     add("--watch-mode", choices=("blocking", "poll"), help="blocking queries (default) or the seed's polling")
     add("--poll-interval", metavar="SECONDS", help="with --watch-mode poll (default 5)")
     add(
+        "--watch-max-conns",
+        metavar="N",
+        help="blocking queries held on the agent at most (env BASENODE_WATCH_MAX_CONNS; default 100)",
+    )
+    add(
         "--apply-mode",
         choices=("runtime", "reload", "restart"),
         help="how HAProxy takes changes (default runtime)",
@@ -148,6 +153,7 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         include_warning=args.include_warning,
         watch_mode=args.watch_mode,
         poll_interval=args.poll_interval,
+        watch_max_conns=args.watch_max_conns,
         apply_mode=args.apply_mode,
         drain=args.drain,
         health_max_age=args.health_max_age,
@@ -170,6 +176,7 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
         "log_level",
         "watch_mode",
         "poll_interval",
+        "watch_max_conns",
         "apply_mode",
         "status_addr",
         "drain",

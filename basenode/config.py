@@ -134,6 +134,10 @@ class Agent:
     extra_args: Tuple[str, ...] = ()
 
 
+DEFAULT_MAX_CONNS = 100
+MAX_CONNS_LIMIT = 10000
+
+
 @dataclass(frozen=True)
 class Watch:
     """The watch -> render -> apply loop."""
@@ -149,6 +153,9 @@ class Watch:
     # With no answer from Consul this long after start, HAProxy (and so the app) starts anyway with
     # the configured routes and no instances; the catalog fills them in when Consul answers.
     startup_grace: float = 15.0
+    # Blocking queries held on the agent at most; services past it ride on one catalog-wide watch.
+    # Under Consul's default of 200 connections per client, with room for the CLI, checks, register.
+    max_conns: int = DEFAULT_MAX_CONNS
 
 
 @dataclass(frozen=True)
@@ -382,6 +389,7 @@ class Flags:
     include_warning: bool = False
     watch_mode: Optional[str] = None
     poll_interval: Optional[str] = None
+    watch_max_conns: Optional[str] = None
     apply_mode: Optional[str] = None
     drain: Optional[str] = None
     health_max_age: Optional[str] = None
@@ -740,7 +748,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
     routes = _load_routes(flags, environ, file, top)
     consul_table = _Table(file, "consul", top.table("consul"))
     haproxy_table = _Table(file, "haproxy", top.table("haproxy"))
-    watch = _load_watch(flags, file, top.table("watch"))
+    watch = _load_watch(flags, file, top.table("watch"), environ)
     consul_bin = _choose(
         (flags.consul_bin, "--consul-bin"),
         (environ.get("BASENODE_CONSUL_BIN") or None, "BASENODE_CONSUL_BIN"),
@@ -951,9 +959,27 @@ def _load_routes(
     return tuple(sorted(routes, key=lambda r: r.service))
 
 
-def _load_watch(flags: Flags, file: Optional[FileValues], values: Mapping[str, Any]) -> Watch:
+def _load_watch(
+    flags: Flags, file: Optional[FileValues], values: Mapping[str, Any], environ: Mapping[str, str]
+) -> Watch:
     t = _Table(file, "watch", values)
     defaults = Watch()
+    raw_max_conns, max_conns_source = _choose(
+        (flags.watch_max_conns, "--watch-max-conns"),
+        (environ.get("BASENODE_WATCH_MAX_CONNS") or None, "BASENODE_WATCH_MAX_CONNS"),
+        (t.get("max_conns", "count"), t.source("max_conns")),
+        (defaults.max_conns, "default"),
+    )
+    try:
+        max_conns = int(raw_max_conns)
+    except (TypeError, ValueError):
+        max_conns = -1
+    if not 2 <= max_conns <= MAX_CONNS_LIMIT:
+        raise ConfigError(
+            max_conns_source,
+            "watch.max_conns",
+            f"expected a number of connections 2-{MAX_CONNS_LIMIT}, got {_show(raw_max_conns)}",
+        )
     mode = flags.watch_mode or t.get("mode", "text", defaults.mode)
     if mode not in ("blocking", "poll"):
         raise ConfigError(
@@ -985,6 +1011,7 @@ def _load_watch(flags: Flags, file: Optional[FileValues], values: Mapping[str, A
         poll_interval=poll_interval,
         apply_mode=apply_mode,
         startup_grace=t.get("startup_grace", "seconds", defaults.startup_grace),
+        max_conns=max_conns,
     )
     if watch.wait_max < watch.wait_min:
         raise t.fail("wait_max", f"must be >= wait_min ({watch.wait_min}), got {_show(watch.wait_max)}")

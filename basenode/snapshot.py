@@ -79,13 +79,13 @@ class Rejected(ValueError):
 
 def safe_token(value: Any, what: str) -> str:
     if not isinstance(value, str) or not SAFE_TOKEN_RE.match(value):
-        raise Rejected(f"{what} {_show(value)} is not a safe token")
+        raise Rejected(f"{what} {show(value)} is not a safe token")
     return value
 
 
 def check_address(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise Rejected(f"address {_show(value)} is empty or not text")
+        raise Rejected(f"address {show(value)} is empty or not text")
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
@@ -95,15 +95,15 @@ def check_address(value: Any) -> str:
         # cannot resolve an address with one: it would fail `haproxy -c` or inject a line.
         if getattr(ip, "scope_id", None) is None:
             return str(ip)
-        raise Rejected(f"address {_show(value)} has an IPv6 zone index")
+        raise Rejected(f"address {show(value)} has an IPv6 zone index")
     if HOSTNAME_RE.match(value):
         return value.lower()
-    raise Rejected(f"address {_show(value)} is neither an IP address nor a host name")
+    raise Rejected(f"address {show(value)} is neither an IP address nor a host name")
 
 
 def check_port(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise Rejected(f"port {_show(value)} is not 1-65535")
+        raise Rejected(f"port {show(value)} is not 1-65535")
     return value
 
 
@@ -123,7 +123,7 @@ def instance_from_health(entry: Mapping[str, Any]) -> Instance:
     weights = service.get("Weights") or {}
     weight = weights.get("Passing", 1) if isinstance(weights, Mapping) else 1
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
-        raise Rejected(f"weight {_show(weight)} is not 0-{MAX_WEIGHT}")
+        raise Rejected(f"weight {show(weight)} is not 0-{MAX_WEIGHT}")
     return Instance(
         id=service_id, node=node_name, address=address, port=port, tags=tags, meta=meta, weight=weight
     )
@@ -140,7 +140,7 @@ def instances_from_health(
             instance = instance_from_health(entry)
         except Rejected as e:
             ident = (entry.get("Service") or {}).get("ID") if isinstance(entry, Mapping) else None
-            warnings.append(f"service {_show(service_name)}: dropped instance {_show(ident)}: {e}")
+            warnings.append(f"service {show(service_name)}: dropped instance {show(ident)}: {e}")
             continue
         if tag is None or tag in instance.tags:
             instances.append(instance)
@@ -152,7 +152,7 @@ def valid_service_name(name: Any) -> bool:
     return isinstance(name, str) and bool(SERVICE_NAME_RE.match(name))
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def show(value: Any, limit: int = 60) -> str:
     """repr() cut short: a 1 MB hostile tag must not become a 1 MB log line."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
@@ -170,14 +170,14 @@ def services_from_catalog(
     warnings = []
     for name, tags in raw.items():
         if not valid_service_name(name):
-            warnings.append(f"services(): dropped service {_show(name)}: not a valid service name")
+            warnings.append(f"services(): dropped service {show(name)}: not a valid service name")
             continue
         kept = []
         for tag in tags if isinstance(tags, list) else ():
             try:
                 kept.append(safe_token(tag, "tag"))
             except Rejected as e:
-                warnings.append(f"services(): service {_show(name)}: dropped {e}")
+                warnings.append(f"services(): service {show(name)}: dropped {e}")
         services.append((name, tuple(sorted(set(kept)))))
     return tuple(sorted(services)), warnings
 

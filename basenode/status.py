@@ -22,10 +22,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, consul, control, haproxy, watch
 from .config import Settings
+from .routes import Discovery
 
 log = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -59,8 +60,6 @@ class SyncState:
     bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     duration_sum: float = 0.0
     templates: Dict[str, Any] = field(default_factory=dict)  # name -> templateset.TemplateStatus
-    # The template functions' queries (deps.DependencyWatcher.sources): their failures count as Consul's.
-    dependency_sources: Optional[Callable[[], List[watch.SourceStatus]]] = None
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds
@@ -82,10 +81,8 @@ def collect(
     """The status document of this sync loop, probing the agent, HAProxy and PID 1 now."""
     now = time.time() if now is None else now
     programs = control.programs(settings.state_dir, timeout=CHECK_TIMEOUT)
-    sources = list(watcher.sources.values()) if watcher is not None else []
-    if state.dependency_sources is not None:
-        sources += state.dependency_sources()
-    totals = watcher.instance_totals() if watcher is not None else {}
+    sources = watcher.sources() if watcher is not None else []
+    totals = Discovery.instance_totals(watcher.data()) if watcher is not None else {}
     reachable, leader, agent_error = _probe_agent(settings)
     failing = [s for s in sources if s.failures]
     read_error = "; ".join(f"{s.name} reads failing ({s.failures} in a row): {s.last_error}" for s in failing)
@@ -123,12 +120,28 @@ def collect(
             "check_failures": state.check_failures,
             "apply_errors": state.apply_errors,
         },
+        "watch": _watch_doc(watcher),
         "last_error": state.last_error,
         "templates": {name: dataclasses.asdict(t) for name, t in sorted(state.templates.items())},
     }
     doc["problems"] = problems(doc, settings.health_max_age)
     doc["healthy"] = not doc["problems"]
     return doc
+
+
+def _watch_doc(watcher: Optional[watch.Watcher]) -> Optional[Dict[str, Any]]:
+    """The dependency engine: what it follows, and what that costs the agent."""
+    if watcher is None:
+        return None
+    counters = watcher.counters
+    return {
+        "queries": len(watcher.watched()),
+        "connections": counters.open,
+        "max_conns": watcher.max_conns,
+        "requests": counters.requests,
+        "bytes_received": counters.bytes_received,
+        "catalog_watch": sorted(watcher.overflow()),  # services past max_conns, on the catalog watch
+    }
 
 
 def _probe_agent(settings: Settings) -> Tuple[bool, Optional[str], Optional[str]]:

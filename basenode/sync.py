@@ -1,7 +1,9 @@
 """The sync loop: watch -> render -> apply, and the one-shot commands built from the same steps.
 
-Data flows one way: watch emits validated Snapshots, render turns one into text, haproxy checks
-and applies the text. Whatever fails (Consul, the template, HAProxy's check, a full disk), the last
+Data flows one way: the watch follows every dependency the renders use (HAProxy's routes, HAProxy's
+template, every template) and reports which changed; routes.Discovery turns its values into a
+validated Snapshot, render turns that into text, haproxy checks and applies it, and the templates
+render from the same values. Whatever fails (Consul, the template, HAProxy's check, a full disk), the last
 good config keeps serving, and the failure is logged, counted in the loop's SyncState and shown by
 the status endpoint (status.py) this process serves. A failed apply (not a failed render or check,
 which would fail the same way again) is retried every RETRY_SECONDS until it works.
@@ -18,12 +20,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from . import consul, files, haproxy, render, status, watch
+from . import files, haproxy, render, status
 from .config import Settings
+from .dependency import READ_ERRORS, Query
+from .routes import ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from .snapshot import Snapshot
 from .templateset import TemplateLoop, check_templates, render_now
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 TEMPLATE_POLL_SECONDS = 1.0  # how often a running sync looks for an edited template
@@ -33,41 +38,56 @@ ONCE_TIMEOUT = 30.0  # `sync --once`: how long templates may wait for the data t
 
 
 class Loop:
-    """One sync loop; `on_snapshot` runs on the watch thread, template checks on the main thread."""
+    """One sync loop over the shared watch: HAProxy's config and every template, one lock for all.
 
-    def __init__(self, settings: Settings, templates: Optional[TemplateLoop] = None) -> None:
+    `on_change` runs on the watch's consumer thread, `on_template_tick` on the main thread; the lock
+    orders every render and apply, and each reads the watch's cache under it (a copy read before a
+    slow apply could be older than a render made meanwhile, and would overwrite it).
+    """
+
+    def __init__(self, settings: Settings, watcher: Optional[Watcher] = None) -> None:
         self.settings = settings
+        self.watcher = watcher
+        self.discovery = Discovery(settings)
         self.template = render.TemplateSource(settings.template or render.default_template())
-        # HAProxy's config is one template among the others: same functions, same dependency cache,
-        # its own apply path. A change of what its template asked for re-renders it (on_dependencies).
-        self.templates = templates or TemplateLoop(settings)
-        self.templates.on_haproxy = self.on_dependencies
+        # HAProxy's config is one template among the others: same functions, same cache, its own apply.
+        self.templates = TemplateLoop(settings, watcher)
         self.state = status.SyncState()
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
-        self.latest: Optional[Snapshot] = None  # newest from watch (may have failed to apply)
+        self.latest: Optional[Snapshot] = None  # newest from the watch (may have failed to apply)
         self.retry_at: Optional[float] = None  # monotonic time to apply `latest` again after a failure
-        self.lock = threading.Lock()  # one apply at a time: watch thread vs template refresh
+        self.lock = threading.Lock()
 
-    def on_snapshot(self, snapshot: Snapshot) -> None:
-        # Each apply reads the dependency cache under the lock that orders it (HAProxy's here, the
-        # templates' in round): a copy read before the slow HAProxy apply could be older than a render
-        # the dependency thread makes meanwhile, and would overwrite it.
+    def start(self) -> None:
+        """Say what HAProxy's routes need before the first change arrives."""
+        if self.watcher is not None and self.settings.run_haproxy:
+            self.watcher.want("routes", self.discovery.wanted({}))
         with self.lock:
-            self.latest = snapshot
-            self._apply(snapshot, template_changed=False)
-        self.templates.round(snapshot=snapshot)
+            self.templates.round(self._data())
 
-    def on_dependencies(self) -> None:
+    def _data(self) -> Dict[Query, Any]:
+        return self.watcher.data() if self.watcher is not None else {}
+
+    def on_change(self, changed: FrozenSet[Query]) -> None:
         with self.lock:
-            if self.latest is not None:
-                self._apply(self.latest, template_changed=True)
+            data = self._data()
+            snapshot_changed = False
+            if self.settings.run_haproxy and self.watcher is not None:
+                self.watcher.want("routes", self.discovery.wanted(data))
+                snapshot = self.discovery.snapshot(data)
+                if snapshot is not None and snapshot != self.latest:
+                    self.latest, snapshot_changed = snapshot, True
+                if self.latest is not None and (snapshot_changed or self.templates.haproxy_due(changed)):
+                    self._apply(self.latest, data, template_changed=not snapshot_changed)
+            self.templates.round(data, changed, self.latest if snapshot_changed else None)
 
     def ready(self, grace_over: bool) -> bool:
         """What waits for the sync loop may start: HAProxy's config is in place (when it runs), and
         every template had its first render, or the startup grace is over."""
-        if self.settings.run_haproxy and self.applied is None:
-            return False
-        return grace_over or self.templates.settled()
+        with self.lock:
+            if self.settings.run_haproxy and self.applied is None:
+                return False
+            return grace_over or self.templates.settled()
 
     def on_startup_grace_over(self) -> None:
         with self.lock:
@@ -80,40 +100,48 @@ class Loop:
                 self.settings.watch.startup_grace,
             )
             # Its template functions get empty stand-ins for what Consul has not answered.
-            self._apply(watch.static_snapshot(self.settings), template_changed=False, partial=True)
+            self._apply(static_snapshot(self.settings), self._data(), template_changed=False, partial=True)
 
     def on_template_tick(self) -> None:
         with self.lock:
-            try:
-                changed = self.template.refresh()
-            except render.RenderError as e:
-                message = f"render: {e}"
-                if self.state.last_error != message:
-                    log.error("template: %s (the running config stays)", e)
-                    self.state.render_errors += 1
-                    self.state.last_error = message
-                return
-            if changed and self.latest is not None and self.applied is not None:
-                log.info("template %s changed: re-rendering", self.template.path)
-                self._apply(self.latest, template_changed=True)
-            elif self.retry_at is not None and time.monotonic() >= self.retry_at and self.latest is not None:
-                log.info("retrying the apply that failed")
-                self._apply(self.latest, template_changed=True)
+            data = self._data()
+            if self.settings.run_haproxy:
+                self._haproxy_tick(data)
+            self.templates.tick(data)
 
-    def _apply(self, snapshot: Snapshot, template_changed: bool, partial: bool = False) -> None:
+    def _haproxy_tick(self, data: Dict[Query, Any]) -> None:
+        try:
+            changed = self.template.refresh()
+        except render.RenderError as e:
+            message = f"render: {e}"
+            if self.state.last_error != message:
+                log.error("template: %s (the running config stays)", e)
+                self.state.render_errors += 1
+                self.state.last_error = message
+            return
+        if changed and self.latest is not None and self.applied is not None:
+            log.info("template %s changed: re-rendering", self.template.path)
+            self._apply(self.latest, data, template_changed=True)
+        elif self.retry_at is not None and time.monotonic() >= self.retry_at and self.latest is not None:
+            log.info("retrying the apply that failed")
+            self._apply(self.latest, data, template_changed=True)
+
+    def _apply(
+        self, snapshot: Snapshot, data: Dict[Query, Any], template_changed: bool, partial: bool = False
+    ) -> None:
         started = time.monotonic()
         try:
             if self.template.template is None:
                 self.template.refresh()
             context = render.context(snapshot, self.settings)
-            text = self.templates.render_haproxy(self.template.template, context, partial)
+            text = self.templates.render_haproxy(self.template.template, context, data, partial)
         except render.RenderError as e:
             log.error("render: %s (the running config stays)", e)
             self.state.render_errors += 1
             self.state.last_error = f"render: {e}"
             return
         if text is None:
-            return  # what its template functions asked for is being read: on_dependencies comes next
+            return  # what its template functions asked for is being read: a change comes next
         previous = None if template_changed else self.applied
         try:
             result = haproxy.apply(self.settings, previous, snapshot, text)
@@ -186,24 +214,14 @@ def _malloc_trim() -> Optional[Callable[[int], int]]:
 
 def run(settings: Settings, once: bool = False) -> int:
     """`basenode sync [--once]`: until SIGTERM/SIGINT, or one pass with --once."""
-    loop = Loop(settings)
-    templates = loop.templates
     if settings.run_haproxy:
         try:
-            loop.template.refresh()
+            render.TemplateSource(settings.template or render.default_template()).refresh()
         except render.RenderError as e:
             print(f"basenode: {e}", file=sys.stderr)
             return 2
     if once:
-        if settings.run_haproxy:
-            try:
-                snapshot = watch.fetch_snapshot(settings)
-            except watch.ConsulUnavailable as e:
-                print(f"basenode: consul: {e}", file=sys.stderr)
-                return 1
-            loop.on_snapshot(snapshot)
-        good = templates.once(timeout=ONCE_TIMEOUT)
-        return 0 if good and loop.state.last_error is None else 1
+        return _run_once(settings)
 
     _raise_open_files_limit()
     stop = threading.Event()
@@ -219,17 +237,13 @@ def run(settings: Settings, once: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
     signal.signal(signal.SIGHUP, request_template_check)
-    watcher = watch.Watcher(settings) if settings.run_haproxy else None
-    loop.state.templates = templates.templates.status
-    loop.state.dependency_sources = templates.deps.sources
+    watcher = Watcher(settings)
+    loop = Loop(settings, watcher)
+    loop.state.templates = loop.templates.templates.status
     server = status.serve(settings, loop.state, watcher)
-    threads = [threading.Thread(target=templates.run, args=(stop,), name="templates", daemon=True)]
-    if watcher is not None:
-        threads.append(
-            threading.Thread(target=watcher.run, args=(loop.on_snapshot, stop), name="watch", daemon=True)
-        )
-    for thread in threads:
-        thread.start()
+    loop.start()
+    consumer = threading.Thread(target=watcher.run, args=(loop.on_change, stop), name="sync", daemon=True)
+    consumer.start()
     grace_over = time.monotonic() + settings.watch.startup_grace
     next_look = time.monotonic() + TEMPLATE_POLL_SECONDS
     ready, ready_error = False, None
@@ -242,24 +256,60 @@ def run(settings: Settings, once: bool = False) -> int:
         now = time.monotonic()
         if asked or now >= next_look:
             next_look = now + TEMPLATE_POLL_SECONDS
-            if watcher is not None:
-                loop.on_template_tick()
-                if loop.applied is None and now > grace_over:
-                    loop.on_startup_grace_over()
-            templates.tick()
+            loop.on_template_tick()
+            if settings.run_haproxy and loop.applied is None and now > grace_over:
+                loop.on_startup_grace_over()
         if not ready and loop.ready(grace_over=now > grace_over):
             error = _mark_ready(settings.sync_ready_file)
             if error is not None and error != ready_error:
                 log.error("%s", error)  # once: it is tried again every tick
             ready, ready_error = error is None, error
-        if not all(thread.is_alive() for thread in threads):
-            log.error("%s thread ended unexpectedly", ", ".join(t.name for t in threads if not t.is_alive()))
+        if not consumer.is_alive():
+            log.error("the sync thread ended unexpectedly")
             return 1
     if server is not None:
         server.server_close()
-    for thread in threads:
-        thread.join(timeout=2.0)
+    consumer.join(timeout=2.0)
+    watcher.close()
     return 0
+
+
+def _run_once(settings: Settings) -> int:
+    """`sync --once`: HAProxy's config and every template from Consul read now, applied once."""
+    loop = Loop(settings)
+    if settings.run_haproxy:
+        snapshot, text, status_code = _render_live(settings)
+        if snapshot is None:
+            return status_code
+        try:
+            haproxy.apply(settings, None, snapshot, text)
+        except (haproxy.CheckFailed, haproxy.ApplyError, OSError) as e:
+            print(f"basenode: haproxy: {e}", file=sys.stderr)
+            return 1
+        loop.templates.snapshot = snapshot
+    good = loop.templates.once(timeout=ONCE_TIMEOUT)
+    return 0 if good else 1
+
+
+def _render_live(settings: Settings) -> Tuple[Optional[Snapshot], str, int]:
+    """HAProxy's config rendered from the live catalog: (snapshot, text, 0), or (None, "", exit status)
+    with the reason printed (1: Consul could not be read, 2: the template failed)."""
+    try:
+        template = render.load_template(settings.template or render.default_template(), single_line=True)
+        snapshot = fetch_snapshot(settings)
+        rendered = render_now(template, render.context(snapshot, settings), settings)
+        if rendered.error is not None:
+            raise rendered.error
+    except render.RenderError as e:
+        print(f"basenode: {e}", file=sys.stderr)
+        return None, "", 2
+    except ConsulUnavailable as e:
+        print(f"basenode: consul: {e}", file=sys.stderr)
+        return None, "", 1
+    except READ_ERRORS as e:
+        print(f"basenode: consul: {type(e).__name__}: {e}", file=sys.stderr)
+        return None, "", 1
+    return snapshot, rendered.text or "", 0
 
 
 def _mark_ready(path: Path) -> Optional[str]:
@@ -285,22 +335,9 @@ def _raise_open_files_limit() -> None:
 
 def render_once(settings: Settings, out: str = "-") -> int:
     """`basenode render`: the config the live catalog gives, applying nothing."""
-    try:
-        template = render.load_template(settings.template or render.default_template(), single_line=True)
-        snapshot = watch.fetch_snapshot(settings)
-        rendered = render_now(template, render.context(snapshot, settings), settings)
-        if rendered.error is not None:
-            raise rendered.error
-        text = rendered.text or ""
-    except render.RenderError as e:
-        print(f"basenode: {e}", file=sys.stderr)
-        return 2
-    except watch.ConsulUnavailable as e:
-        print(f"basenode: consul: {e}", file=sys.stderr)
-        return 1
-    except consul.ERRORS as e:
-        print(f"basenode: consul: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    snapshot, text, status_code = _render_live(settings)
+    if snapshot is None:
+        return status_code
     if out == "-":
         sys.stdout.write(text)
     else:
@@ -318,10 +355,10 @@ def check(settings: Settings) -> int:
     try:
         template = render.load_template(path, single_line=True)
         try:
-            snapshot = watch.fetch_snapshot(settings, timeout=2.0)
+            snapshot = fetch_snapshot(settings, timeout=2.0)
             source = "live catalog"
-        except watch.ConsulUnavailable:
-            snapshot = watch.static_snapshot(settings)
+        except ConsulUnavailable:
+            snapshot = static_snapshot(settings)
             source = "configured routes, no instances (Consul not reachable)"
         rendered = render_now(template, render.context(snapshot, settings), settings, partial=True)
         if rendered.error is not None:

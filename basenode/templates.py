@@ -2,7 +2,7 @@
 
 What a render calls is what gets watched, as consul-template does it: each template function records
 the Consul query behind it (a `Query`), reads that query's value from a shared cache (`Data`, filled
-by deps.py), and a query with no value yet is recorded as missing. A render with missing queries is
+by the watch), and a query with no value yet is recorded as missing. A render with missing queries is
 incomplete: its text is not used; the loop starts watching the missing queries and renders again when
 their first answers arrive. Until then a function returns an empty value (no instances, the default,
 an empty tree) so that one pass finds every dependency the template has, not just the first.
@@ -23,7 +23,7 @@ Functions (in the sandboxed environment of render.py, alongside whatever else th
                                          CONSUL_HTTP_TOKEN, CONSUL_ENCRYPT, CONSUL_CLIENT_KEY refused
   node()                                 {"name", "datacenter", "address"} of the local agent's node
 
-Catalog values were validated in deps.py with snapshot.py's rules before they got here, as in
+Catalog values were validated in basenode/dependency/ with snapshot.py's rules before they got here, as in
 discovery. KV values are text (any text) and reach the template unescaped; the template picks the
 escaping it needs with a filter (e.g. `| tojson` for JSON, `| replace(...)`). HAProxy's own template
 is stricter: nothing it prints may hold a line break (render.load_template's single_line).
@@ -38,33 +38,14 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set,
 import jinja2
 
 from . import render
+from .dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
+from .dependency.kv import tree
 from .snapshot import valid_service_name
 
-SERVICE = "service"
-SERVICES = "services"
-KEY = "key"
-PREFIX = "prefix"
-NODE = "node"
 FUNCTION_NAMES = ("service", "services", "kv", "kv_tree", "env", "node")
 
 
-@dataclass(frozen=True, order=True)
-class Query:
-    """One Consul read a template depends on; equal queries are one blocking query, however many ask."""
-
-    kind: str  # service | services | key | prefix | node
-    name: str = ""  # the service, the key or the prefix
-
-    def __str__(self) -> str:
-        return {SERVICE: "service ", KEY: "kv ", PREFIX: "kv tree "}.get(self.kind, self.kind) + self.name
-
-
-# What deps.py keeps for each kind of query (validated, immutable):
-#   service   ((Instance, passing: bool), ...)
-#   services  ((name, (tag, ...)), ...)
-#   key       the value as text, or None when the key does not exist
-#   prefix    ((key, text), ...), keys in full, folders and non-text values left out
-#   node      (("name", ..), ("datacenter", ..), ("address", ..))
+# The watch's cache: each query's validated, immutable value, as basenode/dependency/ documents it.
 Data = Mapping[Query, Any]
 
 EMPTY_NODE = {"name": "", "datacenter": "", "address": ""}
@@ -171,8 +152,7 @@ class Recorder:
         known, value = self._value(query)
         if not known:
             return {}
-        start = len(query.name)
-        return self.shared.get((query,), lambda: {key[start:]: text for key, text in value})
+        return self.shared.get((query,), lambda: dict(tree(query.name, value)))
 
     def env(self, name: str, default: Optional[str] = None) -> Any:
         if name in WITHHELD_ENV:

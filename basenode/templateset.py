@@ -8,23 +8,24 @@ checked, promoted atomically, reloaded. Whatever fails (render, plugin, check, r
 where it came from and counted; the last good file stays. A failed check, write or reload (which a
 fixed program or file system may make work without any input changing) is due again every
 RETRY_SECONDS; a failed reload is retried on its own, the file being in place already. After a round,
-`wanted()` is what the dependency watcher must watch: the union of what the templates' last renders used.
+`wanted()` is what the watch must follow: the union of what the templates' last renders used.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from . import consul, deps, outputs, render, templates, watch
+from . import outputs, render, templates
 from .config import Settings, TemplateSpec
-from .deps import DependencyWatcher
+from .dependency import READ_ERRORS, Query, fetch_now
 from .plugins import PluginError, Plugins
+from .routes import static_snapshot
 from .snapshot import Snapshot
-from .templates import Data, Query
+from .templates import Data
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0  # a failed check, write or reload is tried again this often (like sync's applies)
@@ -73,6 +74,10 @@ class TemplateSet:
 
     def wanted(self) -> FrozenSet[Query]:
         return frozenset().union(*self._used.values()) if self._used else frozenset()
+
+    def missing(self, name: str) -> FrozenSet[Query]:
+        """What the last render of template `name` lacked."""
+        return self._missing.get(name, frozenset())
 
     def _file_stamps(self, spec: TemplateSpec) -> Tuple[Any, ...]:
         return (self.sources[spec.name].file_stamp(), *(self.plugins.stamp(p) for p in spec.plugins))
@@ -222,7 +227,7 @@ def render_now(
 ) -> templates.Rendered:
     """Render once with data read now: render, read what it lacked, render again (`render`, `check`).
 
-    consul.ERRORS when Consul cannot be read, unless `partial`: then what could not be read stays
+    READ_ERRORS when Consul cannot be read, unless `partial`: then what could not be read stays
     missing and the text is the render with the empty stand-ins (for `check` without a cluster).
     """
     data: Dict[Query, Any] = {}
@@ -231,11 +236,16 @@ def render_now(
         if not rendered.missing:
             return rendered
         try:
-            data.update(deps.fetch(settings, rendered.missing))
-        except consul.ERRORS:
+            fetched, warnings = fetch_now(
+                settings.consul_http, rendered.missing, settings.watch.include_warning
+            )
+        except READ_ERRORS:
             if not partial:
                 raise
             return templates.render_template(template, data, extra, partial=True)
+        for text in warnings:
+            log.warning("%s", text)
+        data.update(fetched)
     return rendered
 
 
@@ -260,93 +270,83 @@ def check_templates(settings: Settings, snapshot: Snapshot) -> List[str]:
 
 
 class TemplateLoop:
-    """The templates on the watch loop, and the data HAProxy's own template asks for.
+    """The templates, and the data HAProxy's own template asks for, over the shared watch.
 
-    A round starts on a dependency change (the dependency thread), a discovery snapshot (the watch
-    thread) or a file edit (the sync loop's tick). Under the round lock it takes ONE copy of the
-    dependency cache and renders from it every template that is due; then HAProxy's config when its
-    template's queries changed (through `on_haproxy`, set by sync.Loop, which keeps HAProxy's own apply
-    path and reads the cache again under its own lock). The cache is read under the lock that orders
-    the writes, never before it: a copy read earlier could be older than what a round in between wrote,
-    and would overwrite it. After a round, the dependency watcher watches what the last renders used.
+    Not thread-safe: sync.Loop calls it under the lock that orders every render and apply. A round
+    renders, from one copy of the watch's cache (one consistent view of Consul), every template that
+    is due; afterwards the watch follows exactly what the last renders used (owner "templates"), and
+    a query nobody uses any more is dropped.
     """
 
-    def __init__(self, settings: Settings, dependencies: Optional[DependencyWatcher] = None) -> None:
+    def __init__(self, settings: Settings, watcher: Optional[Watcher] = None) -> None:
+        self.settings = settings
         self.templates = TemplateSet(settings)
-        self.deps = dependencies or DependencyWatcher(settings)
-        self.snapshot = watch.static_snapshot(settings)  # until discovery sends one (or for ever)
-        self.on_haproxy: Optional[Callable[[], None]] = None
-        self.lock = threading.Lock()  # one round at a time
-        self._want_lock = threading.Lock()  # a leaf: HAProxy's render reports its queries under it
-        self._templates_wanted: FrozenSet[Query] = frozenset()
-        self._haproxy_used: FrozenSet[Query] = frozenset()
-        self._haproxy_missing: FrozenSet[Query] = frozenset()
+        self.watcher = watcher
+        self.snapshot = static_snapshot(settings)  # until discovery sends one (or for ever)
+        self.haproxy_used: FrozenSet[Query] = frozenset()
+        self.haproxy_missing: FrozenSet[Query] = frozenset()
 
-    def round(
-        self,
-        changed: Collection[Query] = (),
-        snapshot: Optional[Snapshot] = None,
-    ) -> None:
-        with self.lock:
-            if snapshot is not None:
-                self.snapshot = snapshot
-            data = self.deps.data()  # under the lock: see the class docstring
-            self.templates.render_round(data, self.snapshot, changed, snapshot_changed=snapshot is not None)
-            self._templates_wanted = self.templates.wanted()
-            self._want()
-            haproxy_due = bool(self._haproxy_missing or self._haproxy_used & frozenset(changed))
-        if haproxy_due and snapshot is None and self.on_haproxy is not None:
-            self.on_haproxy()
+    def round(self, data: Data, changed: Collection[Query] = (), snapshot: Optional[Snapshot] = None) -> int:
+        if snapshot is not None:
+            self.snapshot = snapshot
+        written = self.templates.render_round(
+            data, self.snapshot, changed, snapshot_changed=snapshot is not None
+        )
+        self._want()
+        return written
 
-    def render_haproxy(self, template: Any, context: Dict[str, Any], partial: bool = False) -> Optional[str]:
-        """HAProxy's config text with the template functions, from the cache as it is now (the caller
-        holds the lock that orders HAProxy's applies); None while their data is on its way (unless
-        `partial`: the startup grace is over, stand-ins will do). RenderError as render.render."""
-        data = self.deps.data()
+    def render_haproxy(
+        self, template: Any, context: Dict[str, Any], data: Data, partial: bool = False
+    ) -> Optional[str]:
+        """HAProxy's config text with the template functions over `data`; None while their data is on
+        its way (unless `partial`: the startup grace is over, stand-ins will do). RenderError as
+        render.render."""
         rendered = templates.render_template(template, data, context, partial=partial)
-        with self._want_lock:
-            self._haproxy_used, self._haproxy_missing = rendered.used, rendered.missing
+        self.haproxy_used, self.haproxy_missing = rendered.used, rendered.missing
         self._want()
         if rendered.error is not None:
             raise rendered.error
         return rendered.text
 
-    def _want(self) -> None:
-        with self._want_lock:
-            self.deps.want(self._templates_wanted | self._haproxy_used)
+    def haproxy_due(self, changed: Collection[Query]) -> bool:
+        """HAProxy's template uses (or waits for) one of the queries that changed."""
+        return bool(self.haproxy_missing or self.haproxy_used & frozenset(changed))
 
-    def tick(self) -> None:
+    def _want(self) -> None:
+        if self.watcher is not None:
+            self.watcher.want("templates", self.templates.wanted() | self.haproxy_used)
+
+    def tick(self, data: Data) -> None:
         """Called every second or so: renders what a file edit (template, plugin) or missing data made due."""
         if self.templates.due():
-            self.round()
+            self.round(data)
 
     def settled(self) -> bool:
         """Every template's first render is done (its file in place, checked, reloaded, or failed)
-        and none (HAProxy's included) waits for data. Under the round lock: a round in progress has
-        recorded a render before its file is written."""
-        with self.lock:
-            return self.templates.all_rendered() and not self._haproxy_missing
+        and none (HAProxy's included) waits for data."""
+        return self.templates.all_rendered() and not self.haproxy_missing
 
     def waiting(self) -> bool:
         """Some template (HAProxy's included) still waits for data it asked for."""
-        return bool(self._haproxy_missing) or any(s.waiting_for for s in self.templates.status.values())
+        return bool(self.haproxy_missing) or any(s.waiting_for for s in self.templates.status.values())
 
     def once(self, timeout: float) -> bool:
-        """Render until no template waits for data (or `timeout`); True when every template is good."""
+        """`sync --once`: render, read what the renders lacked, render again, until no template waits
+        (or `timeout`); True when every template is good."""
         deadline = time.monotonic() + timeout
-        self.round()
+        data: Dict[Query, Any] = {}
+        self.round(data)
         while self.waiting() and time.monotonic() < deadline:
-            if self.deps.watched() <= set(self.deps.data()):
-                self.round()  # everything asked for is here: the next render may ask for more
-            else:
-                time.sleep(0.02)
-        self.deps.close()
+            missing = frozenset().union(*(self.templates.missing(name) for name in self.templates.status))
+            try:
+                fetched, warnings = fetch_now(
+                    self.settings.consul_http, missing, self.settings.watch.include_warning
+                )
+            except READ_ERRORS as e:
+                log.error("templates: cannot read Consul: %s", e)
+                return False
+            for text in warnings:
+                log.warning("%s", text)
+            data.update(fetched)
+            self.round(data, changed=missing)
         return not self.waiting() and all(s.last_error is None for s in self.templates.status.values())
-
-    def run(self, stop: threading.Event) -> None:
-        """First round, then a round per (debounced) dependency change, until `stop`."""
-        self.round()
-        try:
-            self.deps.run(lambda changed: self.round(changed), stop)
-        finally:
-            self.deps.close()

@@ -13,12 +13,14 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from basenode import consul, watch
+from basenode import consul
 from basenode.agent import agent_config, agent_program
 from basenode.config import Agent, ConsulHTTP, Route, Settings, Watch
-from basenode.consul import join_command
+from basenode.consul import AgentUnavailable, join_command
+from basenode.dependency import KEY, SERVICE, Query, fetch_now
+from basenode.routes import ROUTES_QUERY, ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from basenode.snapshot import Snapshot
-from basenode.watch import ConsulUnavailable, Watcher, fetch_snapshot
+from basenode.watch import SourceStatus, Watcher
 from tests.conftest import require_binary
 from tests.support import consul_agent as agents
 from tests.support.consul_agent import ConsulAgent
@@ -38,18 +40,30 @@ def unique(prefix: str) -> str:
 
 
 class Recorder:
-    """Runs a Watcher in a thread and keeps every snapshot it emits."""
+    """Runs the watch for HAProxy's routes (as sync does) in a thread and keeps every distinct snapshot."""
 
     def __init__(self, agent: ConsulAgent, routes: Tuple[Route, ...], **watch: object) -> None:
         settings = Settings(routes=routes, consul_http=ConsulHTTP(addr=agent.http_addr), watch=Watch(**watch))
+        self.settings = settings
         self.watcher = Watcher(settings)
+        self.discovery = Discovery(settings)
         self.snapshots: List[Snapshot] = []
         self.stop = threading.Event()
-        self.thread = threading.Thread(
-            target=self.watcher.run, args=(self.snapshots.append, self.stop), daemon=True
-        )
+        self.thread = threading.Thread(target=self.watcher.run, args=(self._changed, self.stop), daemon=True)
+
+    def _changed(self, _changed: object) -> None:
+        data = self.watcher.data()
+        self.watcher.want("routes", self.discovery.wanted(data))
+        snapshot = self.discovery.snapshot(data)
+        if snapshot is not None and (not self.snapshots or snapshot != self.snapshots[-1]):
+            self.snapshots.append(snapshot)
+
+    def source(self, query: Query) -> SourceStatus:
+        """The read state of one dependency's blocking query."""
+        return next(s for s in self.watcher.sources() if s.name == str(query))
 
     def __enter__(self) -> Recorder:
+        self.watcher.want("routes", self.discovery.wanted({}))
         self.thread.start()
         eventually(lambda: self.snapshots, what="the first snapshot")
         return self
@@ -57,6 +71,7 @@ class Recorder:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(5)
+        self.watcher.close()
         assert not self.thread.is_alive()
 
     @property
@@ -221,24 +236,24 @@ def test_routes_come_and_go_with_consul_kv_and_bad_values_are_skipped(consul_age
 
 def test_while_consul_is_down_the_last_good_state_stays_and_changes_flow_after_restart(consul_agent):
     agent, web = consul_agent, "web"
-    agent.register(web, 8080, service_id="web-1")
     for i in range(30):  # the catalog index climbs well above where the restarted agent will be
         agent.catalog_register("external-node", "filler", 7000 + i)
+    agent.register(web, 8080, service_id="web-1")  # web's own index: above the fillers'
     with Recorder(agent, (Route(web, 19020),)) as rec:
         rec.wait_ids(web, ["web-1"])
-        eventually(lambda: rec.watcher.sources["catalog"].index > 40, what="the catalog index to pass 40")
+        eventually(lambda: rec.source(Query(SERVICE, web)).index > 40, what="web's index to pass 40")
         good = len(rec.snapshots)
         agent.stop()
-        eventually(lambda: rec.watcher.sources["catalog"].failures >= 2, what="reads to fail")
+        eventually(lambda: rec.source(Query(SERVICE, web)).failures >= 2, what="reads to fail")
         assert len(rec.snapshots) == good, "a snapshot was emitted while Consul was unreachable"
         assert rec.ids(web) == ["web-1"]
         with pytest.raises(ConsulUnavailable, match="cannot read Consul"):
-            fetch_snapshot(rec.watcher.settings)
+            fetch_snapshot(rec.settings)
         agent.start()  # same ports; a -dev agent starts with an empty catalog and a much lower index
         agent.register(web, 8081, service_id="web-2")
         # Within the test's patience, far below the 5 min wait: the read after an error starts from index 0.
         rec.wait_ids(web, ["web-2"])
-        assert rec.watcher.sources["catalog"].failures == 0
+        assert rec.source(Query(SERVICE, web)).failures == 0
         agent.register(web, 8082, service_id="web-3")
         rec.wait_ids(web, ["web-2", "web-3"])
 
@@ -255,16 +270,14 @@ def test_garbage_from_consul_is_an_error_and_the_last_good_state_stays(consul_ag
             rec.wait_ids(cache, [])
             good = len(rec.snapshots)
             proxy.set_mode("garbage", garbage)
-            for source in ("catalog", "kv"):
-                eventually(
-                    lambda s=source: rec.watcher.sources[s].failures >= 2, what=f"{source} reads to fail"
-                )
+            for source in (Query(SERVICE, web), ROUTES_QUERY):
+                eventually(lambda s=source: rec.source(s).failures >= 2, what=f"{source} reads to fail")
             assert len(rec.snapshots) == good, "garbage from Consul was taken for a new state"
             assert rec.ids(web) == [f"{web}-1"] and rec.ids(cache) == []
             with pytest.raises(ConsulUnavailable):
-                fetch_snapshot(rec.watcher.settings)
-            with pytest.raises(ConsulUnavailable):  # what /health asks
-                watch.agent_reachable(rec.watcher.settings)
+                fetch_snapshot(rec.settings)
+            with pytest.raises(AgentUnavailable):  # what /health asks
+                consul.agent_reachable(rec.settings)
             proxy.set_mode("pass")
             agent.register(web, 8081, service_id=f"{web}-2")
             rec.wait_ids(web, [f"{web}-1", f"{web}-2"], timeout=30)  # after a backoff of up to 10 s
@@ -275,10 +288,15 @@ def test_garbage_from_consul_is_an_error_and_the_last_good_state_stays(consul_ag
 
 def test_poll_mode_follows_the_catalog_without_blocking_reads(consul_agent_session):
     agent, web = consul_agent_session, unique("web")
-    with Recorder(agent, (Route(web, 19030),), mode="poll", poll_interval=0.2) as rec:
-        agent.register(web, 8080)
-        rec.wait_ids(web, [f"{web}-8080"])
-        assert set(rec.watcher.sources) == {"poll"}
+    proxy = ConsulProxy(agent.http_addr)
+    try:
+        with Recorder(proxy, (Route(web, 19030),), mode="poll", poll_interval=0.2) as rec:  # type: ignore[arg-type]
+            agent.register(web, 8080)
+            rec.wait_ids(web, [f"{web}-8080"])
+            assert sum(proxy.per_path.requests.values()) > 0
+            assert sum(proxy.per_path.blocking.values()) == 0
+    finally:
+        proxy.close()
 
 
 def test_fetch_snapshot_reads_routes_and_healthy_instances_once(consul_agent_session):
@@ -329,18 +347,19 @@ def test_agent_reachable_and_static_snapshot_for_check_and_health(consul_agent_s
     settings = Settings(
         routes=(Route("web", 19050),), consul_http=ConsulHTTP(addr=consul_agent_session.http_addr)
     )
-    assert watch.agent_reachable(settings, timeout=2)
+    assert consul.agent_reachable(settings, timeout=2)
     dead = Settings(consul_http=ConsulHTTP(addr=f"127.0.0.1:{free_port()}"))
-    with pytest.raises(watch.WatchError, match="cannot read Consul"):
-        watch.agent_reachable(dead, timeout=2)
-    with pytest.raises(watch.WatchError):
+    with pytest.raises(AgentUnavailable, match="cannot read Consul"):
+        consul.agent_reachable(dead, timeout=2)
+    with pytest.raises(ConsulUnavailable):
         fetch_snapshot(dead, timeout=2)
-    assert [(s.route.service, s.instances) for s in watch.static_snapshot(settings).routes] == [("web", ())]
+    assert [(s.route.service, s.instances) for s in static_snapshot(settings).routes] == [("web", ())]
 
 
 def test_a_key_with_an_empty_value_is_empty_text_and_a_missing_one_is_none(consul_agent_session):
     key = unique("app/empty")
     consul_agent_session.kv_put(key, "")
-    client = consul.make_client(ConsulHTTP(addr=consul_agent_session.http_addr))
-    assert consul.kv_get(client, key)[1] == ""  # Consul answers "Value": null for it
-    assert consul.kv_get(client, key + "-gone")[1] is None
+    http = ConsulHTTP(addr=consul_agent_session.http_addr)
+    values, _ = fetch_now(http, [Query(KEY, key), Query(KEY, key + "-gone")])
+    assert values[Query(KEY, key)] == ""  # Consul answers "Value": null for it
+    assert values[Query(KEY, key + "-gone")] is None

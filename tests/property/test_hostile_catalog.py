@@ -3,7 +3,7 @@ template did not write, serving every instance it may serve and no other.
 
 Each hypothesis example (strategies: hostile.py) writes 1-3 KV routes and 1-4 instances per route
 into a real Consul agent, some through the catalog on 1-2 external nodes, some through the agent on its
-own node; then basenode's own code reads the catalog (watch.fetch_snapshot), renders the bundled
+own node; then basenode's own code reads the catalog (routes.fetch_snapshot), renders the bundled
 template (render.load_template / render.render) and checks the result with the real `haproxy -c`
 (haproxy.check). What must come out is decided by oracle.py from the documented rules and from the
 catalog as Consul answers it over plain HTTP, not from basenode's code.
@@ -22,9 +22,8 @@ from hypothesis import event, example, given
 
 from basenode import haproxy, render
 from basenode.config import ConsulHTTP, Route, Settings
-from basenode.consul import make_client
+from basenode.routes import fetch_snapshot
 from basenode.snapshot import Instance, RouteState, Snapshot
-from basenode.watch import fetch_snapshot
 from tests.conftest import require_binary
 from tests.support.consul_agent import ConsulAgent, running_agent
 
@@ -39,15 +38,6 @@ def agent() -> Iterator[ConsulAgent]:
     """An agent of this module's own: every example empties the KV routes prefix and its nodes, which
     must not race other tests' routes (the session agent is shared with tests/integration)."""
     yield from running_agent(require_binary("consul"))
-
-
-@pytest.fixture(scope="module")
-def client(agent: ConsulAgent) -> Iterator[object]:
-    """One py-consul client for every example, as basenode keeps one: a client per example would
-    leave its keep-alive connection open, and the agent resets connections past 200 per address."""
-    consul = make_client(ConsulHTTP(addr=agent.http_addr))
-    yield consul
-    consul.http.session.close()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +88,7 @@ DOT_ROUTE = Example(
 @example(example=COLLIDING_NAMES)
 @example(example=DOT_ROUTE)
 def test_any_registration_renders_a_checked_config_of_template_lines_with_exactly_the_valid_instances(
-    agent: ConsulAgent, client: object, template: jinja2.Template, workdir: Path, example: Example
+    agent: ConsulAgent, template: jinja2.Template, workdir: Path, example: Example
 ) -> None:
     """Three properties of every example.
 
@@ -125,7 +115,7 @@ def test_any_registration_renders_a_checked_config_of_template_lines_with_exactl
             oracle.with_servers(route, catalog.health_entries(agent, route.name))
             for route in oracle.expected_routes(example, stored.kv_keys)
         ]
-        text = render.render(template, fetch_snapshot(settings, client=client), settings)
+        text = render.render(template, fetch_snapshot(settings), settings)
     finally:
         catalog.remove(agent, example)
     servers = sum(len(r.servers) for r in expected)

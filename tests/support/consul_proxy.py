@@ -10,7 +10,8 @@ Modes:
 Switching the mode also cuts the requests the agent is still holding (a blocking query can wait five
 minutes): each gets the new mode's answer at once, as if the agent had just gone bad under it.
 `requests` counts the requests received, whatever the mode; `per_path` counts them per URL path:
-how many, how many carried an index (blocking queries), how many are held open now and at most.
+how many, how many carried an index (blocking queries), how many are held open now and at most, and
+how many bytes of answers went back.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class PathCounts:
     blocking: Counter = field(default_factory=Counter)  # those with an index: blocking queries
     in_flight: Counter = field(default_factory=Counter)  # held by the agent right now
     max_in_flight: Counter = field(default_factory=Counter)  # the most ever held at once
+    bytes_sent: Counter = field(default_factory=Counter)  # answer bodies sent back to the client
+    in_flight_total: int = 0  # requests held by the agent right now, all paths
+    max_in_flight_total: int = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -104,6 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self.server.count_bytes(self.path, len(body))
         except OSError:
             self.close_connection = True  # the client gave up; nothing to tell it
 
@@ -139,11 +144,18 @@ class _Server(ThreadingHTTPServer):
             counts.blocking[url.path] += "index=" in url.query
             counts.in_flight[url.path] += 1
             counts.max_in_flight[url.path] = max(counts.max_in_flight[url.path], counts.in_flight[url.path])
+            counts.in_flight_total += 1
+            counts.max_in_flight_total = max(counts.max_in_flight_total, counts.in_flight_total)
         try:
             yield
         finally:
             with self._lock:
                 counts.in_flight[url.path] -= 1
+                counts.in_flight_total -= 1
+
+    def count_bytes(self, target: str, size: int) -> None:
+        with self._lock:
+            self.per_path.bytes_sent[urlsplit(target).path] += size
 
     def track(self, conn: http.client.HTTPConnection, generation: int) -> None:
         with self._lock:
