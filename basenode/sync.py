@@ -50,6 +50,7 @@ class Loop:
         self.watcher = watcher
         self.discovery = Discovery(settings)
         self.template = render.TemplateSource(settings.template or render.default_template())
+        self.parts = render.RouteParts()  # each route's text, rendered again only when it changed
         # HAProxy's config is one template among the others: same functions, same cache, its own apply.
         self.templates = TemplateLoop(settings, watcher)
         self.state = status.SyncState()
@@ -133,7 +134,7 @@ class Loop:
         try:
             if self.template.template is None:
                 self.template.refresh()
-            context = render.context(snapshot, self.settings)
+            context = render.context(snapshot, self.settings, self.parts)
             text = self.templates.render_haproxy(self.template.template, context, data, partial)
         except render.RenderError as e:
             log.error("render: %s (the running config stays)", e)

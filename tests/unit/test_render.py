@@ -151,6 +151,7 @@ def test_the_context_has_the_documented_fields_and_no_secrets(tmp_path):
         "haproxy_user",
         "haproxy_group",
         "haproxy_log",
+        "route_part",
     }
     web = ctx["routes"][1]
     assert set(web) == {"service", "port", "mode", "tag", "instances"}
