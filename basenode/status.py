@@ -234,6 +234,21 @@ def metrics_text(doc: Dict[str, Any], state: SyncState) -> bytes:
         ),
         gauge("basenode_routes", "routes HAProxy serves", len(doc["routes"])),
     ]
+    watch_doc = doc.get("watch")
+    if watch_doc:
+        families += [
+            gauge("basenode_watch_queries", "Consul queries followed", watch_doc["queries"]),
+            gauge("basenode_watch_connections", "connections open to the agent", watch_doc["connections"]),
+            gauge(
+                "basenode_watch_catalog_services",
+                "services past watch.max_conns, on the catalog-wide watch",
+                len(watch_doc["catalog_watch"]),
+            ),
+            counter("basenode_watch_requests", "requests sent to the agent", watch_doc["requests"]),
+            counter(
+                "basenode_watch_received_bytes", "bytes read from the agent", watch_doc["bytes_received"]
+            ),
+        ]
     if state.last_sync is not None:
         families.append(
             gauge("basenode_last_sync_timestamp_seconds", "time of the last successful sync", state.last_sync)
