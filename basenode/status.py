@@ -137,6 +137,7 @@ def _watch_doc(watcher: Optional[watch.Watcher]) -> Optional[Dict[str, Any]]:
     return {
         "queries": len(watcher.watched()),
         "connections": counters.open,
+        "peak_connections": counters.peak_open,
         "max_conns": watcher.max_conns,
         "requests": counters.requests,
         "bytes_received": counters.bytes_received,
