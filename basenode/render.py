@@ -35,8 +35,8 @@ settings       bind, state_dir, stats_socket, master_socket, apply_mode, include
                datacenter, node_name, haproxy_log
 haproxy_user   the user HAProxy's workers run as (None: stay as basenode's user)
 haproxy_group  that user's group (or None)
-route_part     route_part(route) -> that route's frontend and backend, rendered from the bundled
-               templates/haproxy-route.cfg.j2 (route, bind_host, haproxy_log) once per distinct route
+route_part     {% call route_part(route) %}...{% endcall %}: the block, rendered once per distinct
+               route (see the default template); the block may use only route, bind_host, haproxy_log
 haproxy_log    True when HAProxy's access log should reach basenode's output (haproxy_log,
                --haproxy-log on|off, BASENODE_HAPROXY_LOG; default on): the bundled template then
                gives each frontend `log stdout format raw local0`, which basenode prefixes `haproxy |`
@@ -159,44 +159,39 @@ class TemplateSource:
         return True
 
 
-PART_NAME = "haproxy-route.cfg.j2"
-
-
 class RouteParts:
-    """`route_part(route)` for HAProxy's template: one route's text, rendered again only when that route
-    changed.
+    """`{% call route_part(route) %}...{% endcall %}` for HAProxy's template: the block's text for one
+    route, rendered again only when that route changed.
 
-    At 1,000 routes a whole render costs ~100 ms for a change to one of them; with parts, the cost
-    follows the change. The key of a part is everything it is rendered from: the RouteState (route and
-    instances, immutable), bind_host and haproxy_log, and the part template's file; the cache holds the
-    parts of the last render only, so it never outgrows the config. Route dicts are kept per RouteState
-    too, so an unchanged route is not converted again either.
+    At 1,000 routes a whole render costs ~100 ms for a change to one of them; with parts the cost
+    follows the change. A part's key is everything the block may use: the RouteState (route and
+    instances, immutable), bind_host, haproxy_log, and the compiled block itself (an edited template
+    compiles to a new one). The cache holds the parts of the last render only, so it never outgrows
+    the config. Route dicts are kept per RouteState too: an unchanged route is not converted again.
     """
 
-    def __init__(self, path: Optional[Path] = None) -> None:
-        self.source = TemplateSource(path or default_template().with_name(PART_NAME))
+    def __init__(self) -> None:
         self._texts: Dict[Tuple[Any, ...], RenderedPart] = {}
         self._dicts: Dict[RouteState, Dict[str, Any]] = {}
-        self.renders = 0  # parts rendered (not taken from the cache), for tests and benchmarks
+        self.renders = 0  # blocks rendered (not taken from the cache), for tests and benchmarks
 
     def bind(self, states: Sequence[RouteState], bind_host: str, haproxy_log: bool) -> Tuple[list, Any]:
         """(the routes list of the context, its route_part function) for one render."""
         dicts = {state: self._dicts.get(state) or _route(state) for state in states}
         self._dicts = dicts
         by_id = {id(d): state for state, d in dicts.items()}
-        texts, previous = {}, self._texts
-        self._texts = texts
-        self.source.refresh()  # RenderError if the part no longer compiles: the running config stays
+        texts: Dict[Tuple[Any, ...], RenderedPart] = {}
+        previous, self._texts = self._texts, texts
 
-        def route_part(route: Any) -> RenderedPart:
+        def route_part(route: Any, caller: Any = None) -> RenderedPart:
             state = by_id.get(id(route))
-            if state is None:
-                raise ValueError("route_part() takes one of `routes`")
-            key = (state, bind_host, haproxy_log, self.source.stamp)
+            if state is None or caller is None:
+                raise ValueError("route_part() is a call block over one of `routes`")
+            block = getattr(caller, "_func", caller)
+            key = (getattr(block, "__code__", block), state, bind_host, haproxy_log)
             text = texts.get(key) or previous.get(key)
             if text is None:
-                values = {"route": route, "bind_host": bind_host, "haproxy_log": haproxy_log}
-                text = RenderedPart(render_context(self.source.template, values))
+                text = RenderedPart(caller())
                 self.renders += 1
             texts[key] = text
             return text

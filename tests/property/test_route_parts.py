@@ -1,6 +1,6 @@
 """Rendering only the routes that changed gives exactly the config a whole render gives.
 
-HAProxy's default template renders each route through route_part(), cached from one render to the next
+HAProxy's default template renders each route in a route_part() call block, cached from one render to the next
 by everything the part is rendered from. Whatever came before (any earlier snapshot, any bind address or
 log switch), the next render with the cache equals the render of the same snapshot from nothing.
 """
