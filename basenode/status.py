@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CHECK_TIMEOUT = 2.0  # each probe of /health: the agent, the master socket, PID 1
 APPLY_HOWS = ("runtime", "reload", "restart", "written")
-# templateset.TemplateStatus counters that are failures: /metrics kinds, the status table's ERRORS column
+# template.loop.TemplateStatus counters that are failures: /metrics kinds, the status table's ERRORS column
 TEMPLATE_ERROR_KINDS = (
     "render_errors",
     "plugin_errors",
@@ -59,7 +59,7 @@ class SyncState:
     routes: Tuple[Tuple[str, int, str, int], ...] = ()  # (service, port, mode, healthy instances)
     bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     duration_sum: float = 0.0
-    templates: Dict[str, Any] = field(default_factory=dict)  # name -> templateset.TemplateStatus
+    templates: Dict[str, Any] = field(default_factory=dict)  # name -> template.loop.TemplateStatus
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds

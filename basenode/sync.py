@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from . import files, haproxy, render, status
+from . import files, haproxy, status
 from .config import Settings
 from .dependency import READ_ERRORS, Query
 from .routes import ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from .snapshot import Snapshot
-from .templateset import TemplateLoop, check_templates, render_now
+from .template import render
+from .template.loop import TemplateLoop, check_templates, render_now
 from .watch import Watcher
 
 log = logging.getLogger(__name__)

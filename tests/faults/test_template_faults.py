@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from basenode import render
+from basenode.template import render
 from tests.support.backends import Load, get
 from tests.support.basenode_run import serving
 from tests.support.ports import free_port

@@ -16,9 +16,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 
-from basenode import haproxy, render
+from basenode import haproxy
 from basenode.config import Route, Settings, Watch
 from basenode.snapshot import Instance, RouteState, Snapshot
+from basenode.template import render
 from tests.conftest import require_binary
 from tests.support.backends import Backends, Load, get, names_seen
 from tests.support.haproxy_proc import HAProxy

@@ -138,7 +138,7 @@ def test_a_broken_template_is_refused_with_its_line_and_the_old_config_keeps_ser
     backends,
     start_basenode,
 ):
-    from basenode import render
+    from basenode.template import render
 
     template = tmp_path / "haproxy.cfg.j2"
     template.write_text(render.default_template().read_text())

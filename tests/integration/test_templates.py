@@ -19,7 +19,7 @@ from typing import Iterator, List
 
 import pytest
 
-from basenode.render import default_template
+from basenode.template.render import default_template
 from tests.conftest import ZIPAPP
 from tests.support.basenode_run import terminate
 from tests.support.consul_agent import ConsulAgent

@@ -1,6 +1,6 @@
 """The test's own idea of what basenode must route, written from the documented rules, not from its code.
 
-Rules (README, basenode/render.py's context docs, templates/haproxy.cfg.j2):
+Rules (README, basenode/template/render.py's context docs, templates/haproxy.cfg.j2):
 - a KV route `basenode/routes/<name>` = `PORT[/MODE][ tag=TAG]` is routed when <name> is 1-128 of
   [A-Za-z0-9._-] (and not `.` or `..`, which a URL path takes for a directory), PORT is 1-65535, MODE
   is tcp or http (default tcp), TAG a token; keys are taken in order and a route whose port an earlier

@@ -20,10 +20,11 @@ import jinja2
 import pytest
 from hypothesis import event, example, given
 
-from basenode import haproxy, render
+from basenode import haproxy
 from basenode.config import ConsulHTTP, Route, Settings
 from basenode.routes import fetch_snapshot
 from basenode.snapshot import Instance, RouteState, Snapshot
+from basenode.template import render
 from tests.conftest import require_binary
 from tests.support.consul_agent import ConsulAgent, running_agent
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from basenode import render
 from basenode.config import Route, Settings
 from basenode.snapshot import Instance, RouteState, Snapshot
+from basenode.template import render
 
 TEMPLATE = render.load_template(render.default_template(), single_line=True)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from basenode import outputs
 from basenode.config import TemplateSpec
-from basenode.plugins import PluginError, Plugins
+from basenode.output import file as outputs
 from basenode.snapshot import Snapshot
-from basenode.templates import FUNCTION_NAMES
+from basenode.template.functions import FUNCTION_NAMES
+from basenode.template.plugins import PluginError, Plugins
 
 EMPTY = Snapshot(routes=())
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from basenode import render
 from basenode.config import ConsulHTTP, Route, Settings
 from basenode.snapshot import Instance, RouteState, Snapshot
+from basenode.template import render
 from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent.parent

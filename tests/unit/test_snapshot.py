@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from basenode import render
 from basenode.config import Route, Settings
 from basenode.snapshot import RouteState, Snapshot, instances_from_health, valid_service_name
+from basenode.template import render
 from tests.conftest import require_binary
 
 

@@ -54,8 +54,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .config import Settings
-from .snapshot import Instance, RouteState, Snapshot
+from ..config import Settings
+from ..snapshot import Instance, RouteState, Snapshot
 
 log = logging.getLogger(__name__)
 TEMPLATE_NAME = "haproxy.cfg.j2"
@@ -74,11 +74,11 @@ class RenderError(Exception):
 
 def default_template() -> Path:
     """The bundled template: inside the package in the zipapp, at the repository root in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates" / TEMPLATE_NAME, here.parent / "templates" / TEMPLATE_NAME):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "templates" / TEMPLATE_NAME, package.parent / "templates" / TEMPLATE_NAME):
         if candidate.is_file():
             return candidate
-    return here.parent / "templates" / TEMPLATE_NAME
+    return package.parent / "templates" / TEMPLATE_NAME
 
 
 # A value printed into HAProxy's config must stay on its line: a newline (or any control character

@@ -23,8 +23,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .config import TemplateSpec
-from .files import promote, write_atomic
+from ..config import TemplateSpec
+from ..files import promote, write_atomic
 
 COMMAND_TIMEOUT = 60.0
 OUTPUT_LIMIT = 2000  # characters of a failing command's output kept for the log
@@ -143,7 +143,7 @@ def reload(spec: TemplateSpec, state_dir: Path) -> None:
 
 def _control(state_dir: Path, message: Dict[str, Any]) -> None:
     """Ask PID 1 (basenode run) through its control socket; ReloadFailed with why it did not happen."""
-    from . import control
+    from .. import control
 
     try:
         control.checked(state_dir, message)

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Collection, Dict, Optional, Tuple
 
-from .snapshot import Snapshot
+from ..snapshot import Snapshot
 
 
 class PluginError(Exception):

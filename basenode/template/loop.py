@@ -18,14 +18,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from . import outputs, render, templates
-from .config import Settings, TemplateSpec
-from .dependency import READ_ERRORS, Query, fetch_now
+from ..config import Settings, TemplateSpec
+from ..dependency import READ_ERRORS, Query, fetch_now
+from ..output import file as outputs
+from ..routes import static_snapshot
+from ..snapshot import Snapshot
+from ..watch import Watcher
+from . import functions as templates
+from . import render
+from .functions import Data
 from .plugins import PluginError, Plugins
-from .routes import static_snapshot
-from .snapshot import Snapshot
-from .templates import Data
-from .watch import Watcher
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0  # a failed check, write or reload is tried again this often (like sync's applies)

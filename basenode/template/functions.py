@@ -37,10 +37,10 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set,
 
 import jinja2
 
+from ..dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
+from ..dependency.kv import tree
+from ..snapshot import valid_service_name
 from . import render
-from .dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
-from .dependency.kv import tree
-from .snapshot import valid_service_name
 
 FUNCTION_NAMES = ("service", "services", "kv", "kv_tree", "env", "node")
 
