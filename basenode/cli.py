@@ -84,6 +84,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="render SRC to DEST, check with CHECK, then run RELOAD (repeatable)",
     )
+    add(
+        "--kv-route-ports",
+        metavar="LOW-HIGH",
+        help="ports KV routes may use (env BASENODE_KV_ROUTE_PORTS; default 1024-65535)",
+    )
+    add("--kv-route-limit", metavar="N", help="KV routes at most (env BASENODE_KV_ROUTE_LIMIT; default 100)")
     add("--plugins-dir", metavar="DIR", help="data plugins (env BASENODE_PLUGINS_DIR; /etc/basenode/plugins)")
 
 
@@ -154,6 +160,8 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         watch_mode=args.watch_mode,
         poll_interval=args.poll_interval,
         watch_max_conns=args.watch_max_conns,
+        kv_route_ports=args.kv_route_ports,
+        kv_route_limit=args.kv_route_limit,
         apply_mode=args.apply_mode,
         drain=args.drain,
         health_max_age=args.health_max_age,
@@ -177,6 +185,8 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
         "watch_mode",
         "poll_interval",
         "watch_max_conns",
+        "kv_route_ports",
+        "kv_route_limit",
         "apply_mode",
         "status_addr",
         "drain",

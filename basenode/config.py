@@ -135,6 +135,8 @@ class Agent:
 
 
 DEFAULT_MAX_CONNS = 100
+DEFAULT_KV_ROUTE_PORTS = (1024, 65535)
+DEFAULT_KV_ROUTE_LIMIT = 100
 MAX_CONNS_LIMIT = 10000
 
 
@@ -231,6 +233,9 @@ class Settings:
     health_max_age: float = DEFAULT_HEALTH_MAX_AGE
     templates: Tuple[TemplateSpec, ...] = ()  # files rendered beside HAProxy's config
     plugins_dir: Path = DEFAULT_PLUGINS_DIR
+    # Routes from Consul KV reach every node: they may only use these ports, and only so many of them.
+    kv_route_ports: Tuple[int, int] = DEFAULT_KV_ROUTE_PORTS
+    kv_route_limit: int = DEFAULT_KV_ROUTE_LIMIT
 
     @property
     def run_sync(self) -> bool:
@@ -390,6 +395,8 @@ class Flags:
     watch_mode: Optional[str] = None
     poll_interval: Optional[str] = None
     watch_max_conns: Optional[str] = None
+    kv_route_ports: Optional[str] = None
+    kv_route_limit: Optional[str] = None
     apply_mode: Optional[str] = None
     drain: Optional[str] = None
     health_max_age: Optional[str] = None
@@ -505,6 +512,20 @@ class _Table:
         for name in self.values:
             if name not in self.used:
                 raise self.fail(name, "unknown key")
+
+
+def _port_range(text: Any, source: str) -> Tuple[int, int]:
+    """`LOW-HIGH` (or one port) -> (low, high); ConfigError naming the value and its source."""
+    low, _, high = str(text).strip().partition("-")
+    try:
+        ports = (int(low), int(high or low))
+    except ValueError:
+        ports = (0, 0)
+    if not (1 <= ports[0] <= ports[1] <= 65535):
+        raise ConfigError(
+            source, "kv_route_ports", f"expected a port range LOW-HIGH within 1-65535, got {_show(text)}"
+        )
+    return ports
 
 
 def _seconds(value: Any) -> float:
@@ -791,6 +812,23 @@ def load(flags: Flags, environ: Environ) -> Settings:
         _program(file, name, values if isinstance(values, Mapping) else {"command": values}, environ)
         for name, values in program_tables.items()
     )
+    kv_ports_text, kv_ports_src = pick(
+        flags.kv_route_ports, "BASENODE_KV_ROUTE_PORTS", "kv_route_ports", "text", None
+    )
+    kv_route_ports = (
+        DEFAULT_KV_ROUTE_PORTS if kv_ports_text is None else _port_range(kv_ports_text, kv_ports_src)
+    )
+    kv_limit_raw, kv_limit_src = pick(
+        flags.kv_route_limit, "BASENODE_KV_ROUTE_LIMIT", "kv_route_limit", "count", DEFAULT_KV_ROUTE_LIMIT
+    )
+    try:
+        kv_route_limit = int(kv_limit_raw)
+    except (TypeError, ValueError):
+        kv_route_limit = -1
+    if kv_route_limit < 0:
+        raise ConfigError(
+            kv_limit_src, "kv_route_limit", f"expected a number of routes, got {_show(kv_limit_raw)}"
+        )
     plugins_dir, _ = pick(
         flags.plugins_dir, "BASENODE_PLUGINS_DIR", "plugins_dir", "text", str(DEFAULT_PLUGINS_DIR)
     )
@@ -840,6 +878,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
         haproxy_group=haproxy_group,
         haproxy_log=haproxy_log,
         status_addr=status_addr,
+        kv_route_ports=kv_route_ports,
+        kv_route_limit=kv_route_limit,
         log_format=log_format,
         log_level=log_level.lower(),
         consul_http=load_consul_http(environ),

@@ -18,9 +18,21 @@ while its read fails: a failed read is unknown, never "no instances".
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
-from .config import ROUTES_KV_PREFIX, SERVICE_NAME_RE, ConfigError, Route, Settings, parse_route
+from .config import (
+    DEFAULT_KV_ROUTE_LIMIT,
+    DEFAULT_KV_ROUTE_PORTS,
+    ROUTES_KV_PREFIX,
+    SERVICE_NAME_RE,
+    ConfigError,
+    Route,
+    Settings,
+    parse_route,
+)
 from .dependency import PREFIX, READ_ERRORS, SERVICE, Query, fetch_now
 from .dependency.health_service import passing_instances
 from .snapshot import SAFE_TOKEN_RE, RouteState, Snapshot
@@ -60,16 +72,63 @@ def parse_kv_route(key: str, value: Optional[str], prefix: str = ROUTES_KV_PREFI
     return Route(service=route.service, port=route.port, mode=route.mode, tag=tag, source=source)
 
 
+@dataclass(frozen=True)
+class KVRoutePolicy:
+    """What a KV route may ask for: one key reaches every node, so it must not take a port this node
+    needs for something else, nor open an unbounded number of listeners."""
+
+    ports: Tuple[int, int] = DEFAULT_KV_ROUTE_PORTS  # allowed, inclusive
+    limit: int = DEFAULT_KV_ROUTE_LIMIT
+    taken: Mapping[int, str] = field(default_factory=dict)  # port -> what this node uses it for
+
+    def refusal(self, route: Route, accepted: int) -> Optional[str]:
+        low, high = self.ports
+        if not low <= route.port <= high:
+            return f"port {route.port} is outside kv_route_ports {low}-{high}"
+        if route.port in self.taken:
+            return f"port {route.port} is taken by {self.taken[route.port]}"
+        if accepted >= self.limit:
+            return f"more KV routes than kv_route_limit ({self.limit})"
+        return None
+
+
+AGENT_PORTS = {8300: "server", 8301: "serf_lan", 8302: "serf_wan", 8500: "http", 8502: "grpc", 8600: "dns"}
+AGENT_PORT_ARG_RE = re.compile(r"^-(http|https|dns|serf-lan|serf-wan|server|grpc)-port=(\d+)$")
+
+
+def kv_route_policy(settings: Settings) -> KVRoutePolicy:
+    """The ports this node knows are taken: the status endpoint, the agent's (when basenode runs it,
+    as its command line sets them), the API it reads, and the services it registers."""
+    taken: Dict[int, str] = {settings.status_addr[1]: "the status endpoint (status_addr)"}
+    if settings.run_consul:
+        ports = dict(AGENT_PORTS)
+        for arg in settings.agent.extra_args:
+            match = AGENT_PORT_ARG_RE.match(arg)
+            if match:
+                ports = {p: n for p, n in ports.items() if n != match.group(1).replace("-", "_")}
+                ports[int(match.group(2))] = match.group(1)
+        taken.update({port: f"the Consul agent ({name})" for port, name in ports.items()})
+    taken[settings.consul_http.host_port[1]] = "the Consul HTTP API basenode reads"
+    for service in settings.services:
+        taken[service.port] = f"service {service.name} (registered by this node)"
+    return KVRoutePolicy(settings.kv_route_ports, settings.kv_route_limit, taken)
+
+
 def merge_routes(
-    static: Sequence[Route], kv_values: Mapping[str, Optional[str]], prefix: str = ROUTES_KV_PREFIX
+    static: Sequence[Route],
+    kv_values: Mapping[str, Optional[str]],
+    prefix: str = ROUTES_KV_PREFIX,
+    policy: KVRoutePolicy = KVRoutePolicy(),
 ) -> Tuple[Tuple[Route, ...], List[str]]:
-    """Static routes plus the valid KV routes that clash with none of them (and none before them, by key).
+    """Static routes plus the valid KV routes that clash with none of them (and none before them, by key)
+    and that `policy` allows.
 
     Returns the routes sorted by service and one warning per KV entry skipped.
     """
     routes: Dict[str, Route] = {r.service: r for r in static}
     ports: Dict[int, Route] = {r.port: r for r in static}
     warnings: List[str] = []
+    accepted = 0
     for key in sorted(kv_values):
         if key == prefix or (key.endswith("/") and kv_values[key] is None):
             continue  # a folder, not a route
@@ -77,6 +136,10 @@ def merge_routes(
             route = parse_kv_route(key, kv_values[key], prefix)
         except ConfigError as e:
             warnings.append(f"skipped route: {e}")
+            continue
+        refusal = policy.refusal(route, accepted)
+        if refusal is not None:
+            warnings.append(f"skipped route: {route.source}: {refusal}")
             continue
         clash = routes.get(route.service) or ports.get(route.port)
         if clash is not None:
@@ -88,6 +151,7 @@ def merge_routes(
             continue
         routes[route.service] = route
         ports[route.port] = route
+        accepted += 1
     return tuple(sorted(routes.values(), key=lambda r: r.service)), warnings
 
 
@@ -109,21 +173,63 @@ def build_snapshot(routes: Sequence[Route], data: Mapping[Query, Any]) -> Snapsh
 # --- over the watch -------------------------------------------------------------------------------
 
 
-class Discovery:
-    """The watch's values -> HAProxy's routes and Snapshot, each distinct route warning logged once."""
+def bind_error(host: str, port: int) -> Optional[str]:
+    """Why HAProxy could not listen on host:port now, or None when it could.
 
-    def __init__(self, settings: Settings) -> None:
+    Probed the way HAProxy binds on Linux (SO_REUSEADDR and SO_REUSEPORT), so a port that another
+    HAProxy listener of ours holds probes free, and one that any other socket holds does not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            return f"cannot listen on {host}:{port}: {e.strerror or e}"
+    return None
+
+
+class Discovery:
+    """The watch's values -> HAProxy's routes and Snapshot, each distinct route warning logged once.
+
+    A KV route whose port cannot be bound (another process holds it) is left out, so that it cannot
+    make HAProxy's reload fail for every other route; it is reported in `refused` with its key and
+    tried again when its key's value changes.
+    """
+
+    def __init__(self, settings: Settings, probe: Callable[[str, int], Optional[str]] = bind_error) -> None:
         self.settings = settings
+        self.policy = kv_route_policy(settings)
         self.last: Optional[Snapshot] = None
+        self.refused: Dict[str, str] = {}  # KV key -> why its route is left out
+        self._probe = probe
+        self._probed: Dict[Route, Optional[str]] = {}  # a KV route (its key's value) -> bind error
         self._warnings = WarnOnce(log)
 
     def routes(self, data: Mapping[Query, Any]) -> Optional[Tuple[Route, ...]]:
         """Static + KV routes, or None while the routes prefix has not been read."""
         if ROUTES_QUERY not in data:
             return None
-        routes, warnings = merge_routes(self.settings.routes, dict(data[ROUTES_QUERY]))
-        self._warnings.report(warnings)
+        routes, warnings = merge_routes(self.settings.routes, dict(data[ROUTES_QUERY]), policy=self.policy)
+        routes = self._bindable(routes)
+        self._warnings.report(
+            [*warnings, *(f"skipped route: {KV_SOURCE} {k}: {why}" for k, why in self.refused.items())]
+        )
         return routes
+
+    def _bindable(self, routes: Tuple[Route, ...]) -> Tuple[Route, ...]:
+        serving = {state.route.port for state in (self.last.routes if self.last else ())}
+        probed: Dict[Route, Optional[str]] = {}
+        for route in routes:
+            if not route.source.startswith(KV_SOURCE) or route.port in serving:
+                continue
+            probed[route] = (
+                self._probed[route] if route in self._probed else self._probe(self.settings.bind, route.port)
+            )
+        self._probed = probed
+        self.refused = {r.source[len(KV_SOURCE) + 1 :]: why for r, why in probed.items() if why}
+        return tuple(r for r in routes if not probed.get(r))
 
     def wanted(self, data: Mapping[Query, Any]) -> FrozenSet[Query]:
         routes = self.routes(data)
@@ -157,7 +263,9 @@ def fetch_snapshot(settings: Settings, timeout: float = 10.0) -> Snapshot:
     include_warning = settings.watch.include_warning
     try:
         data, _ = fetch_now(settings.consul_http, [ROUTES_QUERY], include_warning, timeout)
-        routes, route_warnings = merge_routes(settings.routes, dict(data[ROUTES_QUERY]))
+        routes, route_warnings = merge_routes(
+            settings.routes, dict(data[ROUTES_QUERY]), policy=kv_route_policy(settings)
+        )
         values, warnings = fetch_now(settings.consul_http, route_queries(routes), include_warning, timeout)
     except READ_ERRORS as e:
         raise ConsulUnavailable(

@@ -60,6 +60,7 @@ class SyncState:
     bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     duration_sum: float = 0.0
     templates: Dict[str, Any] = field(default_factory=dict)  # name -> template.loop.TemplateStatus
+    refused_routes: Dict[str, str] = field(default_factory=dict)  # KV key -> why its route is left out
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds
@@ -120,11 +121,14 @@ def collect(
             "check_failures": state.check_failures,
             "apply_errors": state.apply_errors,
         },
+        "routes_refused": [{"key": k, "reason": why} for k, why in sorted(state.refused_routes.items())],
         "watch": _watch_doc(watcher),
         "last_error": state.last_error,
         "templates": {name: dataclasses.asdict(t) for name, t in sorted(state.templates.items())},
     }
     doc["problems"] = problems(doc, settings.health_max_age)
+    # Reported, not failed: one bad KV key reaches every node, and must not mark them all unhealthy.
+    doc["warnings"] = [f"routes: {r['key']}: {r['reason']}" for r in doc["routes_refused"]]
     doc["healthy"] = not doc["problems"]
     return doc
 
@@ -321,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/plain; version=0.0.4; charset=utf-8", body)
             return
         if path == "/health":
-            doc = {"healthy": doc["healthy"], "problems": doc["problems"]}
+            doc = {"healthy": doc["healthy"], "problems": doc["problems"], "warnings": doc["warnings"]}
         code = 200 if path == "/status" or doc["healthy"] else 503
         self._send(code, "application/json", json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
 

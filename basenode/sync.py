@@ -77,6 +77,7 @@ class Loop:
             if self.settings.run_haproxy and self.watcher is not None:
                 self.watcher.want("routes", self.discovery.wanted(data))
                 snapshot = self.discovery.snapshot(data)
+                self.state.refused_routes = dict(self.discovery.refused)
                 if snapshot is not None and snapshot != self.latest:
                     self.latest, snapshot_changed = snapshot, True
                 if self.latest is not None and (snapshot_changed or self.templates.haproxy_due(changed)):
