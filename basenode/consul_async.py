@@ -62,6 +62,8 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(our_role=h11.CLIENT)
+        self.reused = False  # taken from the idle list: the agent may have closed it meanwhile
+        self.answered = False  # some answer of this exchange arrived
 
     def close(self) -> None:
         self.writer.close()
@@ -105,19 +107,28 @@ class Pool:
 
         A 404 is an Answer with body None (a missing KV key); any other status but 200 is ConsulException.
         """
-        target = path + ("?" + urllib.parse.urlencode(list(params)) if params else "")
+        # Every byte of a key is the key: a space, `?`, `%` or any non-ASCII character is percent-encoded.
+        target = urllib.parse.quote(path, safe="/") + (
+            "?" + urllib.parse.urlencode(list(params)) if params else ""
+        )
         timeout = self.timeout if wait_seconds is None else wait_seconds * 17 / 16 + BLOCKING_MARGIN
-        connection = await self._acquire()
-        reusable = False
-        try:
-            status, headers, body = await asyncio.wait_for(self._exchange(connection, target), timeout)
-            reusable = connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE
-        except asyncio.TimeoutError:
-            raise ConsulException(f"GET {path}: no answer within {timeout:.0f}s") from None
-        except (OSError, h11.ProtocolError, ssl.SSLError) as e:
-            raise ConsulException(f"GET {path}: {type(e).__name__}: {e}") from None
-        finally:
-            self._release(connection, reusable)
+        for attempt in (1, 2):
+            connection = await self._acquire()
+            reusable = False
+            try:
+                status, headers, body = await asyncio.wait_for(self._exchange(connection, target), timeout)
+                reusable = connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE
+                break
+            except asyncio.TimeoutError:
+                raise ConsulException(f"GET {path}: no answer within {timeout:.0f}s") from None
+            except (OSError, h11.ProtocolError, ssl.SSLError, UnicodeError) as e:
+                # A kept connection the agent closed while it was idle fails before any answer:
+                # that is no failed read, so it is tried once more on a new connection.
+                if attempt == 1 and connection.reused and not connection.answered:
+                    continue
+                raise ConsulException(f"GET {path}: {type(e).__name__}: {e}") from None
+            finally:
+                self._release(connection, reusable)
         index = _index(headers.get(b"x-consul-index"), path)
         if status == 404:
             return Answer(status, index, None)
@@ -139,7 +150,9 @@ class Pool:
 
     async def _acquire(self) -> _Connection:
         if self._idle:
-            return self._idle.pop()
+            connection = self._idle.pop()
+            connection.reused, connection.answered = True, False
+            return connection
         if self.counters.open < self.max_connections:
             self.counters.open += 1  # reserved before the connect, which yields
             self.counters.peak_open = max(self.counters.peak_open, self.counters.open)
@@ -154,6 +167,7 @@ class Pool:
                     self._hand_over(handed.result())  # handed to us as we were cancelled: pass it on
                 raise
             if connection is not None:
+                connection.reused, connection.answered = True, False
                 return connection
         try:
             reader, writer = await asyncio.wait_for(
@@ -214,6 +228,7 @@ class Pool:
             if event is h11.NEED_DATA:
                 data = await connection.reader.read(65536)
                 self.counters.bytes_received += len(data)
+                connection.answered = connection.answered or bool(data)
                 conn.receive_data(data)  # b"" is the end of the stream: h11 raises if that is early
                 continue
             if isinstance(event, h11.Response):

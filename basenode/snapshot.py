@@ -111,6 +111,8 @@ def instance_from_health(entry: Mapping[str, Any]) -> Instance:
     """One element of /v1/health/service/<name> -> Instance, or Rejected."""
     node = entry.get("Node") or {}
     service = entry.get("Service") or {}
+    if not isinstance(node, Mapping) or not isinstance(service, Mapping):
+        raise Rejected("node or service is not an object")
     node_name = safe_token(node.get("Node"), "node name")
     service_id = safe_token(service.get("ID"), "service id")
     address = check_address(service.get("Address") or node.get("Address"))

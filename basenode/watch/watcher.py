@@ -75,6 +75,7 @@ class Watcher:
         self._thread: Optional[threading.Thread] = None
         self._reconcile_queued = False
         self._closed = False
+        self._loop_ready = threading.Event()
 
     # -- what users want (any thread) -------------------------------------------------------------
 
@@ -90,6 +91,9 @@ class Watcher:
         self._start_loop()
         if queue and self._loop is not None:
             self._loop.call_soon_threadsafe(self._reconcile)
+        elif queue:  # closed before the loop ever ran
+            with self._cond:
+                self._reconcile_queued = False
 
     def wanted(self) -> FrozenSet[Query]:
         with self._cond:
@@ -178,15 +182,16 @@ class Watcher:
     # -- the loop thread ----------------------------------------------------------------------------
 
     def _start_loop(self) -> None:
+        """Start the loop thread once; every caller returns only once the loop exists (a want() that
+        came while it started would otherwise have nowhere to go)."""
         with self._cond:
-            if self._thread is not None or self._closed:
-                return
-            started = threading.Event()
-            self._thread = threading.Thread(
-                target=self._serve, args=(started,), name="basenode-watch", daemon=True
-            )
-            self._thread.start()
-        started.wait()
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._serve, args=(self._loop_ready,), name="basenode-watch", daemon=True
+                )
+                self._thread.start()
+        if self._thread is not None:
+            self._loop_ready.wait()
 
     def _serve(self, started: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -271,7 +276,7 @@ class Watcher:
             return wanted, frozenset(), frozenset()
         others = sorted(q for q in wanted if q.kind != SERVICE)
         services = sorted(q for q in wanted if q.kind == SERVICE)
-        slots = self.max_conns - 1  # the catalog watch's
+        slots = self.max_conns - (1 if services else 0)  # the catalog watch's
         if len(others) > slots:
             slots -= 1  # the polled queries'
         blocking = self._seniors(others, slots)

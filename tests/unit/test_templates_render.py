@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from basenode import render
-from basenode.deps import service_value
-from basenode.templates import KEY, NODE, PREFIX, SERVICE, SERVICES, Query, Shared, render_template
+from basenode.dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
+from basenode.dependency.health_service import decode
+from basenode.template import render
+from basenode.template.functions import Shared, render_template
 
 
 def compile_text(tmp_path: Path, text: str):
@@ -29,7 +30,7 @@ def web_value():
                 "Checks": [{"CheckID": sid, "Status": status}],
             }
         )
-    return service_value("web", entries, include_warning=False)[0]
+    return decode("web", entries, include_warning=False)[0]
 
 
 def test_a_render_records_each_query_it_made_and_which_had_no_data_yet(tmp_path):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, FrozenSet, Iterable, List
 
 from basenode import sync
 from basenode.config import Settings, TemplateSpec
+from basenode.dependency import KEY, Query
+from basenode.routes import ROUTES_QUERY
 from basenode.snapshot import Snapshot
-from basenode.templates import KEY, Query
-from basenode.templateset import TemplateLoop, TemplateSet
+from basenode.template.loop import TemplateLoop, TemplateSet
 
 EMPTY = Snapshot(routes=())
 
@@ -110,20 +112,19 @@ def test_a_rejected_file_is_checked_again_later(tmp_path):
     assert (tmp_path / "c.conf").read_text() == "x\n" and templates.status["c"].last_error is None
 
 
-class FakeDependencies:
-    """The dependency cache without Consul: tests set `values`; rounds read a copy of it."""
+class FakeWatcher:
+    """The watch's cache without Consul: tests set `values`; rounds read a copy of it. Records what
+    each owner wants."""
 
     def __init__(self, values: Dict[Query, Any]) -> None:
         self.values = values
+        self.wants: Dict[str, FrozenSet[Query]] = {}
 
     def data(self) -> Dict[Query, Any]:
         return dict(self.values)
 
-    def want(self, queries: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def want(self, owner: str, queries: Iterable[Query]) -> None:
+        self.wants[owner] = frozenset(queries)
 
 
 def test_a_slow_haproxy_apply_does_not_let_an_older_view_of_consul_overwrite_a_newer_render(tmp_path):
@@ -131,18 +132,22 @@ def test_a_slow_haproxy_apply_does_not_let_an_older_view_of_consul_overwrite_a_n
     app = spec(tmp_path, "app", "{{ kv('app/x') }}\n", plugins=("p",))
     settings = settings_for(tmp_path, app)
     key = Query(KEY, "app/x")
-    cache = FakeDependencies({key: "old"})
-    loop = sync.Loop(settings, templates=TemplateLoop(settings, dependencies=cache))  # type: ignore[arg-type]
-    loop.templates.round()
+    cache = FakeWatcher({key: "old"})
+    loop = sync.Loop(settings, watcher=cache)  # type: ignore[arg-type]
+    loop.start()
     assert (tmp_path / "app.conf").read_text() == "old\n"
+    newer: List[threading.Thread] = []
 
     def slow_haproxy_apply(*args: Any, **kwargs: Any) -> None:
-        # While HAProxy applies the snapshot, the value changes and the dependency thread renders it.
-        cache.values = {key: "new"}
-        loop.templates.round(changed={key})
+        # While HAProxy applies the snapshot, the value changes and the watch reports it (its thread).
+        cache.values = {**cache.values, key: "new"}
+        newer.append(threading.Thread(target=loop.on_change, args=(frozenset({key}),)))
+        newer[0].start()
 
     loop._apply = slow_haproxy_apply  # type: ignore[method-assign]
-    loop.on_snapshot(EMPTY)
+    cache.values = {**cache.values, ROUTES_QUERY: ()}  # the routes arrive: a snapshot to apply
+    loop.on_change(frozenset({ROUTES_QUERY}))
+    newer[0].join(10)
     assert (tmp_path / "app.conf").read_text() == "new\n"
 
 
@@ -150,20 +155,36 @@ def test_the_sync_loop_is_ready_once_every_template_rendered_or_the_grace_is_ove
     app = spec(tmp_path, "app", "{{ kv('app/x') }}\n")
     settings = Settings(templates=(app,), plugins_dir=tmp_path, state_dir=tmp_path, run_haproxy=False)
     key = Query(KEY, "app/x")
-    cache = FakeDependencies({})
-    loop = sync.Loop(settings, templates=TemplateLoop(settings, dependencies=cache))  # type: ignore[arg-type]
-    loop.templates.round()  # asks for the key: waiting, nothing written
+    cache = FakeWatcher({})
+    loop = sync.Loop(settings, watcher=cache)  # type: ignore[arg-type]
+    loop.start()  # asks for the key: waiting, nothing written
+    assert cache.wants == {"templates": frozenset({key})}
     assert not loop.ready(grace_over=False)
     assert loop.ready(grace_over=True)  # start anyway: Consul may not answer for a long time
     cache.values = {key: "v"}
-    loop.templates.round(changed={key})
+    loop.on_change(frozenset({key}))
     assert (tmp_path / "app.conf").read_text() == "v\n" and loop.ready(grace_over=False)
 
 
 def test_with_haproxy_the_sync_loop_is_not_ready_before_its_config_is_in_place(tmp_path):
     settings = Settings(plugins_dir=tmp_path, state_dir=tmp_path)
-    loop = sync.Loop(settings, templates=TemplateLoop(settings, dependencies=FakeDependencies({})))  # type: ignore[arg-type]
-    loop.templates.round()
+    cache = FakeWatcher({})
+    loop = sync.Loop(settings, watcher=cache)  # type: ignore[arg-type]
+    loop.start()
+    assert cache.wants["routes"] == frozenset({ROUTES_QUERY})  # HAProxy's routes are asked for first
     assert not loop.ready(grace_over=True)  # HAProxy would start on no config at all
     loop.applied = EMPTY
     assert loop.ready(grace_over=False)
+
+
+def test_a_template_loop_round_renders_from_the_data_given_and_says_what_its_templates_use(tmp_path):
+    app = spec(tmp_path, "app", "{{ kv('app/x') }} {{ kv('app/y', 'none') }}\n")
+    settings = settings_for(tmp_path, app)
+    x, y = Query(KEY, "app/x"), Query(KEY, "app/y")
+    cache = FakeWatcher({})
+    templates = TemplateLoop(settings, cache)  # type: ignore[arg-type]
+    assert templates.round({}) == 0 and templates.waiting()
+    assert cache.wants["templates"] == {x, y}
+    assert templates.round({x: "1", y: None}, changed={x, y}) == 1
+    assert (tmp_path / "app.conf").read_text() == "1 none\n" and not templates.waiting()
+    assert templates.round({x: "1", y: None}, changed={Query(KEY, "elsewhere")}) == 0  # not due

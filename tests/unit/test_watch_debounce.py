@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from basenode.watch import Debouncer
+from basenode.watch.debounce import Debouncer
 
 
 def test_an_isolated_change_is_emitted_at_once():

@@ -1,9 +1,8 @@
-"""consul.py's pure parts: the agent's generated config, its command line, waits and timeouts."""
+"""consul.py's and agent.py's pure parts: the agent's generated config, its command line, the client, join."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,7 @@ import pytest
 from basenode import config
 from basenode.agent import agent_config, agent_program
 from basenode.config import Agent, ConsulHTTP, Settings
-from basenode.consul import (
-    blocking_timeout,
-    join_addresses,
-    join_command,
-    make_client,
-    parse_wait,
-)
-from basenode.watch import BACKOFF_MAX, backoff_delay
+from basenode.consul import join_addresses, join_command, make_client
 
 SECRET_TOKEN = "11111111-2222-3333-4444-555555555555"
 SECRET_KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
@@ -79,34 +71,6 @@ def test_the_token_given_wins_over_the_environment_and_is_not_in_the_client_repr
     assert client.token == SECRET_TOKEN
     assert client.http.base_uri == "https://127.0.0.1:8501"
     assert client.http.verify is False
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("5m", 300), ("30s", 30), ("1m30s", 90), ("10m", 600), ("500ms", 0.5), ("11m", 600), ("1h", 600)],
-)
-def test_consul_wait_durations_parse_and_are_capped_at_consuls_ten_minutes(text, seconds):
-    assert parse_wait(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "5", "0s", "-1s", "5 m", "m5", "5x", "1s2"])
-def test_bad_wait_durations_are_refused(text):
-    with pytest.raises(ValueError):
-        parse_wait(text)
-
-
-def test_a_blocking_read_may_last_its_wait_plus_consuls_jitter():
-    assert blocking_timeout([("index", 5), ("wait", "160s")]) > 160 + 10
-    assert blocking_timeout([("recurse", "1")]) is None
-
-
-def test_backoff_grows_is_capped_and_jittered():
-    rng = random.Random(1)
-    first = [backoff_delay(1, rng) for _ in range(50)]
-    late = [backoff_delay(30, rng) for _ in range(50)]
-    assert max(first) <= 0.25
-    assert max(late) <= BACKOFF_MAX and max(late) > 1.0
-    assert len(set(late)) > 40
 
 
 def test_join_addresses_come_from_arguments_then_consul_join_then_link_variables():

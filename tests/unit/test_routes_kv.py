@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from basenode.config import ConfigError, Route
-from basenode.watch import merge_routes, parse_kv_route
+from basenode.routes import merge_routes, parse_kv_route
 
 P = "basenode/routes/"
 
