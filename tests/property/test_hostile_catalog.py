@@ -109,7 +109,13 @@ def test_any_registration_renders_a_checked_config_of_template_lines_with_exactl
        `<endpoint> weight <weight>[ init-addr last,libc,none]` of the catalog entries the oracle finds
        valid and passing: every valid one present, once, and nothing else.
     """
-    settings = Settings(state_dir=workdir, consul_http=ConsulHTTP(addr=agent.http_addr))
+    # Every port a KV route may name, and none taken: the oracle knows the catalog rules, not the port policy.
+    settings = Settings(
+        state_dir=workdir,
+        consul_http=ConsulHTTP(addr=agent.http_addr),
+        kv_route_ports=(1, 65535),
+        run_consul=False,
+    )
     try:
         stored = catalog.store(agent, example, next(_serial))
         expected = [
