@@ -115,15 +115,7 @@ def make_client(http: ConsulHTTP, timeout: float = DEFAULT_TIMEOUT) -> Client:
     return client
 
 
-def request_count(client: pyconsul.Consul) -> int:
-    return getattr(client.http, "requests", 0)
-
-
 # --- agent ----------------------------------------------------------------------------------------
-
-
-def agent_self(client: pyconsul.Consul) -> Dict[str, Any]:
-    return client.agent.self()
 
 
 def agent_reachable(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> str:

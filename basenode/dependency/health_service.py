@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, List, Mapping, Sequence, Tuple
 
 from ..snapshot import Instance, Rejected, instance_from_health, show
-from .answers import BadAnswer, objects
+from .answers import objects
 
 PASSING = ("passing",)
 PASSING_OR_WARNING = ("passing", "warning")
@@ -67,6 +67,3 @@ def decode(name: str, body: Any, include_warning: bool) -> Tuple[ServiceValue, L
 def passing_instances(value: ServiceValue, tag: Any = None) -> Tuple[Instance, ...]:
     """The instances a route sends traffic to: passing, and carrying `tag` when it has one."""
     return tuple(i for i, ok in value if ok and (tag is None or tag in i.tags))
-
-
-__all__ = ["BadAnswer", "ServiceValue", "decode", "healthy", "passing_instances", "path"]

@@ -119,8 +119,6 @@ class CatalogView:
         self.summaries: Optional[Dict[SummaryKey, Mapping[str, Any]]] = None
         self.values: Optional[Values] = None
         self.reconcile_at: Optional[float] = None
-        self.full_reads = 0
-        self.targeted_reads = 0
 
     async def read(
         self, index: int, wait: Optional[str], seconds: Optional[float]
@@ -174,7 +172,6 @@ class CatalogView:
             for name, entries in entries_from_dump(dump.body, self.services).items():
                 values[name], dropped = hs.decode(name, entries, self.include_warning)
                 warnings += dropped
-        self.full_reads += 1
         self.summaries, self.values, self.reconcile_at = summaries, values, None
         return index, values, warnings
 
@@ -183,7 +180,6 @@ class CatalogView:
         done = []
         for name in names:
             result = await fetch(self.pool, Query(SERVICE, name), include_warning=self.include_warning)
-            self.targeted_reads += 1
             done.append((name, result.value, result.warnings))
             await asyncio.sleep(0)
         return done

@@ -62,6 +62,7 @@ class Watcher:
         self.pool = Pool(settings.consul_http, max_connections=self.max_conns)
         self._cond = threading.Condition()
         self._wants: Dict[str, FrozenSet[Query]] = {}
+        self._wanted: FrozenSet[Query] = frozenset()  # the union of _wants, kept with it
         self._data: Dict[Query, Any] = {}
         self._changed: Set[Query] = set()
         self._changes = 0
@@ -86,6 +87,7 @@ class Watcher:
             if self._closed or self._wants.get(owner) == wanted:
                 return
             self._wants[owner] = wanted
+            self._wanted = frozenset().union(*self._wants.values())
             queue = not self._reconcile_queued
             self._reconcile_queued = True
         self._start_loop()
@@ -94,10 +96,6 @@ class Watcher:
         elif queue:  # closed before the loop ever ran
             with self._cond:
                 self._reconcile_queued = False
-
-    def wanted(self) -> FrozenSet[Query]:
-        with self._cond:
-            return frozenset().union(*self._wants.values()) if self._wants else frozenset()
 
     def data(self) -> Dict[Query, Any]:
         """A copy of every value known now: one consistent view for a round of renders."""
@@ -125,10 +123,6 @@ class Watcher:
     @property
     def counters(self) -> Counters:
         return self.pool.counters
-
-    @property
-    def requests(self) -> int:
-        return self.pool.counters.requests
 
     def threads(self) -> int:
         """Threads this watcher runs: the event loop's, whatever the number of queries."""
@@ -220,7 +214,7 @@ class Watcher:
             self._reconcile_queued = False
             if self._closed:
                 return
-            wanted = frozenset().union(*self._wants.values()) if self._wants else frozenset()
+            wanted = self._wanted
         direct, polled, overflow = self._assign(wanted)
         mode = {**dict.fromkeys(direct, False), **dict.fromkeys(polled, True)}
         for query in [q for q, (_, was_polled) in self._tasks.items() if mode.get(q) is not was_polled]:
@@ -308,7 +302,7 @@ class Watcher:
 
     def _store(self, values: Dict[Query, Any]) -> None:
         with self._cond:
-            wanted = frozenset().union(*self._wants.values()) if self._wants else frozenset()
+            wanted = self._wanted
             changed = False
             for query, value in values.items():
                 if query not in wanted or (query in self._data and self._data[query] == value):
