@@ -25,6 +25,10 @@ ZIPAPP = ROOT / "dist" / "basenode"
 BASE_IMAGE = "debian:bookworm-slim"
 # The image `make image` builds.
 IMAGE = "basenode"
+# The newer base: Debian trixie, whose packages give HAProxy 3.0 and Python 3.13. The image built
+# on it is the same Dockerfile with `--build-arg DEBIAN_IMAGE=debian:trixie-slim`.
+TRIXIE_BASE_IMAGE = "debian:trixie-slim"
+TRIXIE_IMAGE = "basenode-test/trixie"
 # A second, older base for the drop-in test: Debian bullseye with its python3 (3.9). The
 # tag says what it is: it is not a debian:* image, because a real one has no python3.
 BULLSEYE_PYTHON_IMAGE = "basenode-test/bullseye-python3"
@@ -84,11 +88,15 @@ def ensure_base_image(suite: str, tag: str, packages: str = "") -> None:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stderr[-3000:]}")
 
 
-def build_image(tag: str, context: Path, dockerfile: Optional[Path] = None) -> str:
+def build_image(
+    tag: str, context: Path, dockerfile: Optional[Path] = None, build_args: Optional[Mapping[str, str]] = None
+) -> str:
     """`docker build` (layer cache on); returns the image id."""
     cmd = ["build", "-q", "--label", TEST_LABEL, "-t", tag]
     if dockerfile is not None:
         cmd += ["-f", str(dockerfile)]
+    for key, value in (build_args or {}).items():
+        cmd += ["--build-arg", f"{key}={value}"]
     docker(*cmd, str(context), timeout=BUILD_TIMEOUT)
     # Each new zipapp leaves the previous build of our images untagged: drop those (only ours).
     docker("image", "prune", "-f", "--filter", f"label={TEST_LABEL}", check=False)
