@@ -12,7 +12,6 @@ Every request builds one status document (`collect`); /health is its `healthy` a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, consul, control, haproxy, watch
 from .config import Settings
+from .output.record import OutputRecord
 from .routes import Discovery
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ TEMPLATE_ERROR_KINDS = (
 
 
 @dataclass
-class SyncState:
-    """What the sync loop did, kept in memory by it (under its lock) and read by the endpoint."""
+class SyncState(OutputRecord):
+    """What the sync loop did, kept in memory by it (under its lock) and read by the endpoint: the
+    record of HAProxy's config as an output (render_errors, check_failures, last_error) and more."""
 
     started: float = field(default_factory=time.time)
     syncs: int = 0
@@ -52,10 +53,7 @@ class SyncState:
     last_duration: Optional[float] = None
     last_how: Optional[str] = None  # unchanged | runtime | reload | restart | written
     applies: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(APPLY_HOWS, 0))
-    render_errors: int = 0
-    check_failures: int = 0
-    apply_errors: int = 0
-    last_error: Optional[str] = None  # "render: ...", "check: ..." or "apply: ..."; None after a success
+    apply_errors: int = 0  # last_error: "render: ...", "check: ..." or "apply: ..."; None after a success
     routes: Tuple[Tuple[str, int, str, int], ...] = ()  # (service, port, mode, healthy instances)
     bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     duration_sum: float = 0.0
@@ -124,7 +122,7 @@ def collect(
         "routes_refused": [{"key": k, "reason": why} for k, why in sorted(state.refused_routes.items())],
         "watch": _watch_doc(watcher),
         "last_error": state.last_error,
-        "templates": {name: dataclasses.asdict(t) for name, t in sorted(state.templates.items())},
+        "templates": {name: t.doc() for name, t in sorted(state.templates.items())},
     }
     doc["problems"] = problems(doc, settings.health_max_age)
     # Reported, not failed: one bad KV key reaches every node, and must not mark them all unhealthy.

@@ -3,10 +3,12 @@
 Data flows one way: the watch follows every dependency the renders use (HAProxy's routes, HAProxy's
 template, every template) and reports which changed; routes.Discovery turns its values into a
 validated Snapshot, render turns that into text, haproxy checks and applies it, and the templates
-render from the same values. Whatever fails (Consul, the template, HAProxy's check, a full disk), the last
-good config keeps serving, and the failure is logged, counted in the loop's SyncState and shown by
-the status endpoint (status.py) this process serves. A failed apply (not a failed render or check,
-which would fail the same way again) is retried every RETRY_SECONDS until it works.
+render from the same values. HAProxy's config and every template are outputs taking the same step
+(output.record.attempt: render -> check -> apply -> retry) into the same kind of record. Whatever
+fails (Consul, the template, HAProxy's check, a full disk), the last good config keeps serving, and
+the failure is logged, counted in the output's record (SyncState for HAProxy's) and shown by the
+status endpoint (status.py) this process serves. A failed apply (not a failed render or check, which
+would fail the same way again) is retried every RETRY_SECONDS until it works.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 from . import files, haproxy, status
 from .config import Settings
 from .dependency import READ_ERRORS, Query
+from .output.record import RETRY_SECONDS, OutputFailed, attempt
 from .routes import ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from .snapshot import Snapshot
 from .template import render
@@ -34,7 +37,6 @@ from .watch import Watcher
 log = logging.getLogger(__name__)
 TEMPLATE_POLL_SECONDS = 1.0  # how often a running sync looks for an edited template
 READY_POLL_SECONDS = 0.05  # until the first renders are done (programs wait for them to start)
-RETRY_SECONDS = 2.0  # after a failed apply (disk full, HAProxy not answering), try again this often
 ONCE_TIMEOUT = 30.0  # `sync --once`: how long templates may wait for the data they asked for
 
 
@@ -57,7 +59,6 @@ class Loop:
         self.state = status.SyncState()
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
         self.latest: Optional[Snapshot] = None  # newest from the watch (may have failed to apply)
-        self.retry_at: Optional[float] = None  # monotonic time to apply `latest` again after a failure
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -117,56 +118,59 @@ class Loop:
             changed = self.template.refresh()
         except render.RenderError as e:
             message = f"render: {e}"
-            if self.state.last_error != message:
+            if self.state.last_error != message:  # this is looked at every second: count it once
+                self.state.failed("render_errors", message, retrying=False)
                 log.error("template: %s (the running config stays)", e)
-                self.state.render_errors += 1
-                self.state.last_error = message
             return
         if changed and self.latest is not None and self.applied is not None:
             log.info("template %s changed: re-rendering", self.template.path)
             self._apply(self.latest, data, template_changed=True)
-        elif self.retry_at is not None and time.monotonic() >= self.retry_at and self.latest is not None:
+        elif self.state.due(time.monotonic()) and self.latest is not None:
             log.info("retrying the apply that failed")
             self._apply(self.latest, data, template_changed=True)
 
     def _apply(
         self, snapshot: Snapshot, data: Dict[Query, Any], template_changed: bool, partial: bool = False
     ) -> None:
+        """HAProxy's config as one output through record.attempt, like every template."""
         started = time.monotonic()
-        try:
-            if self.template.template is None:
-                self.template.refresh()
-            context = render.context(snapshot, self.settings, self.parts)
-            text = self.templates.render_haproxy(self.template.template, context, data, partial)
-        except render.RenderError as e:
-            log.error("render: %s (the running config stays)", e)
-            self.state.render_errors += 1
-            self.state.last_error = f"render: {e}"
-            return
-        if text is None:
-            return  # what its template functions asked for is being read: a change comes next
         previous = None if template_changed else self.applied
-        try:
-            result = haproxy.apply(self.settings, previous, snapshot, text)
-        except haproxy.CheckFailed as e:
-            log.error("haproxy -c rejected the new config (the running config stays): %s", e)
-            self.state.check_failures += 1
-            self.state.last_error = f"check: haproxy -c: {e}"
+
+        def render_config() -> Optional[str]:
+            try:
+                if self.template.template is None:
+                    self.template.refresh()
+                context = render.context(snapshot, self.settings, self.parts)
+                # None while what its template functions asked for is being read: a change comes next
+                return self.templates.render_haproxy(self.template.template, context, data, partial)
+            except render.RenderError as e:
+                raise OutputFailed("render_errors", f"render: {e}") from None
+
+        def apply_config(text: str) -> str:
+            try:
+                return haproxy.apply(self.settings, previous, snapshot, text).how
+            except haproxy.CheckFailed as e:
+                raise OutputFailed(
+                    "check_failures",
+                    f"check: haproxy -c: {e}",
+                    headline=f"haproxy -c rejected the new config: {e}",
+                ) from None
+            except (haproxy.ApplyError, OSError) as e:
+                # Not the config's fault (a full disk, HAProxy between lives): the same one may work soon.
+                raise OutputFailed(
+                    "apply_errors",
+                    f"apply: {e}",
+                    headline=f"apply failed, retrying every {RETRY_SECONDS:.0f} s: {e}",
+                    retry=True,
+                ) from None
+
+        outcome = attempt(
+            self.state, "sync", render_config, apply_config, time.monotonic, "the running config stays", log
+        )
+        if outcome.how is None:
             return
-        except (haproxy.ApplyError, OSError) as e:
-            # Not the config's fault (a full disk, HAProxy between lives): the same one may work soon.
-            message = f"apply: {e}"
-            if message != self.state.last_error:  # once per distinct error, not every retry
-                log.error("apply failed, retrying every %.0f s: %s", RETRY_SECONDS, e)
-            else:
-                log.debug("apply failed again: %s", e)
-            self.state.apply_errors += 1
-            self.state.last_error = message
-            self.retry_at = time.monotonic() + RETRY_SECONDS
-            return
-        self.retry_at = None
         self.applied = snapshot
-        self._record(snapshot, result.how, time.monotonic() - started)
+        self._record(snapshot, outcome.how, time.monotonic() - started)
         _return_free_memory()
 
     def _record(self, snapshot: Snapshot, how: str, duration: float) -> None:
@@ -175,9 +179,6 @@ class Loop:
         s.last_sync = time.time()
         s.last_duration = duration
         s.last_how = how
-        if s.last_error:
-            log.info("sync works again after: %s", s.last_error)
-        s.last_error = None
         if how in s.applies:
             s.applies[how] += 1
         s.observe(duration)

@@ -3,9 +3,10 @@
 A round renders, from one copy of the dependency cache (one consistent view of Consul), the templates
 that need it: those never rendered, those waiting for data, those using a query that changed, those
 whose template or plugin file changed, and those with plugins when the discovery snapshot changed
-(plugins read it). Each output goes through outputs.apply: written only when its text changed,
-checked, promoted atomically, reloaded. Whatever fails (render, plugin, check, reload) is logged with
-where it came from and counted; the last good file stays. A failed check, write or reload (which a
+(plugins read it). Each goes through output.record.attempt, the step HAProxy's config takes too:
+render, then outputs.apply (written only when its text changed, checked, promoted atomically,
+reloaded). Whatever fails (render, plugin, check, reload) is counted in the template's record and
+logged with where it came from; the last good file stays. A failed check, write or reload (which a
 fixed program or file system may make work without any input changing) is due again every
 RETRY_SECONDS; a failed reload is retried on its own, the file being in place already. After a round,
 `wanted()` is what the watch must follow: the union of what the templates' last renders used.
@@ -21,6 +22,7 @@ from typing import Any, Callable, Collection, Dict, FrozenSet, List, Optional, S
 from ..config import Settings, TemplateSpec
 from ..dependency import READ_ERRORS, Query, fetch_now
 from ..output import file as outputs
+from ..output.record import RETRY_SECONDS, OutputFailed, OutputRecord, attempt
 from ..routes import static_snapshot
 from ..snapshot import Snapshot
 from ..watch import Watcher
@@ -30,23 +32,19 @@ from .functions import Data
 from .plugins import PluginError, Plugins
 
 log = logging.getLogger(__name__)
-RETRY_SECONDS = 2.0  # a failed check, write or reload is tried again this often (like sync's applies)
 
 
 @dataclass
-class TemplateStatus:
-    """What one template last did, for status output and tests."""
+class TemplateStatus(OutputRecord):
+    """What one template last did (its output's record), for status output and tests."""
 
-    destination: str
+    destination: str = ""
     renders: int = 0
     writes: int = 0  # the destination replaced (and its reload action taken)
-    render_errors: int = 0
     plugin_errors: int = 0
-    check_failures: int = 0
     reload_failures: int = 0
     output_errors: int = 0  # the destination (or its candidate) could not be read, written or owned
     last_write: Optional[float] = None
-    last_error: Optional[str] = None
     waiting_for: List[str] = field(default_factory=list)  # queries with no data yet
 
 
@@ -62,11 +60,10 @@ class TemplateSet:
         self.specs: Tuple[TemplateSpec, ...] = settings.templates
         self.sources = {spec.name: render.TemplateSource(spec.source) for spec in self.specs}
         self.plugins = Plugins(settings.plugins_dir, reserved=templates.FUNCTION_NAMES)
-        self.status = {spec.name: TemplateStatus(str(spec.destination)) for spec in self.specs}
+        self.status = {spec.name: TemplateStatus(destination=str(spec.destination)) for spec in self.specs}
         self._used: Dict[str, FrozenSet[Query]] = {}
         self._missing: Dict[str, FrozenSet[Query]] = {}
         self._stamps: Dict[str, Tuple[Any, ...]] = {}  # template and plugin files at the last render
-        self._retry_at: Dict[str, float] = {}  # clock() when a failed check, write or reload is due again
         self._reload_pending: Set[str] = set()  # written, but the reload failed: the program runs the old
         self._uncompiled: Set[str] = set()  # the template file as it is now does not compile
 
@@ -102,7 +99,7 @@ class TemplateSet:
             or self._missing.get(spec.name)
             or self._used[spec.name] & changed
             or (snapshot_changed and spec.plugins)
-            or self._retry_at.get(spec.name, now + 1) <= now
+            or self.status[spec.name].due(now)
         )
 
     def render_round(
@@ -120,95 +117,99 @@ class TemplateSet:
                 written += self._render_one(spec, data, snapshot, shared)
             except Exception as e:  # whatever it is, it is this template's: the others and the loop go on
                 log.debug("template %s failed", spec.name, exc_info=True)
-                self.status[spec.name].render_errors += 1
-                self._failed(spec, f"{type(e).__name__}: {e}")
+                self.status[spec.name].failed("render_errors", f"{type(e).__name__}: {e}", retrying=False)
+                self._used.setdefault(spec.name, frozenset())
+                log.error(
+                    "template %s: %s: %s (the last good %s stays)",
+                    spec.name,
+                    type(e).__name__,
+                    e,
+                    spec.destination,
+                )
         return written
 
     def _render_one(
         self, spec: TemplateSpec, data: Data, snapshot: Snapshot, shared: templates.Shared
     ) -> bool:
+        """One template through record.attempt; True when its destination was replaced."""
         status = self.status[spec.name]
         self._stamps[spec.name] = self._file_stamps(spec)
-        again = self._retry_at.pop(spec.name, None) is not None
+        outcome = attempt(
+            status,
+            f"template {spec.name}",
+            lambda: self._render(spec, data, snapshot, shared),
+            lambda text: self._apply(spec, text),
+            self._clock,
+            keeps=f"the last good {spec.destination} stays",
+            logger=log,
+        )
+        if outcome.failure is not None:
+            # Counts as rendered: it is due again when its files, its data or the snapshot change (or
+            # its retry is due), not every round: a template broken from the start would fail each second.
+            self._used.setdefault(spec.name, frozenset())
+        if outcome.how == "written":
+            status.writes += 1
+            status.last_write = time.time()
+            if outcome.failure is None:
+                log.info("template %s: wrote %s%s", spec.name, spec.destination, _action(spec))
+            return True
+        return False
+
+    def _render(
+        self, spec: TemplateSpec, data: Data, snapshot: Snapshot, shared: templates.Shared
+    ) -> Optional[str]:
+        """The template's text from `data`; None while what it asked for is on its way."""
+        status = self.status[spec.name]
         try:
             self.sources[spec.name].refresh()
         except render.RenderError as e:
             self._uncompiled.add(spec.name)
-            status.render_errors += 1
-            return self._failed(spec, f"template: {e}")
+            raise OutputFailed("render_errors", f"template: {e}") from None
         self._uncompiled.discard(spec.name)
         try:
             extra: Dict[str, Any] = {}
             for plugin in spec.plugins:
                 extra.update(self.plugins.context(plugin, snapshot))
         except PluginError as e:
-            status.plugin_errors += 1
-            return self._failed(spec, f"plugin: {e}")
+            raise OutputFailed("plugin_errors", f"plugin: {e}") from None
         result = templates.render_template(self.sources[spec.name].template, data, extra, shared)
         self._used[spec.name] = result.used
         self._missing[spec.name] = result.missing
         status.waiting_for = sorted(str(q) for q in result.missing)
         if result.missing:
             log.debug("template %s: waiting for %s", spec.name, ", ".join(status.waiting_for))
-            return False
+            return None
         status.renders += 1
         if result.error is not None:
-            status.render_errors += 1
-            return self._failed(spec, f"render: {result.error}")
-        assert result.text is not None
+            raise OutputFailed("render_errors", f"render: {result.error}")
+        return result.text
+
+    def _apply(self, spec: TemplateSpec, text: str) -> str:
+        """Check, write and reload (outputs.apply); a reload that failed before is retried on its own."""
         how: Optional[str] = None
         try:
-            how = outputs.apply(spec, result.text, self.settings.state_dir)
+            how = outputs.apply(spec, text, self.settings.state_dir)
             if how == "unchanged" and spec.name in self._reload_pending:
                 outputs.reload(spec, self.settings.state_dir)  # the file is in place, its reload was not
                 log.info("template %s: reloaded %s (retried)", spec.name, spec.destination)
         except outputs.CheckFailed as e:
-            status.check_failures += 1
-            self._retry_at[spec.name] = self._clock() + RETRY_SECONDS
-            return self._failed(spec, f"check rejected the new file: {e}", again)
+            raise OutputFailed("check_failures", f"check rejected the new file: {e}", retry=True) from None
         except outputs.ReloadFailed as e:
-            status.reload_failures += 1
             self._reload_pending.add(spec.name)
-            self._retry_at[spec.name] = self._clock() + RETRY_SECONDS
-            message = f"reload: {e}"
-            quiet = again and status.last_error == message
-            status.last_error = message
-            if how is not None:  # a retry of the reload alone
-                log.log(logging.DEBUG if quiet else logging.ERROR, "template %s: %s", spec.name, message)
-                return False
-            status.writes += 1
-            status.last_write = time.time()
-            log.error(
-                "template %s: %s written, but its reload failed (retrying every %.0f s): %s",
-                spec.name,
-                spec.destination,
-                RETRY_SECONDS,
-                e,
+            written = how is None  # else the file was in place already: a retry of the reload alone
+            every = f"retrying every {RETRY_SECONDS:.0f} s"
+            headline = (
+                f"{spec.destination} written, but its reload failed ({every}): {e}"
+                if written
+                else f"reload: {e}"
             )
-            return True
+            raise OutputFailed(
+                "reload_failures", f"reload: {e}", headline=headline, retry=True, applied=written
+            ) from None
         except outputs.OutputError as e:
-            status.output_errors += 1
-            self._retry_at[spec.name] = self._clock() + RETRY_SECONDS
-            return self._failed(spec, str(e), again)
+            raise OutputFailed("output_errors", str(e), retry=True) from None
         self._reload_pending.discard(spec.name)
-        status.last_error = None
-        if how == "written":
-            status.writes += 1
-            status.last_write = time.time()
-            log.info("template %s: wrote %s%s", spec.name, spec.destination, _action(spec))
-            return True
-        return False
-
-    def _failed(self, spec: TemplateSpec, message: str, again: bool = False) -> bool:
-        """`again`: a retry; the same failure as last time is then logged at debug level only."""
-        # Counts as rendered: it is due again when its files, its data or the snapshot change, not
-        # every round (a template broken from the start would otherwise fail and log every second).
-        self._used.setdefault(spec.name, frozenset())
-        quiet = again and self.status[spec.name].last_error == message
-        self.status[spec.name].last_error = message
-        level = logging.DEBUG if quiet else logging.ERROR
-        log.log(level, "template %s: %s (the last good %s stays)", spec.name, message, spec.destination)
-        return False
+        return how
 
 
 def _action(spec: TemplateSpec) -> str:
