@@ -59,7 +59,11 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     add("--log-format", choices=("text", "json"), help="log format (env BASENODE_LOG_FORMAT; default text)")
     add("--log-level", choices=("debug", "info", "warning", "error"), help="(env BASENODE_LOG_LEVEL)")
     add("--include-warning", action="store_true", help="route to instances whose checks warn, not only pass")
-    add("--watch-mode", choices=("blocking", "poll"), help="blocking queries (default) or the seed's polling")
+    add(
+        "--watch-mode",
+        choices=("blocking", "poll"),
+        help="blocking queries (default), or a full read every poll interval",
+    )
     add("--poll-interval", metavar="SECONDS", help="with --watch-mode poll (default 5)")
     add(
         "--watch-max-conns",

@@ -148,9 +148,9 @@ class Watch:
     wait_max: float = 1.0  # no change waits longer than this to be applied
     blocking_wait: str = "5m"  # Consul's `wait` for blocking queries
     include_warning: bool = False
-    mode: str = "blocking"  # blocking | poll (the seed's 5 s polling, for comparison)
+    mode: str = "blocking"  # blocking | poll (a full read every poll_interval)
     poll_interval: float = 5.0
-    # runtime: runtime API, reload only when routes change; reload: always; restart: the seed's way
+    # runtime: runtime API, reload only when routes change; reload: always; restart: stop and start
     apply_mode: str = "runtime"
     # With no answer from Consul this long after start, HAProxy (and so the app) starts anyway with
     # the configured routes and no instances; the catalog fills them in when Consul answers.
@@ -1061,7 +1061,7 @@ def _load_watch(
     return watch
 
 
-# Docker links to a Consul server, as the seed used them (CONSULSERVER_1_PORT_8500_TCP_ADDR):
+# Docker links to a Consul server, as docker-basenode images used them (CONSULSERVER_1_PORT_8500_TCP_ADDR):
 # the serf LAN port's variables first, the HTTP port's second.
 LINK_VARIABLE_RE = re.compile(r"^[A-Z0-9_]+_PORT_(8301|8500)_TCP_ADDR$")
 JOIN_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.:-]{1,253})(:[0-9]{1,5})?$")

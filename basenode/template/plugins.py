@@ -1,4 +1,4 @@
-"""Data plugins, the seed's extension point: `<plugins_dir>/<name>.py` defining `context(snapshot) -> dict`.
+"""Data plugins (docker-basenode's extension point): `<plugins_dir>/<name>.py`, `context(snapshot) -> dict`.
 
 A plugin's keys are added to the context of the templates that name it (`plugins = ["name"]`). It is
 the operator's own Python, run in the sync process (not sandboxed, as pyconfd's plugins were not); what
