@@ -44,6 +44,9 @@ PLUGIN_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 AUTORESTART = ("always", "on-failure", "never")
 ROUTE_MODES = ("tcp", "http")
 APP_PROGRAM = "app"
+# How the application's stdout/stderr reach basenode's: its own fds (as tini gives them), or
+# through basenode's pipes, prefixed `app | ` or wrapped as JSON log objects like other programs'.
+APP_OUTPUTS = ("inherit", "prefix", "json")
 
 
 _NAMES_ITSELF = re.compile(r"^(--[a-z-]+|[A-Z][A-Z0-9_]*)$")
@@ -86,6 +89,10 @@ class Program:
     # Stopped before every other program, whatever the start order: the sync loop, so that it
     # does not try to apply changes to an HAProxy that is being stopped.
     stop_first: bool = False
+    # inherit: basenode's own stdout/stderr (and, for the main program, the terminal); prefix or
+    # json: through basenode, as `NAME | line` or a JSON log object; None: prefix, or json with
+    # --log-format json.
+    output: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +243,7 @@ class Settings:
     # Routes from Consul KV reach every node: they may only use these ports, and only so many of them.
     kv_route_ports: Tuple[int, int] = DEFAULT_KV_ROUTE_PORTS
     kv_route_limit: int = DEFAULT_KV_ROUTE_LIMIT
+    app_output: str = "inherit"  # one of APP_OUTPUTS
 
     @property
     def run_sync(self) -> bool:
@@ -402,6 +410,7 @@ class Flags:
     health_max_age: Optional[str] = None
     template_specs: Tuple[str, ...] = ()  # --template-spec, repeatable
     plugins_dir: Optional[str] = None
+    app_output: Optional[str] = None  # inherit | prefix | json
     command: Tuple[str, ...] = ()
 
 
@@ -832,6 +841,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
     plugins_dir, _ = pick(
         flags.plugins_dir, "BASENODE_PLUGINS_DIR", "plugins_dir", "text", str(DEFAULT_PLUGINS_DIR)
     )
+    app_output = _app_output(flags, environ, top)
     supervised = [p.name for p in programs] + [APP_PROGRAM]
     templates = _load_templates(flags, file, top.table("templates"), Path(plugins_dir), supervised)
     check_destinations(templates, Path(state_dir) / "haproxy.cfg" if run_haproxy else None)
@@ -892,7 +902,24 @@ def load(flags: Flags, environ: Environ) -> Settings:
         health_max_age=health_max_age,
         templates=templates,
         plugins_dir=Path(plugins_dir),
+        app_output=app_output,
     )
+
+
+# --- the application ---------------------------------------------------------------------------
+
+
+def _app_output(flags: Flags, environ: Environ, top: _Table) -> str:
+    """--app-output > BASENODE_APP_OUTPUT > the file's app_output > inherit."""
+    value, source = _choose(
+        (flags.app_output, "--app-output"),
+        (environ.get("BASENODE_APP_OUTPUT") or None, "BASENODE_APP_OUTPUT"),
+        (top.get("app_output", "text"), top.source("app_output")),
+        ("inherit", "default"),
+    )
+    if value not in APP_OUTPUTS:
+        raise ConfigError(source, "app_output", f"expected inherit, prefix or json, got {_show(value)}")
+    return value
 
 
 CHECK_INTERVAL_RE = re.compile(r"^\d+(ms|s|m)$")

@@ -28,8 +28,10 @@ Semantics the rest of basenode and its users rely on:
   started outlives basenode (short of a daemon that made a session of its own; in a PID
   namespace the kernel ends those too when basenode, its PID 1, exits). Its own session also
   keeps the terminal's Ctrl-C away from the children: only basenode gets it, and it stops
-  everything once. The price: the application has no controlling terminal (an interactive shell
-  as COMMAND runs without job control); its stdin is still basenode's, the others get /dev/null.
+  everything once. Its stdin is basenode's, the others get /dev/null. The exception is a main
+  program whose output is `inherit` while basenode's stdin is a terminal: it runs in a process
+  group of its own inside basenode's session, made the terminal's foreground group, as tini does
+  (see terminal.py), so Ctrl-C and an interactive shell's job control are the application's.
 - Stop (SIGTERM, SIGINT, SIGQUIT; the main program's exit; a required program's FATAL; every
   program finished): programs are stopped one by one in reverse start order, each with its
   stop_signal and SIGKILL after its stop_timeout; every one still alive when the longest stop
@@ -44,8 +46,9 @@ Semantics the rest of basenode and its users rely on:
   empty mask, signals it catches revert to the default on exec, signals it inherited as ignored
   get a no-op handler for the same reason, and Popen's restore_signals resets SIGPIPE/SIGXFSZ.
 - Output: every line of a child's stdout/stderr goes to basenode's stdout/stderr as
-  `NAME | line`; lines longer than 64 KiB are split, a partial last line is flushed at EOF, bytes
-  are copied as they are (binary included).
+  `NAME | line` (or a JSON log object); lines longer than 64 KiB are split, a partial last line is
+  flushed at EOF, bytes are copied as they are (binary included). A program whose `output` is
+  `inherit` writes to basenode's stdout/stderr itself: its bytes pass untouched.
 
 Only the standard library is imported here: basenode as PID 1 must stay small.
 """
@@ -66,7 +69,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import config
+from . import config, terminal
 from .log import iso_time
 
 log = logging.getLogger(__name__)
@@ -454,6 +457,7 @@ class Supervisor:
         self._out = _Output()
         self._selector: Optional[selectors.BaseSelector] = None
         self._wake_r = -1
+        self._terminal: Optional[terminal.Terminal] = None  # basenode's stdin, while the app may hold it
 
     def states(self) -> Tuple[ProgramState, ...]:
         return self._states
@@ -667,10 +671,15 @@ class Supervisor:
                     old_handlers[sig] = signal.signal(sig, _ignore)
             except (OSError, ValueError, RuntimeError):
                 pass  # signals the C library reserves for itself
+        if any(p.program.main and p.program.output == "inherit" for p in self._procs.values()):
+            self._terminal = terminal.claim(0)
         old_mask = signal.pthread_sigmask(signal.SIG_SETMASK, [])
         _become_subreaper()
 
         def restore() -> None:
+            if self._terminal is not None:
+                terminal.release(self._terminal)
+                self._terminal = None
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
@@ -853,18 +862,29 @@ class Supervisor:
             env = dict(os.environ)
             env.update(user_env)
             env.update(dict(prog.environment))
-            out_r, out_w = os.pipe()
-            fds += [out_r, out_w]
-            err_r, err_w = os.pipe()
-            fds += [err_r, err_w]
+            inherit = prog.output == "inherit"
+            if not inherit:
+                out_r, out_w = os.pipe()
+                fds += [out_r, out_w]
+                err_r, err_w = os.pipe()
+                fds += [err_r, err_w]
+            # The terminal's foreground for the application: its own group in our session (see
+            # terminal.py). Every child of a basenode that ignores SIGTTOU/SIGTTIN resets them.
+            foreground = self._terminal is not None and prog.main and inherit
+            preexec = None
+            if foreground:
+                preexec = terminal.take_foreground
+            elif self._terminal is not None:
+                preexec = terminal.child_defaults
             popen = subprocess.Popen(
                 prog.command,
                 stdin=None if prog.main else subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
+                stdout=None if inherit else out_w,
+                stderr=None if inherit else err_w,
                 env=env,
                 cwd=prog.directory,
-                start_new_session=True,  # own session and group: see the module docstring
+                start_new_session=not foreground,  # own session and group: see the module docstring
+                preexec_fn=preexec,
                 restore_signals=True,
                 close_fds=True,
                 **user_kwargs,
@@ -875,13 +895,19 @@ class Supervisor:
             why = f"user {prog.user!r} not found" if isinstance(e, KeyError) else str(e)
             self._spawn_failed(p, e, why, now)
             return
-        os.close(out_w)
-        os.close(err_w)
         p.popen = popen
         p.pid = popen.pid
         p.groups.append(popen.pid)
         self._by_pid[popen.pid] = p
-        p.streams = [self._add_stream(out_r, 1, prog.name), self._add_stream(err_r, 2, prog.name)]
+        p.streams = []
+        if not inherit:
+            os.close(out_w)
+            os.close(err_w)
+            as_json = prog.output == "json" or (prog.output is None and self._json_output)
+            p.streams = [
+                self._add_stream(out_r, 1, prog.name, as_json),
+                self._add_stream(err_r, 2, prog.name, as_json),
+            ]
         if p.spawns:
             p.restarts += 1
         p.spawns += 1
@@ -935,6 +961,8 @@ class Supervisor:
     def _on_exit(self, p: _Proc, status: int, now: float) -> None:
         code = exit_code(status)
         pid = p.pid
+        if p.program.main and self._terminal is not None:
+            terminal.give_back(self._terminal)
         if p.popen is not None:
             p.popen.returncode = code  # reaped by us: Popen must never waitpid() this pid again
             p.popen = None
@@ -1066,9 +1094,9 @@ class Supervisor:
 
     # ----------------------------------------------------------------- output
 
-    def _add_stream(self, fd: int, out: int, name: str) -> _Stream:
+    def _add_stream(self, fd: int, out: int, name: str, as_json: bool) -> _Stream:
         os.set_blocking(fd, False)
-        stream = _Stream(fd, out, name, self._json_output)
+        stream = _Stream(fd, out, name, as_json)
         self._selector.register(fd, selectors.EVENT_READ, stream)
         return stream
 

@@ -98,3 +98,11 @@ def test_a_single_server_container_becomes_healthy_with_haproxy_workers_unprivil
         haproxy = users.get("haproxy", [])
         assert haproxy.count("root") == 1, users
         assert haproxy.count("haproxy") >= 1, users
+
+
+def test_docker_run_t_gives_the_application_the_terminal_as_tini_would(basenode_image: str) -> None:
+    app = ["--no-consul", "--no-haproxy", "--", "sh", "-c", "test -t 0 && test -t 1 && test -t 2"]
+    result = dh.run(basenode_image, *app, options=["-t"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without -t, stdout is docker's pipe: the same check fails, so the one above proves the terminal.
+    assert dh.run(basenode_image, *app).returncode == 1
