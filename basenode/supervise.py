@@ -113,6 +113,7 @@ class ProgramState:
     last_exit: Optional[int] = None  # exit status, 128+N when killed by signal N
     ready: bool = False  # up, and its ready_file exists (if it has one)
     started: Optional[float] = None  # wall-clock time of its current run's start (None: not running)
+    required: bool = False  # its FATAL stops basenode (and fails /health)
 
 
 def exit_code(status: int) -> int:
@@ -309,6 +310,7 @@ class _Proc:
             last_exit=self.last_exit,
             ready=self.ready,
             started=self.spawned_wall if self.pid is not None else None,
+            required=self.program.required,
         )
 
 

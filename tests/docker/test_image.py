@@ -106,3 +106,22 @@ def test_docker_run_t_gives_the_application_the_terminal_as_tini_would(basenode_
     assert result.returncode == 0, result.stdout + result.stderr
     # Without -t, stdout is docker's pipe: the same check fails, so the one above proves the terminal.
     assert dh.run(basenode_image, *app).returncode == 1
+
+
+def test_the_image_healthcheck_passes_with_basenode_as_a_plain_supervisor(basenode_image: str) -> None:
+    # No Consul, no HAProxy, no sync loop: the HEALTHCHECK's `basenode health` asks PID 1 directly.
+    options = ["--health-interval", "1s", "--health-start-period", "0s"]
+    with dh.container(
+        basenode_image, "--no-consul", "--no-haproxy", "--", "sleep", "600", options=options
+    ) as name:
+
+        def health_status() -> str:
+            return dh.docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()
+
+        try:
+            eventually(lambda: health_status() == "healthy", timeout=60, interval=0.5, what="docker's health")
+        except AssertionError:
+            raise AssertionError(dh.logs(name)[-4000:]) from None
+        status = dh.exec_in(name, "basenode", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert '"app"' in status.stdout
