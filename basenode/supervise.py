@@ -2,14 +2,15 @@
 
 One loop waits in `selectors` on a self-pipe that `signal.set_wakeup_fd` writes a byte to for every
 signal, and on every child's stdout/stderr pipe; timers (restart backoff, startsecs, stop timeouts,
-ready_file polling) become the select timeout. After every wakeup it reaps with
+readiness checks) become the select timeout. After every wakeup it reaps with
 `waitpid(-1, WNOHANG)` until nothing is left, so no SIGCHLD is lost and orphans re-parented to us
 (we are PID 1, or a child subreaper when we are not) never stay zombies longer than one cycle.
 
 Semantics the rest of basenode and its users rely on:
 
 - Start order: config order, except that a program waits until every program in its `depends_on`
-  is up (running for `startsecs`, and its `ready_file` exists when it has one) or has finished with
+  is up (running for `startsecs`, and its readiness condition holds when it has one: ready_file,
+  ready_tcp, ready_http or ready_command, checked without blocking by ready.py) or has finished with
   status 0 (a one-shot task). A program whose dependency is FATAL, unknown or part of a cycle goes
   FATAL itself instead of waiting forever.
 - A program that exits before it has run `startsecs` is a failed start, whatever its autorestart
@@ -69,7 +70,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import config, terminal
+from . import config, ready, terminal
 from .log import iso_time
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ log = logging.getLogger(__name__)
 # Program states, as ProgramState.state shows them.
 WAITING = "waiting"  # for its dependencies
 STARTING = "starting"  # spawned, not yet up for startsecs
-RUNNING = "running"  # up (ProgramState.ready says whether its ready_file exists)
+RUNNING = "running"  # up (ProgramState.ready says whether its readiness condition held)
 BACKOFF = "backoff"  # exited, restart scheduled
 STOPPING = "stopping"  # stop signal sent
 EXITED = "exited"  # finished and not restarted
@@ -86,7 +87,7 @@ STOPPED = "stopped"  # stopped by basenode's stop
 
 MAX_LINE = 64 * 1024  # longer lines are split: memory per stream stays bounded
 READ_SIZE = 64 * 1024
-POLL_INTERVAL = 0.05  # ready_file and "is the process group empty yet" checks
+POLL_INTERVAL = 0.05  # "is the process group empty yet" checks
 # A template's reload signal to a program younger than this (or than its startsecs) waits until then:
 # a signal that arrives before the program has set its handler kills it (HUP's default action).
 RELOAD_HOLD_SECONDS = 1.0
@@ -111,7 +112,7 @@ class ProgramState:
     restarts: int = 0  # times it was started again after its first start
     failed_starts: int = 0  # in a row; reset once it is up
     last_exit: Optional[int] = None  # exit status, 128+N when killed by signal N
-    ready: bool = False  # up, and its ready_file exists (if it has one)
+    ready: bool = False  # up, and its readiness condition held (if it has one)
     started: Optional[float] = None  # wall-clock time of its current run's start (None: not running)
     required: bool = False  # its FATAL stops basenode (and fails /health)
 
@@ -299,6 +300,12 @@ class _Proc:
         self.restart_requested = False  # asked for (control socket, reload): start again once it exited
         self.held_signals: List[int] = []  # reload signals that came just after its start: sent later
         self.retiring = False  # removed from the config by a reload: forget it once it exited
+        self.probe: Optional[ready.Probe] = None  # its readiness check, while up and not ready yet
+
+    def drop_probe(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
 
     def view(self) -> ProgramState:
         return ProgramState(
@@ -460,6 +467,7 @@ class Supervisor:
         self._selector: Optional[selectors.BaseSelector] = None
         self._wake_r = -1
         self._terminal: Optional[terminal.Terminal] = None  # basenode's stdin, while the app may hold it
+        self._tracked: Dict[int, Callable[[int], None]] = {}  # readiness commands' pids -> on exit
 
     def states(self) -> Tuple[ProgramState, ...]:
         return self._states
@@ -642,6 +650,8 @@ class Supervisor:
                 self._kill(p)
             raise
         finally:
+            for p in self._procs.values():
+                p.drop_probe()
             self._reap()
             self._close_streams()
             self._publish()
@@ -718,7 +728,7 @@ class Supervisor:
             elif p.state == BACKOFF:
                 when.append(p.restart_at)
             elif p.state == RUNNING and not p.ready:
-                when.append(now + POLL_INTERVAL)
+                when.append(p.probe.due(now) if p.probe is not None else now + POLL_INTERVAL)
             elif p.state == STOPPING and p.pid is not None:
                 when.append(p.kill_at)
         if not when:
@@ -765,7 +775,11 @@ class Supervisor:
                 return
             proc = self._by_pid.pop(pid, None)
             if proc is None:
-                log.debug("reaped orphan %d (%s)", pid, describe_exit(status))
+                on_exit = self._tracked.pop(pid, None)
+                if on_exit is not None:
+                    on_exit(status)
+                else:
+                    log.debug("reaped orphan %d (%s)", pid, describe_exit(status))
                 continue
             self._on_exit(proc, status, time.monotonic())
 
@@ -842,13 +856,17 @@ class Supervisor:
         self._check_ready(p)
 
     def _check_ready(self, p: _Proc) -> bool:
-        ready_file = p.program.ready_file
-        if ready_file and not os.path.exists(ready_file):
-            return False
+        """Up: ready once its readiness condition holds (at once without one; see ready.py)."""
+        if p.probe is None:
+            preexec = terminal.child_defaults if self._terminal is not None else None
+            p.probe = ready.probe_for(p.program, self._track, preexec)
+        if p.probe is not None:
+            if not p.probe.poll(time.monotonic()):
+                return False
+            p.drop_probe()
+            log.info("%s: ready: %s", p.program.name, ready.describe(p.program))
         p.ready = True
         self._dirty = True
-        if ready_file:
-            log.info("%s: ready: %s exists", p.program.name, ready_file)
         if self._on_started is not None:
             try:
                 self._on_started(p.program.name)
@@ -856,8 +874,13 @@ class Supervisor:
                 log.exception("on_started(%r) failed", p.program.name)
         return True
 
+    def _track(self, pid: int, on_exit: Callable[[int], None]) -> None:
+        """A readiness command's child: the loop reaps it and hands its status to `on_exit`."""
+        self._tracked[pid] = on_exit
+
     def _spawn(self, p: _Proc, now: float) -> None:
         prog = p.program
+        p.drop_probe()
         fds: List[int] = []
         try:
             user_kwargs, user_env = _user_args(prog.user)
@@ -965,6 +988,7 @@ class Supervisor:
         pid = p.pid
         if p.program.main and self._terminal is not None:
             terminal.give_back(self._terminal)
+        p.drop_probe()
         if p.popen is not None:
             p.popen.returncode = code  # reaped by us: Popen must never waitpid() this pid again
             p.popen = None
@@ -1029,6 +1053,7 @@ class Supervisor:
         # A controller (stop_first) goes before what it controls, even though it started first.
         order.sort(key=lambda p: not p.program.stop_first)
         for p in order:
+            p.drop_probe()
             if p.state in (WAITING, BACKOFF):
                 self._set(p, STOPPED)
             p.groups = [g for g in p.groups if _group_alive(g)]

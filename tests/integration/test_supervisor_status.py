@@ -7,78 +7,13 @@ control socket instead, as the image's HEALTHCHECK does in that mode.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List
-
-import pytest
 
 from tests.conftest import ZIPAPP
-from tests.support.basenode_run import terminate
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
-
-
-class Supervisor:
-    """`dist/basenode run --no-consul --no-haproxy` with its own state dir; output to a file."""
-
-    def __init__(self, tmp: Path, config: str, *command: str) -> None:
-        self.state_dir = tmp / "state"
-        self.status_addr = f"127.0.0.1:{free_port()}"  # nothing listens there: no sync loop
-        (tmp / "basenode.toml").write_text(config)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))}
-        self.env["BASENODE_CONFIG"] = str(tmp / "basenode.toml")
-        self.log_path = tmp / "basenode.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(ZIPAPP),
-                "run",
-                "--no-consul",
-                "--no-haproxy",
-                *self._where(),
-                "--",
-                *command,
-            ],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def _where(self) -> List[str]:
-        return ["--state-dir", str(self.state_dir), "--status-addr", self.status_addr]
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        argv = [sys.executable, str(ZIPAPP), args[0], *self._where(), *args[1:]]
-        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60)
-
-    def programs(self) -> dict:
-        out = self.cli("status", "--json")
-        return {p["name"]: p for p in json.loads(out.stdout)["programs"]} if out.stdout else {}
-
-    def stop(self) -> int:
-        terminate(self.proc)
-        self.log.close()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def supervisor(tmp_path: Path, zipapp) -> Iterator:
-    started: List[Supervisor] = []
-
-    def start(config: str, *command: str) -> Supervisor:
-        node = Supervisor(tmp_path, config, *command)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-
 
 SIDE = '[programs.side]\ncommand = ["sleep", "1000"]\nstartsecs = 0\n'
 
