@@ -91,6 +91,7 @@ POLL_INTERVAL = 0.05  # "is the process group empty yet" checks
 # A template's reload signal to a program younger than this (or than its startsecs) waits until then:
 # a signal that arrives before the program has set its handler kills it (HUP's default action).
 RELOAD_HOLD_SECONDS = 1.0
+NOT_READY_WARNING = 30.0  # a program up this long whose readiness condition does not hold is logged once
 KILL_GRACE = 0.5  # after SIGKILL at the stop deadline, how long to wait for the processes to go
 DRAIN_READS = 16  # reads of a dead program's pipes before its exit is logged
 PR_SET_CHILD_SUBREAPER = 36
@@ -301,6 +302,7 @@ class _Proc:
         self.held_signals: List[int] = []  # reload signals that came just after its start: sent later
         self.retiring = False  # removed from the config by a reload: forget it once it exited
         self.probe: Optional[ready.Probe] = None  # its readiness check, while up and not ready yet
+        self.not_ready_logged = False
 
     def drop_probe(self) -> None:
         if self.probe is not None:
@@ -861,7 +863,20 @@ class Supervisor:
             preexec = terminal.child_defaults if self._terminal is not None else None
             p.probe = ready.probe_for(p.program, self._track, preexec)
         if p.probe is not None:
-            if not p.probe.poll(time.monotonic()):
+            now = time.monotonic()
+            if not p.probe.poll(now):
+                if not p.not_ready_logged and now - p.spawned_at >= NOT_READY_WARNING:
+                    p.not_ready_logged = True
+                    waiting = [
+                        q.program.name for q in self._procs.values() if p.program.name in q.program.depends_on
+                    ]
+                    log.warning(
+                        "%s: not ready after %.0f s (%s); waiting for it: %s",
+                        p.program.name,
+                        now - p.spawned_at,
+                        ready.describe(p.program),
+                        ", ".join(waiting) or "none",
+                    )
                 return False
             p.drop_probe()
             log.info("%s: ready: %s", p.program.name, ready.describe(p.program))
@@ -938,7 +953,7 @@ class Supervisor:
         p.spawns += 1
         p.spawned_at = now
         p.spawned_wall = time.time()
-        p.up = p.ready = False
+        p.up = p.ready = p.not_ready_logged = False
         p.held_signals = []  # for the run that exited: this one reads its files as it starts
         if p not in self._start_order:
             self._start_order.append(p)

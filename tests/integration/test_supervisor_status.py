@@ -44,21 +44,28 @@ startretries = 1
 backoff_initial = 0
 required = true
 """
-# The application takes a few seconds to stop, so that the FATAL state can be seen while it does.
-SLOW_TO_STOP = 'trap "sleep 4; exit 0" TERM; sleep 60 & wait'
+# The application stops only once the test lets it (or its 10 s stop timeout SIGKILLs it), so that
+# the FATAL state can be seen while basenode stops.
+SLOW_TO_STOP = 'trap "while [ ! -e {release} ]; do sleep 0.05; done; exit 0" TERM; sleep 60 & wait'
 
 
 def test_health_fails_once_a_required_program_is_fatal(supervisor, tmp_path: Path):
-    go = tmp_path / "go"
-    node = supervisor(FAILS_ON_DEMAND.format(go=go), "sh", "-c", SLOW_TO_STOP)
+    go, release = tmp_path / "go", tmp_path / "release"
+    node = supervisor(FAILS_ON_DEMAND.format(go=go), "sh", "-c", SLOW_TO_STOP.format(release=release))
     eventually(lambda: node.programs().get("needed", {}).get("state") == "running", what="needed up")
     eventually(lambda: node.cli("health").returncode == 0, what="health to pass")
 
     go.touch()
-    eventually(lambda: node.programs().get("needed", {}).get("state") == "fatal", what="needed FATAL")
-    health = node.cli("health")
-    assert health.returncode == 1
-    assert "unhealthy: programs: required program needed is FATAL" in health.stderr
+
+    def fatal_reported() -> bool:
+        health = node.cli("health")
+        return (
+            health.returncode == 1
+            and "unhealthy: programs: required program needed is FATAL" in health.stderr
+        )
+
+    eventually(fatal_reported, timeout=30, what="health to fail naming the FATAL program")
+    release.touch()
     assert node.proc.wait(timeout=30) == 1  # a required FATAL stops basenode non-zero
     gone = node.cli("health")
     assert gone.returncode == 1 and "is `basenode run` running?" in gone.stderr
