@@ -22,6 +22,7 @@ from tests.conftest import ZIPAPP
 from tests.support.ports import free_port
 from tests.support.supervise_helpers import ROOT
 from tests.support.terminal import Terminal
+from tests.support.waiting import eventually
 
 
 def _env() -> dict:
@@ -162,3 +163,38 @@ def test_app_output_prefix_keeps_the_prefixed_lines_and_json_the_wrapped_ones():
     entry = json.loads(out.stdout)
     assert entry["component"] == "app" and entry["fields"] == {"program": "app", "stream": "stdout"}
     assert entry["message"] == JSON_LINE.decode().rstrip("\n")
+
+
+SIGNALS_ON_TERMINAL = """
+import os, signal, sys
+signal.signal(signal.SIGHUP, lambda *_: print("got" "-HUP", flush=True))
+def on_term(*_):
+    print("got" "-TERM", flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, on_term)
+print("app" "-pid", os.getpid(), flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_on_a_terminal_signals_to_basenode_still_reach_the_application_and_the_terminal_comes_back(
+    terminal, tmp_path: Path
+):
+    config = tmp_path / "basenode.toml"
+    # Slow to stop: the terminal's foreground can be looked at after the application has exited.
+    side = 'trap "sleep 3; exit 0" TERM; echo side-"up"; while :; do sleep 0.1; done'
+    config.write_text(f"[programs.side]\ncommand = ['sh', '-c', '{side}']\nstartsecs = 0\n")
+    term = terminal(sys.executable, "-c", SIGNALS_ON_TERMINAL, options=["--config", str(config)])
+    screen = term.wait_for("app-pid ")
+    term.wait_for("side-up")
+    app_pid = int(screen.split("app-pid ", 1)[1].split()[0])
+    basenode = term.proc.pid  # setsid -c exec'd it: the session leader, its own group
+    assert os.tcgetpgrp(term.master) == app_pid  # the application's group is the foreground
+
+    os.kill(basenode, signal.SIGHUP)  # forwarded to the application's pid, as before
+    term.wait_for("got-HUP")
+    os.kill(basenode, signal.SIGTERM)  # the stop: the application first, then side (3 s)
+    term.wait_for("got-TERM")
+    eventually(lambda: os.tcgetpgrp(term.master) == basenode, timeout=10, what="the foreground back")
+    assert term.wait() == 3, term.text()  # the application's own status
