@@ -22,11 +22,16 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, consul, control, haproxy, supervisor_status, watch
+from . import __version__, control, supervisor_status
 from .config import Settings
-from .routes import Discovery
+
+if TYPE_CHECKING:
+    from . import watch
+
+# The sync loop's side (collect, serve) imports consul, haproxy and routes where it needs them:
+# `basenode health`, which a HEALTHCHECK runs every few seconds, only reads a document.
 
 log = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -80,6 +85,9 @@ def collect(
     now: Optional[float] = None,
 ) -> Dict[str, Any]:
     """The status document of this sync loop, probing the agent, HAProxy and PID 1 now."""
+    from . import haproxy
+    from .routes import Discovery
+
     now = time.time() if now is None else now
     programs = control.programs(settings.state_dir, timeout=CHECK_TIMEOUT)
     sources = watcher.sources() if watcher is not None else []
@@ -151,6 +159,8 @@ def _watch_doc(watcher: Optional[watch.Watcher]) -> Optional[Dict[str, Any]]:
 
 def _probe_agent(settings: Settings) -> Tuple[bool, Optional[str], Optional[str]]:
     """(answers, leader, error) of the agent basenode reads the catalog from."""
+    from . import consul
+
     client = consul.make_client(settings.consul_http, timeout=CHECK_TIMEOUT)
     try:
         leader = consul.leader(client)
