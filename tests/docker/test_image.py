@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tests.support import docker_helpers as dh
+from tests.support.terminal import Terminal
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -125,3 +126,20 @@ def test_the_image_healthcheck_passes_with_basenode_as_a_plain_supervisor(baseno
         status = dh.exec_in(name, "basenode", "status", "--json")
         assert status.returncode == 0, status.stderr
         assert '"app"' in status.stdout
+
+
+def test_docker_run_it_gives_an_interactive_shell_with_job_control(basenode_image: str) -> None:
+    # `docker run -it image -- sh -i` from a real terminal, as a user types it.
+    argv = ["docker", "run", "--rm", "-it", "--label", dh.TEST_LABEL, basenode_image]
+    term = Terminal([*argv, "--no-consul", "--no-haproxy", "--", "sh", "-i"])
+    try:
+        term.write(b"echo shell-$((6 * 7))\n")
+        term.wait_for("shell-42", timeout=60)
+        term.write(b"head -n 1\n")  # a foreground job reading the terminal
+        term.write(b"typed-line\n")
+        term.write(b'echo "head said $?"\n')
+        term.wait_for("head said 0")
+        term.write(b"exit 5\n")
+        assert term.wait(timeout=60) == 5, term.text()
+    finally:
+        term.close()
