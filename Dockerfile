@@ -62,6 +62,8 @@ RUN set -eux; \
 # server nodes, server RPC. Consul's HTTP API and every HAProxy frontend bind 127.0.0.1.
 EXPOSE 8301/tcp 8301/udp 8300/tcp
 
+# `basenode health` works in every mode: from the sync loop's status endpoint, or, with no sync loop
+# (--no-consul --no-haproxy: a plain supervisor), from PID 1's control socket in BASENODE_STATE_DIR.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 CMD ["basenode", "health"]
 
 STOPSIGNAL SIGTERM

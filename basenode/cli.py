@@ -95,6 +95,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--kv-route-limit", metavar="N", help="KV routes at most (env BASENODE_KV_ROUTE_LIMIT; default 100)")
     add("--plugins-dir", metavar="DIR", help="data plugins (env BASENODE_PLUGINS_DIR; /etc/basenode/plugins)")
+    add(
+        "--app-output",
+        choices=config.APP_OUTPUTS,
+        help="the application's stdout/stderr: its own (inherit, default), or prefixed or JSON-wrapped "
+        "by basenode (env BASENODE_APP_OUTPUT)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +177,7 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         health_max_age=args.health_max_age,
         template_specs=tuple(args.template_spec),
         plugins_dir=args.plugins_dir,
+        app_output=args.app_output,
         command=tuple(command),
     )
 
@@ -345,9 +352,14 @@ def all_programs(settings: config.Settings, flags: config.Flags, first_start: bo
                 name=config.APP_PROGRAM,
                 command=settings.command,
                 autorestart="never",
-                startsecs=0,
+                startsecs=settings.app.startsecs,
+                ready_file=settings.app.ready_file,
+                ready_tcp=settings.app.ready_tcp,
+                ready_http=settings.app.ready_http,
+                ready_command=settings.app.ready_command,
                 main=True,
                 forward_signals=config.FORWARDED_SIGNALS,
+                output=settings.app_output,
                 # After the first renders (sync), so that its config files are in place.
                 depends_on=tuple(p.name for p in programs if p.name in ("consul", "sync", "haproxy")),
             )

@@ -17,6 +17,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 try:  # Python 3.11+
     import tomllib as _toml
@@ -44,6 +45,9 @@ PLUGIN_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 AUTORESTART = ("always", "on-failure", "never")
 ROUTE_MODES = ("tcp", "http")
 APP_PROGRAM = "app"
+# How the application's stdout/stderr reach basenode's: its own fds (as tini gives them), or
+# through basenode's pipes, prefixed `app | ` or wrapped as JSON log objects like other programs'.
+APP_OUTPUTS = ("inherit", "prefix", "json")
 
 
 _NAMES_ITSELF = re.compile(r"^(--[a-z-]+|[A-Z][A-Z0-9_]*)$")
@@ -81,11 +85,19 @@ class Program:
     depends_on: Tuple[str, ...] = ()
     required: bool = False  # FATAL stops basenode with a non-zero status
     forward_signals: Tuple[int, ...] = ()  # signals to basenode passed on to this program
-    ready_file: Optional[str] = None  # not "up" (for depends_on) until this file exists
+    # Readiness (ready.py): not "up" for depends_on until one of these holds, checked from startsecs on.
+    ready_file: Optional[str] = None  # the file exists
+    ready_tcp: Optional[Tuple[str, int]] = None  # a connection to (address, port) is accepted
+    ready_http: Optional[str] = None  # a GET of this http:// URL answers 200-399
+    ready_command: Tuple[str, ...] = ()  # this command exits 0
     main: bool = False  # its exit ends basenode with its status (the application COMMAND)
     # Stopped before every other program, whatever the start order: the sync loop, so that it
     # does not try to apply changes to an HAProxy that is being stopped.
     stop_first: bool = False
+    # inherit: basenode's own stdout/stderr (and, for the main program, the terminal); prefix or
+    # json: through basenode, as `NAME | line` or a JSON log object; None: prefix, or json with
+    # --log-format json.
+    output: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,17 @@ class TemplateSpec:
 
 
 @dataclass(frozen=True)
+class App:
+    """The application COMMAND's own settings ([app] in the file): when it counts as up."""
+
+    startsecs: float = 0.0
+    ready_file: Optional[str] = None
+    ready_tcp: Optional[Tuple[str, int]] = None
+    ready_http: Optional[str] = None
+    ready_command: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     config_file: Optional[Path] = None
     state_dir: Path = DEFAULT_STATE_DIR
@@ -236,6 +259,8 @@ class Settings:
     # Routes from Consul KV reach every node: they may only use these ports, and only so many of them.
     kv_route_ports: Tuple[int, int] = DEFAULT_KV_ROUTE_PORTS
     kv_route_limit: int = DEFAULT_KV_ROUTE_LIMIT
+    app_output: str = "inherit"  # one of APP_OUTPUTS
+    app: App = App()  # the [app] table: when the application counts as up
 
     @property
     def run_sync(self) -> bool:
@@ -402,6 +427,7 @@ class Flags:
     health_max_age: Optional[str] = None
     template_specs: Tuple[str, ...] = ()  # --template-spec, repeatable
     plugins_dir: Optional[str] = None
+    app_output: Optional[str] = None  # inherit | prefix | json
     command: Tuple[str, ...] = ()
 
 
@@ -663,7 +689,7 @@ def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], e
         depends_on=t.get("depends_on", "text_list", ()),
         required=t.get("required", "flag", False),
         forward_signals=t.get("forward_signals", "signal_list", ()),
-        ready_file=t.get("ready_file", "text"),
+        **_readiness(t, environ),
     )
     t.check_unknown()
     return program
@@ -832,6 +858,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
     plugins_dir, _ = pick(
         flags.plugins_dir, "BASENODE_PLUGINS_DIR", "plugins_dir", "text", str(DEFAULT_PLUGINS_DIR)
     )
+    app_output = _app_output(flags, environ, top)
+    app = _load_app(file, top.table("app"), environ)
     supervised = [p.name for p in programs] + [APP_PROGRAM]
     templates = _load_templates(flags, file, top.table("templates"), Path(plugins_dir), supervised)
     check_destinations(templates, Path(state_dir) / "haproxy.cfg" if run_haproxy else None)
@@ -892,7 +920,119 @@ def load(flags: Flags, environ: Environ) -> Settings:
         health_max_age=health_max_age,
         templates=templates,
         plugins_dir=Path(plugins_dir),
+        app_output=app_output,
+        app=app,
     )
+
+
+# --- the application ---------------------------------------------------------------------------
+
+
+def _app_output(flags: Flags, environ: Environ, top: _Table) -> str:
+    """--app-output > BASENODE_APP_OUTPUT > the file's app_output > inherit."""
+    value, source = _choose(
+        (flags.app_output, "--app-output"),
+        (environ.get("BASENODE_APP_OUTPUT") or None, "BASENODE_APP_OUTPUT"),
+        (top.get("app_output", "text"), top.source("app_output")),
+        ("inherit", "default"),
+    )
+    if value not in APP_OUTPUTS:
+        raise ConfigError(source, "app_output", f"expected inherit, prefix or json, got {_show(value)}")
+    return value
+
+
+READY_KEYS = ("ready_file", "ready_tcp", "ready_http", "ready_command")
+# Readiness of the application from the environment (a Dockerfile's ENV), over its [app] keys.
+APP_READY_VARIABLES = {
+    "ready_tcp": "BASENODE_APP_READY_TCP",
+    "ready_http": "BASENODE_APP_READY_HTTP",
+    "ready_file": "BASENODE_APP_READY_FILE",
+}
+
+
+def _ready_address(value: Any) -> Tuple[str, int]:
+    """ready_tcp: a port (on 127.0.0.1), or "address:port" with an IP address or localhost."""
+    if isinstance(value, str) and ":" in value:
+        host, port = split_host_port(value)
+        host = "127.0.0.1" if host == "localhost" else host
+        return check_bind(host), port
+    return "127.0.0.1", parse_port(value)
+
+
+def http_target(url: str) -> Tuple[str, int, str]:
+    """(address, port, path and query) of an http:// URL on an IP address or localhost. ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"expected an http:// URL, got {_show(url)}")
+    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+    try:
+        check_bind(host)  # an IP address: PID 1 resolves no names
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError(f"expected an http:// URL on an IP address or localhost, got {_show(url)}") from None
+    path = parts.path or "/"
+    return host, port, path + (f"?{parts.query}" if parts.query else "")
+
+
+def _readiness(t: _Table, environ: Environ, variables: Optional[Mapping[str, str]] = None) -> dict:
+    """The ready_* keys of a program's table: at most one. `variables` (the application's): when
+    any of them is set, they replace the table's keys."""
+    values: dict = {}
+    sources: dict = {}
+    for key in READY_KEYS:
+        t.used.add(key)
+        variable = (variables or {}).get(key)
+        if variable and environ.get(variable):
+            values[key], sources[key] = environ[variable], variable
+    if not values:
+        for key in READY_KEYS:
+            if key in t.values:
+                values[key], sources[key] = t.values[key], t.source(key)
+    if len(values) > 1:
+        first, second = list(values)[:2]
+        message = f"only one of {', '.join(READY_KEYS)} (also {first})"
+        raise ConfigError(sources[second], t.key(second), message)
+    fields: dict = {}
+    for key, value in values.items():
+        problem = None
+        try:
+            if key == "ready_tcp":
+                fields[key] = _ready_address(value)
+            elif key == "ready_http":
+                http_target(_text(value))
+                fields[key] = value
+            elif key == "ready_command":
+                fields[key] = _text_list(value)
+                if not fields[key]:
+                    problem = "expected a command: a non-empty list of strings"
+                elif resolve_command(fields[key][0], environ.get("PATH")) is None:
+                    problem = f"command {_show(fields[key][0])} not found"
+            else:
+                fields[key] = _text(value)
+        except (TypeError, ValueError) as e:
+            problem = str(e) or f"expected {_READY_EXPECT[key]}, got {_show(value)}"
+        if problem:
+            raise ConfigError(sources[key], t.key(key), problem)
+    return fields
+
+
+_READY_EXPECT = {
+    "ready_file": "a path",
+    "ready_tcp": "a port or address:port",
+    "ready_http": "an http:// URL",
+    "ready_command": "a list of strings",
+}
+
+
+def _load_app(file: Optional[FileValues], values: Mapping[str, Any], environ: Environ) -> App:
+    """[app]: the application's startsecs and readiness (BASENODE_APP_READY_* win over the file)."""
+    t = _Table(file, "app", values)
+    app = App(
+        startsecs=t.get("startsecs", "seconds", 0.0),
+        **_readiness(t, environ, APP_READY_VARIABLES),
+    )
+    t.check_unknown()
+    return app
 
 
 CHECK_INTERVAL_RE = re.compile(r"^\d+(ms|s|m)$")

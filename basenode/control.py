@@ -56,6 +56,7 @@ def program_view(state: ProgramState, now: float) -> Dict[str, Any]:
         "restarts": state.restarts,
         "last_exit": state.last_exit,
         "ready": state.ready,
+        "required": state.required,
     }
 
 

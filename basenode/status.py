@@ -21,12 +21,17 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, consul, control, haproxy, watch
+from . import __version__, control, supervisor_status
 from .config import Settings
 from .output.record import OutputRecord
-from .routes import Discovery
+
+if TYPE_CHECKING:
+    from . import watch
+
+# The sync loop's side (collect, serve) imports consul, haproxy and routes where it needs them:
+# `basenode health`, which a HEALTHCHECK runs every few seconds, only reads a document.
 
 log = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -78,6 +83,9 @@ def collect(
     now: Optional[float] = None,
 ) -> Dict[str, Any]:
     """The status document of this sync loop, probing the agent, HAProxy and PID 1 now."""
+    from . import haproxy
+    from .routes import Discovery
+
     now = time.time() if now is None else now
     programs = control.programs(settings.state_dir, timeout=CHECK_TIMEOUT)
     sources = watcher.sources() if watcher is not None else []
@@ -149,6 +157,8 @@ def _watch_doc(watcher: Optional[watch.Watcher]) -> Optional[Dict[str, Any]]:
 
 def _probe_agent(settings: Settings) -> Tuple[bool, Optional[str], Optional[str]]:
     """(answers, leader, error) of the agent basenode reads the catalog from."""
+    from . import consul
+
     client = consul.make_client(settings.consul_http, timeout=CHECK_TIMEOUT)
     try:
         leader = consul.leader(client)
@@ -203,6 +213,7 @@ def problems(doc: Dict[str, Any], max_age: float) -> List[str]:
     for name, template in doc.get("templates", {}).items():
         if template["last_error"]:
             found.append(f"templates: {name}: {template['last_error']}")
+    found += supervisor_status.program_problems(doc["programs"])
     return found
 
 
@@ -388,27 +399,52 @@ def fetch(settings: Settings, path: str, timeout: float = 10.0) -> Tuple[int, by
 
 def _not_running(settings: Settings, error: BaseException) -> str:
     host, port = settings.status_addr
-    return f"basenode: no status endpoint answers at {host}:{port} ({error}); is `basenode run` running?"
+    socket = control.socket_path(settings.state_dir)
+    return (
+        f"basenode: no status endpoint answers at {host}:{port} ({error}) and no control socket at "
+        f"{socket}; is `basenode run` running?"
+    )
+
+
+def ask(settings: Settings, path: str) -> Tuple[int, Dict[str, Any]]:
+    """(HTTP status, document) of the running basenode for /health or /status, in every mode.
+
+    PID 1's control socket first: with no sync loop among its programs, the document is built from
+    them (supervisor_status.py); otherwise the sync loop's endpoint answers, and if it does not,
+    the programs say so. OSError or ValueError when neither answers."""
+    programs = control.programs(settings.state_dir, timeout=CHECK_TIMEOUT)
+    if programs is not None and not supervisor_status.runs_sync(programs):
+        doc = supervisor_status.document(programs)
+    else:
+        try:
+            code, body = fetch(settings, path)
+            doc = json.loads(body)
+            if not isinstance(doc, dict):
+                raise ValueError(f"{path} answered {type(doc).__name__}, not a JSON object")
+            return code, doc
+        except (OSError, ValueError) as e:
+            if programs is None:
+                raise
+            doc = supervisor_status.document(programs, endpoint_error=str(e))
+    return (200 if doc["healthy"] or path == "/status" else 503), doc
 
 
 def health_command(settings: Settings) -> int:
-    """`basenode health`: 0 when the running basenode's /health passes, else 1 and the problems."""
+    """`basenode health`: 0 when the running basenode is healthy, else 1 and the problems."""
     try:
-        code, body = fetch(settings, "/health")
-        problems_found = json.loads(body).get("problems", [])
-    except (OSError, ValueError, AttributeError) as e:
+        code, doc = ask(settings, "/health")
+    except (OSError, ValueError) as e:
         print(_not_running(settings, e), file=sys.stderr)
         return 1
-    for problem in problems_found:
+    for problem in doc.get("problems", []):
         print(f"unhealthy: {problem}", file=sys.stderr)
     return 0 if code == 200 else 1
 
 
 def status_command(settings: Settings, as_json: bool = False) -> int:
-    """`basenode status [--json]`: the running basenode's /status, as JSON or as a table."""
+    """`basenode status [--json]`: the running basenode's status document, as JSON or as a table."""
     try:
-        _, body = fetch(settings, "/status")
-        doc = json.loads(body)
+        _, doc = ask(settings, "/status")
     except (OSError, ValueError) as e:
         print(_not_running(settings, e), file=sys.stderr)
         return 1
@@ -445,8 +481,9 @@ def format_table(doc: Dict[str, Any]) -> str:
         )
     if doc["programs"] is None:
         lines.append("(PID 1's control socket does not answer: program states unknown)")
-    lines.append("")
-    lines.append(f"{'ROUTE':<40} {'PORT':>5} {'MODE':<4} {'HEALTHY':>7} {'TOTAL':>5}")
+    if doc.get("sync") is not None or doc["routes"]:
+        lines.append("")
+        lines.append(f"{'ROUTE':<40} {'PORT':>5} {'MODE':<4} {'HEALTHY':>7} {'TOTAL':>5}")
     for r in doc["routes"]:
         lines.append(
             f"{r['service'][:40]:<40} {r['port']:>5} {r['mode']:<4} {r['healthy']:>7} {r['total']:>5}"
@@ -460,21 +497,25 @@ def format_table(doc: Dict[str, Any]) -> str:
             errors = sum(t.get(kind, 0) for kind in TEMPLATE_ERROR_KINDS)  # an older basenode: fewer kinds
             age = f"{_duration(now - t['last_write'])} ago" if t["last_write"] else "-"
             lines.append(f"{name[:20]:<20} {t['writes']:>6} {errors:>6} {age:>10}  {t['destination']}")
-    c, s = doc["consul"], doc["sync"]
+    c, s = doc.get("consul"), doc.get("sync")
     lines.append("")
-    agent = "reachable" if c["reachable"] else "NOT reachable"
-    lines.append(
-        f"consul   {c['addr']}: agent {agent}, leader {c['leader'] or 'unknown'}, "
-        f"index {c['last_index'] or '-'}, errors {c['errors']}"
-    )
-    how = s["last_how"] or "-"
-    lines.append(
-        f"sync     {s['count']} syncs, last {_duration(s['last_age'])} ago via {how} "
-        f"in {_duration(s['last_duration'])}, confirmed {_duration(s['confirmed_age'])} ago"
-    )
-    lines.append(
-        f"         runtime applies {s['runtime_applies']}, reloads {s['reloads']}, render errors "
-        f"{s['render_errors']}, check failures {s['check_failures']}, apply errors {s['apply_errors']}"
-    )
+    if c is not None:
+        agent = "reachable" if c["reachable"] else "NOT reachable"
+        lines.append(
+            f"consul   {c['addr']}: agent {agent}, leader {c['leader'] or 'unknown'}, "
+            f"index {c['last_index'] or '-'}, errors {c['errors']}"
+        )
+    if s is not None:
+        how = s["last_how"] or "-"
+        lines.append(
+            f"sync     {s['count']} syncs, last {_duration(s['last_age'])} ago via {how} "
+            f"in {_duration(s['last_duration'])}, confirmed {_duration(s['confirmed_age'])} ago"
+        )
+        lines.append(
+            f"         runtime applies {s['runtime_applies']}, reloads {s['reloads']}, render errors "
+            f"{s['render_errors']}, check failures {s['check_failures']}, apply errors {s['apply_errors']}"
+        )
+    if c is None and s is None:
+        lines.append("supervisor only: no sync loop, so no routes, Consul or sync status")
     lines.append(f"last error: {doc['last_error'] or '-'}"[:99])
     return "\n".join(line.rstrip()[:99] for line in lines) + "\n"

@@ -2,14 +2,15 @@
 
 One loop waits in `selectors` on a self-pipe that `signal.set_wakeup_fd` writes a byte to for every
 signal, and on every child's stdout/stderr pipe; timers (restart backoff, startsecs, stop timeouts,
-ready_file polling) become the select timeout. After every wakeup it reaps with
+readiness checks) become the select timeout. After every wakeup it reaps with
 `waitpid(-1, WNOHANG)` until nothing is left, so no SIGCHLD is lost and orphans re-parented to us
 (we are PID 1, or a child subreaper when we are not) never stay zombies longer than one cycle.
 
 Semantics the rest of basenode and its users rely on:
 
 - Start order: config order, except that a program waits until every program in its `depends_on`
-  is up (running for `startsecs`, and its `ready_file` exists when it has one) or has finished with
+  is up (running for `startsecs`, and its readiness condition holds when it has one: ready_file,
+  ready_tcp, ready_http or ready_command, checked without blocking by ready.py) or has finished with
   status 0 (a one-shot task). A program whose dependency is FATAL, unknown or part of a cycle goes
   FATAL itself instead of waiting forever.
 - A program that exits before it has run `startsecs` is a failed start, whatever its autorestart
@@ -28,8 +29,10 @@ Semantics the rest of basenode and its users rely on:
   started outlives basenode (short of a daemon that made a session of its own; in a PID
   namespace the kernel ends those too when basenode, its PID 1, exits). Its own session also
   keeps the terminal's Ctrl-C away from the children: only basenode gets it, and it stops
-  everything once. The price: the application has no controlling terminal (an interactive shell
-  as COMMAND runs without job control); its stdin is still basenode's, the others get /dev/null.
+  everything once. Its stdin is basenode's, the others get /dev/null. The exception is a main
+  program whose output is `inherit` while basenode's stdin is a terminal: it runs in a process
+  group of its own inside basenode's session, made the terminal's foreground group, as tini does
+  (see terminal.py), so Ctrl-C and an interactive shell's job control are the application's.
 - Stop (SIGTERM, SIGINT, SIGQUIT; the main program's exit; a required program's FATAL; every
   program finished): programs are stopped one by one in reverse start order, each with its
   stop_signal and SIGKILL after its stop_timeout; every one still alive when the longest stop
@@ -44,8 +47,9 @@ Semantics the rest of basenode and its users rely on:
   empty mask, signals it catches revert to the default on exec, signals it inherited as ignored
   get a no-op handler for the same reason, and Popen's restore_signals resets SIGPIPE/SIGXFSZ.
 - Output: every line of a child's stdout/stderr goes to basenode's stdout/stderr as
-  `NAME | line`; lines longer than 64 KiB are split, a partial last line is flushed at EOF, bytes
-  are copied as they are (binary included).
+  `NAME | line` (or a JSON log object); lines longer than 64 KiB are split, a partial last line is
+  flushed at EOF, bytes are copied as they are (binary included). A program whose `output` is
+  `inherit` writes to basenode's stdout/stderr itself: its bytes pass untouched.
 
 Only the standard library is imported here: basenode as PID 1 must stay small.
 """
@@ -66,7 +70,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import config
+from . import config, ready, terminal
 from .log import iso_time
 
 log = logging.getLogger(__name__)
@@ -74,7 +78,7 @@ log = logging.getLogger(__name__)
 # Program states, as ProgramState.state shows them.
 WAITING = "waiting"  # for its dependencies
 STARTING = "starting"  # spawned, not yet up for startsecs
-RUNNING = "running"  # up (ProgramState.ready says whether its ready_file exists)
+RUNNING = "running"  # up (ProgramState.ready says whether its readiness condition held)
 BACKOFF = "backoff"  # exited, restart scheduled
 STOPPING = "stopping"  # stop signal sent
 EXITED = "exited"  # finished and not restarted
@@ -83,10 +87,11 @@ STOPPED = "stopped"  # stopped by basenode's stop
 
 MAX_LINE = 64 * 1024  # longer lines are split: memory per stream stays bounded
 READ_SIZE = 64 * 1024
-POLL_INTERVAL = 0.05  # ready_file and "is the process group empty yet" checks
+POLL_INTERVAL = 0.05  # "is the process group empty yet" checks
 # A template's reload signal to a program younger than this (or than its startsecs) waits until then:
 # a signal that arrives before the program has set its handler kills it (HUP's default action).
 RELOAD_HOLD_SECONDS = 1.0
+NOT_READY_WARNING = 30.0  # a program up this long whose readiness condition does not hold is logged once
 KILL_GRACE = 0.5  # after SIGKILL at the stop deadline, how long to wait for the processes to go
 DRAIN_READS = 16  # reads of a dead program's pipes before its exit is logged
 PR_SET_CHILD_SUBREAPER = 36
@@ -108,8 +113,9 @@ class ProgramState:
     restarts: int = 0  # times it was started again after its first start
     failed_starts: int = 0  # in a row; reset once it is up
     last_exit: Optional[int] = None  # exit status, 128+N when killed by signal N
-    ready: bool = False  # up, and its ready_file exists (if it has one)
+    ready: bool = False  # up, and its readiness condition held (if it has one)
     started: Optional[float] = None  # wall-clock time of its current run's start (None: not running)
+    required: bool = False  # its FATAL stops basenode (and fails /health)
 
 
 def exit_code(status: int) -> int:
@@ -295,6 +301,13 @@ class _Proc:
         self.restart_requested = False  # asked for (control socket, reload): start again once it exited
         self.held_signals: List[int] = []  # reload signals that came just after its start: sent later
         self.retiring = False  # removed from the config by a reload: forget it once it exited
+        self.probe: Optional[ready.Probe] = None  # its readiness check, while up and not ready yet
+        self.not_ready_logged = False
+
+    def drop_probe(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
 
     def view(self) -> ProgramState:
         return ProgramState(
@@ -306,6 +319,7 @@ class _Proc:
             last_exit=self.last_exit,
             ready=self.ready,
             started=self.spawned_wall if self.pid is not None else None,
+            required=self.program.required,
         )
 
 
@@ -454,6 +468,8 @@ class Supervisor:
         self._out = _Output()
         self._selector: Optional[selectors.BaseSelector] = None
         self._wake_r = -1
+        self._terminal: Optional[terminal.Terminal] = None  # basenode's stdin, while the app may hold it
+        self._tracked: Dict[int, Callable[[int], None]] = {}  # readiness commands' pids -> on exit
 
     def states(self) -> Tuple[ProgramState, ...]:
         return self._states
@@ -636,6 +652,8 @@ class Supervisor:
                 self._kill(p)
             raise
         finally:
+            for p in self._procs.values():
+                p.drop_probe()
             self._reap()
             self._close_streams()
             self._publish()
@@ -667,10 +685,15 @@ class Supervisor:
                     old_handlers[sig] = signal.signal(sig, _ignore)
             except (OSError, ValueError, RuntimeError):
                 pass  # signals the C library reserves for itself
+        if any(p.program.main and p.program.output == "inherit" for p in self._procs.values()):
+            self._terminal = terminal.claim(0)
         old_mask = signal.pthread_sigmask(signal.SIG_SETMASK, [])
         _become_subreaper()
 
         def restore() -> None:
+            if self._terminal is not None:
+                terminal.release(self._terminal)
+                self._terminal = None
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
@@ -707,7 +730,7 @@ class Supervisor:
             elif p.state == BACKOFF:
                 when.append(p.restart_at)
             elif p.state == RUNNING and not p.ready:
-                when.append(now + POLL_INTERVAL)
+                when.append(p.probe.due(now) if p.probe is not None else now + POLL_INTERVAL)
             elif p.state == STOPPING and p.pid is not None:
                 when.append(p.kill_at)
         if not when:
@@ -754,7 +777,11 @@ class Supervisor:
                 return
             proc = self._by_pid.pop(pid, None)
             if proc is None:
-                log.debug("reaped orphan %d (%s)", pid, describe_exit(status))
+                on_exit = self._tracked.pop(pid, None)
+                if on_exit is not None:
+                    on_exit(status)
+                else:
+                    log.debug("reaped orphan %d (%s)", pid, describe_exit(status))
                 continue
             self._on_exit(proc, status, time.monotonic())
 
@@ -831,13 +858,30 @@ class Supervisor:
         self._check_ready(p)
 
     def _check_ready(self, p: _Proc) -> bool:
-        ready_file = p.program.ready_file
-        if ready_file and not os.path.exists(ready_file):
-            return False
+        """Up: ready once its readiness condition holds (at once without one; see ready.py)."""
+        if p.probe is None:
+            preexec = terminal.child_defaults if self._terminal is not None else None
+            p.probe = ready.probe_for(p.program, self._track, preexec)
+        if p.probe is not None:
+            now = time.monotonic()
+            if not p.probe.poll(now):
+                if not p.not_ready_logged and now - p.spawned_at >= NOT_READY_WARNING:
+                    p.not_ready_logged = True
+                    waiting = [
+                        q.program.name for q in self._procs.values() if p.program.name in q.program.depends_on
+                    ]
+                    log.warning(
+                        "%s: not ready after %.0f s (%s); waiting for it: %s",
+                        p.program.name,
+                        now - p.spawned_at,
+                        ready.describe(p.program),
+                        ", ".join(waiting) or "none",
+                    )
+                return False
+            p.drop_probe()
+            log.info("%s: ready: %s", p.program.name, ready.describe(p.program))
         p.ready = True
         self._dirty = True
-        if ready_file:
-            log.info("%s: ready: %s exists", p.program.name, ready_file)
         if self._on_started is not None:
             try:
                 self._on_started(p.program.name)
@@ -845,26 +889,42 @@ class Supervisor:
                 log.exception("on_started(%r) failed", p.program.name)
         return True
 
+    def _track(self, pid: int, on_exit: Callable[[int], None]) -> None:
+        """A readiness command's child: the loop reaps it and hands its status to `on_exit`."""
+        self._tracked[pid] = on_exit
+
     def _spawn(self, p: _Proc, now: float) -> None:
         prog = p.program
+        p.drop_probe()
         fds: List[int] = []
         try:
             user_kwargs, user_env = _user_args(prog.user)
             env = dict(os.environ)
             env.update(user_env)
             env.update(dict(prog.environment))
-            out_r, out_w = os.pipe()
-            fds += [out_r, out_w]
-            err_r, err_w = os.pipe()
-            fds += [err_r, err_w]
+            inherit = prog.output == "inherit"
+            if not inherit:
+                out_r, out_w = os.pipe()
+                fds += [out_r, out_w]
+                err_r, err_w = os.pipe()
+                fds += [err_r, err_w]
+            # The terminal's foreground for the application: its own group in our session (see
+            # terminal.py). Every child of a basenode that ignores SIGTTOU/SIGTTIN resets them.
+            foreground = self._terminal is not None and prog.main and inherit
+            preexec = None
+            if foreground:
+                preexec = terminal.take_foreground
+            elif self._terminal is not None:
+                preexec = terminal.child_defaults
             popen = subprocess.Popen(
                 prog.command,
                 stdin=None if prog.main else subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
+                stdout=None if inherit else out_w,
+                stderr=None if inherit else err_w,
                 env=env,
                 cwd=prog.directory,
-                start_new_session=True,  # own session and group: see the module docstring
+                start_new_session=not foreground,  # own session and group: see the module docstring
+                preexec_fn=preexec,
                 restore_signals=True,
                 close_fds=True,
                 **user_kwargs,
@@ -875,19 +935,25 @@ class Supervisor:
             why = f"user {prog.user!r} not found" if isinstance(e, KeyError) else str(e)
             self._spawn_failed(p, e, why, now)
             return
-        os.close(out_w)
-        os.close(err_w)
         p.popen = popen
         p.pid = popen.pid
         p.groups.append(popen.pid)
         self._by_pid[popen.pid] = p
-        p.streams = [self._add_stream(out_r, 1, prog.name), self._add_stream(err_r, 2, prog.name)]
+        p.streams = []
+        if not inherit:
+            os.close(out_w)
+            os.close(err_w)
+            as_json = prog.output == "json" or (prog.output is None and self._json_output)
+            p.streams = [
+                self._add_stream(out_r, 1, prog.name, as_json),
+                self._add_stream(err_r, 2, prog.name, as_json),
+            ]
         if p.spawns:
             p.restarts += 1
         p.spawns += 1
         p.spawned_at = now
         p.spawned_wall = time.time()
-        p.up = p.ready = False
+        p.up = p.ready = p.not_ready_logged = False
         p.held_signals = []  # for the run that exited: this one reads its files as it starts
         if p not in self._start_order:
             self._start_order.append(p)
@@ -935,6 +1001,9 @@ class Supervisor:
     def _on_exit(self, p: _Proc, status: int, now: float) -> None:
         code = exit_code(status)
         pid = p.pid
+        if p.program.main and self._terminal is not None:
+            terminal.give_back(self._terminal)
+        p.drop_probe()
         if p.popen is not None:
             p.popen.returncode = code  # reaped by us: Popen must never waitpid() this pid again
             p.popen = None
@@ -999,6 +1068,7 @@ class Supervisor:
         # A controller (stop_first) goes before what it controls, even though it started first.
         order.sort(key=lambda p: not p.program.stop_first)
         for p in order:
+            p.drop_probe()
             if p.state in (WAITING, BACKOFF):
                 self._set(p, STOPPED)
             p.groups = [g for g in p.groups if _group_alive(g)]
@@ -1066,9 +1136,9 @@ class Supervisor:
 
     # ----------------------------------------------------------------- output
 
-    def _add_stream(self, fd: int, out: int, name: str) -> _Stream:
+    def _add_stream(self, fd: int, out: int, name: str, as_json: bool) -> _Stream:
         os.set_blocking(fd, False)
-        stream = _Stream(fd, out, name, self._json_output)
+        stream = _Stream(fd, out, name, as_json)
         self._selector.register(fd, selectors.EVENT_READ, stream)
         return stream
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 # Real-component fixtures shared by every test folder (consul_agent, consul_agent_session;
-# start_basenode, backends).
-pytest_plugins = ["tests.support.consul_agent", "tests.support.basenode_run"]
+# start_basenode, backends; supervisor).
+pytest_plugins = ["tests.support.consul_agent", "tests.support.basenode_run", "tests.support.supervisor_node"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ZIPAPP = ROOT / "dist" / "basenode"

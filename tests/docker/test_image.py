@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tests.support import docker_helpers as dh
+from tests.support.terminal import Terminal
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -98,3 +99,47 @@ def test_a_single_server_container_becomes_healthy_with_haproxy_workers_unprivil
         haproxy = users.get("haproxy", [])
         assert haproxy.count("root") == 1, users
         assert haproxy.count("haproxy") >= 1, users
+
+
+def test_docker_run_t_gives_the_application_the_terminal_as_tini_would(basenode_image: str) -> None:
+    app = ["--no-consul", "--no-haproxy", "--", "sh", "-c", "test -t 0 && test -t 1 && test -t 2"]
+    result = dh.run(basenode_image, *app, options=["-t"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without -t, stdout is docker's pipe: the same check fails, so the one above proves the terminal.
+    assert dh.run(basenode_image, *app).returncode == 1
+
+
+def test_the_image_healthcheck_passes_with_basenode_as_a_plain_supervisor(basenode_image: str) -> None:
+    # No Consul, no HAProxy, no sync loop: the HEALTHCHECK's `basenode health` asks PID 1 directly.
+    options = ["--health-interval", "1s", "--health-start-period", "0s"]
+    with dh.container(
+        basenode_image, "--no-consul", "--no-haproxy", "--", "sleep", "600", options=options
+    ) as name:
+
+        def health_status() -> str:
+            return dh.docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()
+
+        try:
+            eventually(lambda: health_status() == "healthy", timeout=60, interval=0.5, what="docker's health")
+        except AssertionError:
+            raise AssertionError(dh.logs(name)[-4000:]) from None
+        status = dh.exec_in(name, "basenode", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert '"app"' in status.stdout
+
+
+def test_docker_run_it_gives_an_interactive_shell_with_job_control(basenode_image: str) -> None:
+    # `docker run -it image -- sh -i` from a real terminal, as a user types it.
+    argv = ["docker", "run", "--rm", "-it", "--label", dh.TEST_LABEL, basenode_image]
+    term = Terminal([*argv, "--no-consul", "--no-haproxy", "--", "sh", "-i"])
+    try:
+        term.write(b"echo shell-$((6 * 7))\n")
+        term.wait_for("shell-42", timeout=60)
+        term.write(b"head -n 1\n")  # a foreground job reading the terminal
+        term.write(b"typed-line\n")
+        term.write(b'echo "head said $?"\n')
+        term.wait_for("head said 0")
+        term.write(b"exit 5\n")
+        assert term.wait(timeout=60) == 5, term.text()
+    finally:
+        term.close()

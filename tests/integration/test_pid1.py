@@ -33,13 +33,15 @@ def _env() -> dict:
     return env
 
 
-def basenode_run(*command: str, config: Optional[Path] = None) -> List[str]:
+def basenode_run(*command: str, config: Optional[Path] = None, app_output: Optional[str] = None) -> List[str]:
     if not ZIPAPP.exists():
         pytest.fail(f"{ZIPAPP} is missing; run `make zipapp`", pytrace=False)
     argv = [sys.executable, str(ZIPAPP), "run", "--no-consul", "--no-haproxy"]
     argv += ["--status-addr", f"127.0.0.1:{free_port()}"]
     if config is not None:
         argv += ["--config", str(config)]
+    if app_output is not None:
+        argv += ["--app-output", app_output]
     return [*argv, "--", *command]
 
 
@@ -142,9 +144,9 @@ def test_basenode_is_pid_1_and_50_orphaned_grandchildren_leave_no_zombie(namespa
     # Unreaped, they would stay as 50 zombies named sleep and the loop would give up after 10 s.
     status, out, err = namespace("sh", "-c", ORPHANS).run()
     assert status == 0, err
-    assert re.search(r"^app \| pid 1: \S*python\S* \S*dist/basenode run ", out, re.M), out
-    assert "app | sleeps left: 0\n" in out
-    assert "app | zombies: 0\n" in out
+    assert re.search(r"^pid 1: \S*python\S* \S*dist/basenode run ", out, re.M), out
+    assert "sleeps left: 0\n" in out
+    assert "zombies: 0\n" in out
 
 
 @pytest.mark.parametrize(("script", "expected"), [("exit 7", 7), ("kill -TERM $$", 128 + signal.SIGTERM)])
@@ -172,7 +174,7 @@ def test_sighup_to_basenode_reaches_the_application(namespace):
     )
     pid1 = ns.pid1()
     err = b""
-    while b"app | ready" not in err:  # stderr: the app writes its readiness there
+    while b"ready" not in err:  # stderr: the app writes its readiness there
         chunk = os.read(ns.proc.stderr.fileno(), 4096)
         assert chunk, err
         err += chunk
@@ -180,7 +182,7 @@ def test_sighup_to_basenode_reaches_the_application(namespace):
     os.kill(pid1, signal.SIGHUP)
     status, out, rest = ns.run()
     assert status == 0, err.decode() + rest
-    assert out == "app | got HUP\n"
+    assert out == "got HUP\n"
 
 
 APP_ON_TERMINAL = (
@@ -193,13 +195,15 @@ SIDE_ON_TERMINAL = (
 )
 
 
-def test_ctrl_c_in_a_terminal_stops_everything_once_cleanly(tmp_path):
+def test_with_app_output_prefix_ctrl_c_in_a_terminal_stops_everything_once_cleanly(tmp_path):
+    # Today's behaviour on request: the application in a session of its own, its lines prefixed,
+    # and the terminal's Ctrl-C for basenode alone, which stops everything once.
     config = tmp_path / "basenode.toml"
     config.write_text(f"[programs.side]\ncommand = ['sh', '-c', '{SIDE_ON_TERMINAL}']\nstartsecs = 0\n")
     master, slave = pty.openpty()
     # setsid -c: basenode leads a new session whose controlling terminal is the pty, like a shell's job.
     proc = subprocess.Popen(
-        ["setsid", "-c", *basenode_run("sh", "-c", APP_ON_TERMINAL, config=config)],
+        ["setsid", "-c", *basenode_run("sh", "-c", APP_ON_TERMINAL, config=config, app_output="prefix")],
         cwd=ROOT,
         env=_env(),
         stdin=slave,

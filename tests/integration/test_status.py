@@ -224,10 +224,19 @@ def test_json_logs_wrap_every_line_with_its_program(consul_agent, backends, star
     consul_agent.register("web", backends.start("a").port, service_id="web-a")
     port = free_port()
     node = start_basenode(
-        f"web:{port}", "--log-format", "json", "--", "sh", "-c", "echo from-app; sleep 1000"
+        f"web:{port}",
+        "--log-format",
+        "json",
+        "--app-output",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        "echo from-app; sleep 1000",
     )
     eventually(lambda: healthy(node), timeout=30, what="/health to pass")
-    eventually(lambda: "from-app" in node.output(), timeout=10, what="the app's line")
+    # The wrapped line itself: "from-app" alone is in basenode's log of the command it started.
+    eventually(lambda: '"message":"from-app"' in node.output(), timeout=10, what="the app's line")
     entries = [json.loads(line) for line in node.output().splitlines() if line.strip()]
     for entry in entries:
         assert {"time", "level", "component", "message"} <= set(entry), entry

@@ -144,6 +144,9 @@ def _program_from(entry: Dict[str, Any]):
     fields["environment"] = tuple(tuple(kv) for kv in fields.get("environment", {}).items())
     fields["depends_on"] = tuple(fields.get("depends_on", ()))
     fields["forward_signals"] = tuple(config.signal_number(s) for s in fields.get("forward_signals", ()))
+    fields["ready_command"] = tuple(fields.get("ready_command", ()))
+    if fields.get("ready_tcp") is not None:
+        fields["ready_tcp"] = tuple(fields["ready_tcp"])
     if "stop_signal" in fields:
         fields["stop_signal"] = config.signal_number(fields["stop_signal"])
     return config.Program(**fields)
