@@ -174,7 +174,9 @@ def test_sighup_to_basenode_reaches_the_application(namespace):
     )
     pid1 = ns.pid1()
     err = b""
-    while b"ready" not in err:  # stderr: the app writes its readiness there
+    # stderr: the app writes its readiness there, on a line of its own (basenode's log of the
+    # app's command line, on the same stderr, has the word too)
+    while b"\nready\n" not in b"\n" + err:
         chunk = os.read(ns.proc.stderr.fileno(), 4096)
         assert chunk, err
         err += chunk
