@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, consul, control, haproxy, watch
+from . import __version__, consul, control, watch
 from .config import Settings
+from .output import haproxy
 from .routes import Discovery
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 
-from basenode import haproxy
 from basenode.config import Route, Settings, Watch
+from basenode.output import haproxy
 from basenode.snapshot import Instance, RouteState, Snapshot
 from basenode.template import render
 from tests.conftest import require_binary

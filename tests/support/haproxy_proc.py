@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from basenode import haproxy
 from basenode.config import Settings
+from basenode.output import haproxy
 
 from .waiting import eventually
 
@@ -44,7 +44,7 @@ class HAProxy:
             proc = haproxy.show_proc(self.settings.haproxy_master_socket, timeout=1.0)
         except haproxy.RuntimeAPIError:
             return False
-        info_pid = haproxy._stats_pid(self.settings)
+        info_pid = haproxy.stats_pid(self.settings.haproxy_stats_socket)
         return bool(proc.workers) and info_pid in proc.workers
 
     def proc_info(self) -> haproxy.ProcInfo:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from basenode.haproxy import _alerts, parse_config
+from basenode.output.haproxy import parse_config
+from basenode.output.haproxy.program import alerts as _alerts
 
 BASE = """global
     stats socket /run/basenode/haproxy.sock mode 600 level admin

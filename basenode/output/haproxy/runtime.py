@@ -1,0 +1,163 @@
+"""HAProxy's runtime API (the stats socket) and master CLI: one command per connection, and what
+their answers say.
+
+Both are unix sockets in the state dir (mode 0600). Each parser here takes an answer as text, so
+that answers recorded from HAProxy 2.6 and 3.x are tested without a running HAProxy.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .errors import RuntimeAPIError
+
+SOCKET_TIMEOUT = 5.0
+# srv_admin_state bits (management guide, "show servers state").
+ADMIN_FMAINT = 0x01  # forced into maintenance from the CLI
+ADMIN_CMAINT = 0x04  # "disabled" in the config
+ADMIN_FDRAIN = 0x08
+ADMIN_RMAINT = 0x20  # no address (resolution failed)
+
+Version = Tuple[int, int]  # (major, minor); (0, 0) when unknown: 2.6's behaviour is assumed
+
+
+def command(socket_path: Path, words: Sequence[str], timeout: float = SOCKET_TIMEOUT) -> str:
+    """Send one command, return HAProxy's whole answer. RuntimeAPIError if the socket does not answer."""
+    line = " ".join(words)
+    if "\n" in line or "\r" in line:
+        raise ValueError(f"a runtime API command is one line: {line!r}")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path))
+            sock.sendall(line.encode() + b"\n")
+            # Non-interactive mode: HAProxy answers, then closes once it has seen our end of input.
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+    except OSError as e:
+        raise RuntimeAPIError(f"{socket_path}: {words[0] if words else ''}: {e}") from None
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class ServerState:
+    backend: str
+    name: str
+    address: str  # "-" when it has none
+    port: int
+    op_state: int  # 0 down, 1 starting, 2 running, 3 stopping
+    admin_state: int  # ADMIN_* bits
+    weight: int  # user-visible weight
+
+    @property
+    def in_maintenance(self) -> bool:
+        return bool(self.admin_state & ADMIN_FMAINT)
+
+    @property
+    def ready(self) -> bool:
+        """Not held out by an operator (our maint/drain) or by the config."""
+        return not self.admin_state & (ADMIN_FMAINT | ADMIN_FDRAIN | ADMIN_CMAINT)
+
+
+ServersState = Dict[str, Dict[str, ServerState]]  # backend -> server name -> state
+
+
+def show_servers_state(socket_path: Path, backend: Optional[str] = None) -> ServersState:
+    """backend -> server name -> state, from `show servers state` (format version 1)."""
+    words = ("show", "servers", "state", backend) if backend else ("show", "servers", "state")
+    return parse_servers_state(command(socket_path, words))
+
+
+def parse_servers_state(answer: str) -> ServersState:
+    lines = answer.splitlines()
+    if not lines or lines[0].strip() != "1":
+        raise RuntimeAPIError(f"show servers state: unexpected answer {answer[:200]!r}")
+    columns: List[str] = []
+    result: ServersState = {}
+    for line in lines[1:]:
+        if line.startswith("#"):
+            columns = line[1:].split()
+            continue
+        if not line.strip():
+            continue
+        row = dict(zip(columns, line.split()))
+        try:
+            state = ServerState(
+                backend=row["be_name"],
+                name=row["srv_name"],
+                address=row["srv_addr"],
+                port=int(row["srv_port"]),
+                op_state=int(row["srv_op_state"]),
+                admin_state=int(row["srv_admin_state"]),
+                weight=int(row["srv_uweight"]),
+            )
+        except (KeyError, ValueError):
+            raise RuntimeAPIError(f"show servers state: cannot parse {line!r}") from None
+        result.setdefault(state.backend, {})[state.name] = state
+    return result
+
+
+def show_info(socket_path: Path) -> Dict[str, str]:
+    info = {}
+    for line in command(socket_path, ("show", "info")).splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key.strip()] = value.strip()
+    return info
+
+
+def stats_pid(socket_path: Path) -> Optional[int]:
+    """The pid of the worker answering on the stats socket; None when none answers."""
+    try:
+        return int(show_info(socket_path).get("Pid", "0"))
+    except (RuntimeAPIError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """The master CLI's `show proc`."""
+
+    master_pid: int
+    reloads: int
+    failed_reloads: int
+    workers: Tuple[int, ...]  # current workers
+    old_workers: Tuple[int, ...]  # workers of earlier configs still finishing their sessions
+
+
+def show_proc(master_socket: Path, timeout: float = SOCKET_TIMEOUT) -> ProcInfo:
+    return parse_proc(command(master_socket, ("show", "proc"), timeout=timeout))
+
+
+def parse_proc(answer: str) -> ProcInfo:
+    master_pid = reloads = failed = None
+    workers: List[int] = []
+    old: List[int] = []
+    section = "master"
+    for line in answer.splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            name = text.lstrip("#").strip()
+            section = {"workers": "workers", "old workers": "old", "programs": "programs"}.get(name, section)
+            continue
+        parts = text.split()
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        if parts[1] == "master":
+            master_pid, reloads = int(parts[0]), int(parts[2])
+            m = re.search(r"failed:\s*(\d+)", text)
+            failed = int(m.group(1)) if m else 0
+        elif parts[1] == "worker":
+            (workers if section == "workers" else old).append(int(parts[0]))
+    if master_pid is None or reloads is None or failed is None:
+        raise RuntimeAPIError(f"show proc: unexpected answer {answer[:200]!r}")
+    return ProcInfo(master_pid, reloads, failed, tuple(workers), tuple(old))
