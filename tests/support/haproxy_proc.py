@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -63,3 +64,25 @@ class HAProxy:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+class CountingHAProxy:
+    """A `haproxy_bin` that writes one line to `calls` for every `haproxy -c`, then runs the real
+    binary with the same arguments: the number of checks basenode spawned, counted from outside."""
+
+    def __init__(self, directory: Path, real: str) -> None:
+        self.calls = directory / "haproxy-checks.log"
+        self.path = directory / "haproxy-counting"
+        calls, binary = shlex.quote(str(self.calls)), shlex.quote(real)
+        self.path.write_text(
+            "#!/bin/sh\n"
+            f'for arg in "$@"; do if [ "$arg" = "-c" ]; then echo "$$ $*" >> {calls}; fi; done\n'
+            f'exec {binary} "$@"\n'
+        )
+        self.path.chmod(0o755)
+
+    def checks(self) -> int:
+        try:
+            return len(self.calls.read_text().splitlines())
+        except FileNotFoundError:
+            return 0

@@ -1,16 +1,20 @@
 """Apply: make the running HAProxy run a new config text, with as little disruption as possible.
 
-1. The text goes to a candidate file in the state dir and `haproxy -c` checks it. A rejected
-   candidate is removed; the live file and the running process are untouched (CheckFailed,
-   with HAProxy's own message).
-2. The candidate is renamed over the live file, so the file on disk always equals what runs and a
-   restarted HAProxy comes back identical.
-3. If the config differs from the live one only in `server` lines of existing backends, the plan
-   (plan.py) brings the running worker in step through the runtime API: new servers `add server`
-   then `enable server`; removed servers go to maintenance, get a short bounded time to finish
-   their sessions, then `del server`; a changed address, port or weight is `set` in place.
-   `show servers state` then verifies the result; any API error or mismatch falls back to a reload.
-4. Anything else (a route added or removed, a template edit) is a seamless master-worker reload.
+The file on disk always equals what runs, so that a restarted HAProxy comes back identical:
+
+1. The text goes to a candidate file beside the live one.
+2. A change only to `server` lines of existing backends (same skeleton, see parse.py) goes straight
+   to the runtime API, with no `haproxy -c`: basenode has validated those lines itself (parse.py),
+   and HAProxy parses each `add server` with its config parser and refuses a bad one. The plan
+   (plan.py) adds new servers then enables them; sends removed ones to maintenance, gives them a
+   short bounded time to finish their sessions, then deletes them; sets a changed address, port or
+   weight in place. `show servers state` verifies the result, and only then is the candidate
+   renamed over the live file.
+3. Everything else (a route added or removed, a template edit, a server line basenode does not
+   apply at runtime, the first start, apply_mode reload/restart), and any runtime command HAProxy
+   refuses or a verification that fails, is checked with `haproxy -c` before a seamless
+   master-worker reload. A rejected candidate is removed and the running config keeps serving
+   (CheckFailed, with HAProxy's own message); a refused reload puts the old file back.
 
 Nothing here knows about Consul.
 """
@@ -30,7 +34,7 @@ from ...snapshot import Snapshot
 from . import plan as planning
 from .errors import ApplyError, CheckFailed, NeedReload, RuntimeAPIError
 from .parse import ParsedConfig, parse_config
-from .program import finish_check, reload, restart, running, start_check
+from .program import check, reload, restart, running
 from .runtime import ServersState, Version, command, show_servers_state
 
 log = logging.getLogger("basenode.haproxy")
@@ -86,9 +90,9 @@ def apply(
     which is accepted for the caller's bookkeeping and logging only: after a failed apply or a
     restart they can differ, and the running state is the one that counts.
 
-    Raises CheckFailed (nothing changed) or ApplyError: the candidate could not be written (a full
-    state dir: nothing changed), or the new file is in place but HAProxy could not be made to run it
-    (on a failed reload the old file is restored).
+    Raises CheckFailed (the running config stays) or ApplyError: the candidate could not be written
+    (a full state dir: nothing changed), or the new file is in place but HAProxy could not be made
+    to run it (on a failed reload the old file is restored).
     `restart_hook` replaces the default restart (SIGTERM to the master, the supervisor starts it again)
     for apply_mode="restart".
     """
@@ -99,87 +103,114 @@ def apply(
         live_text: Optional[str] = live.read_text(encoding="utf-8")
     except FileNotFoundError:
         live_text = None
-    changed = text != live_text
-    candidate = live.with_name(live.name + ".new")
     mode = settings.watch.apply_mode
-    parsed: Optional[Tuple[ParsedConfig, ParsedConfig]] = None
-    if changed:
-        _write(candidate, text)
-        checking = start_check(settings.haproxy_bin, candidate)
-        try:
-            if mode == "runtime" and live_text is not None:
-                parsed = (parse_config(live_text), parse_config(text))  # while haproxy -c runs
-        finally:
-            try:
-                finish_check(checking, settings.haproxy_bin)
-            except CheckFailed:
-                with contextlib.suppress(OSError):
-                    candidate.unlink()
-                raise
+    if text == live_text:
+        return _apply_unchanged(settings, live_text, started, drain_timeout)
 
-    def result(
-        how: str, changes: Optional[planning.Plan] = None, draining: Sequence[str] = (), reason: str = ""
-    ) -> ApplyResult:
-        c = changes or planning.Plan((), ())
-        outcome = ApplyResult(
-            how=how,
-            seconds=time.monotonic() - started,
-            added=c.added,
-            removed=c.removed,
-            updated=c.updated,
-            draining=tuple(draining),
-            reason=reason,
-        )
-        if how != "unchanged":
-            log.info(
-                "haproxy: applied by %s in %.1f ms%s%s",
-                how,
-                outcome.seconds * 1000,
-                f" (+{len(c.added)} -{len(c.removed)} ~{len(c.updated)} servers)" if how == "runtime" else "",
-                f": {reason}" if reason else "",
-            )
-        return outcome
+    candidate = live.with_name(live.name + ".new")
+    _write(candidate, text)
+    is_running: Optional[bool] = None
+    reason = "no live config" if mode == "runtime" else f"apply mode {mode}"
+    touched = False  # runtime commands were sent before the runtime path failed
+    if mode == "runtime" and live_text is not None:
+        old, new = parse_config(live_text), parse_config(text)
+        reason = "routes or template changed"
+        if old.skeleton == new.skeleton:
+            is_running = running(settings)
+            if is_running:
+                try:
+                    plan, draining = _run_plan(
+                        settings, old, new, planning.changed_backends(old, new), drain_timeout
+                    )
+                except NeedReload as e:
+                    reason = str(e)
+                except RuntimeAPIError as e:
+                    log.warning("haproxy: runtime API apply failed, checking and reloading instead: %s", e)
+                    reason, touched = f"runtime API failed: {e}", isinstance(e, PartlyApplied)
+                else:
+                    _promote(candidate, live)
+                    return _result(started, "runtime" if plan.any() else "unchanged", plan, draining)
 
-    if not running(settings):
+    _check(settings, candidate, live_text if touched else None)
+    if not (running(settings) if is_running is None else is_running):
         # Nothing to apply to yet (first render, or HAProxy is between restarts): the supervisor
         # starts HAProxy from the file we leave here.
-        if changed:
-            _promote(candidate, live)
-        return result("written" if changed else "unchanged")
+        _promote(candidate, live)
+        return _result(started, "written")
+    _promote(candidate, live)
+    if mode == "restart":
+        if restart_hook is not None:
+            restart_hook()
+        else:
+            restart(settings)
+        return _result(started, "restart", reason=reason)
+    _reload_or_restore(settings, live_text)
+    return _result(started, "reload", reason=reason)
 
-    if mode in ("reload", "restart") or live_text is None:
-        if not changed:
-            return result("unchanged")
-        _promote(candidate, live)
-        if mode == "restart":
-            if restart_hook is not None:
-                restart_hook()
-            else:
-                restart(settings)
-            return result("restart", reason="apply mode restart")
-        _reload_or_restore(settings, live_text)
-        return result("reload", reason="apply mode reload" if mode == "reload" else "no live config")
 
-    old, new = parsed or (parse_config(live_text), parse_config(text))
-    if old.skeleton != new.skeleton:
-        _promote(candidate, live)
-        _reload_or_restore(settings, live_text)
-        return result("reload", reason="routes or template changed")
-    if changed:
-        _promote(candidate, live)
+def _apply_unchanged(
+    settings: Settings, live_text: Optional[str], started: float, drain_timeout: float
+) -> ApplyResult:
+    """The same text again: nothing to write, but the running servers are compared with all of the
+    live file's, which also retries deletions left over from an earlier apply."""
+    if settings.watch.apply_mode != "runtime" or live_text is None or not running(settings):
+        return _result(started, "unchanged")
+    parsed = parse_config(live_text)
     try:
-        # Only backends whose server lines changed need a look, unless nothing changed at all: then
-        # everything is compared (which also retries deletions left over from an earlier apply).
-        scope = planning.changed_backends(old, new) if changed else None
-        changes, draining = _run_plan(settings.haproxy_stats_socket, old, new, scope, drain_timeout, (0, 0))
-    except NeedReload as e:
-        _reload_or_restore(settings, live_text)
-        return result("reload", reason=str(e))
-    except RuntimeAPIError as e:
+        plan, draining = _run_plan(settings, parsed, parsed, None, drain_timeout)
+    except (NeedReload, RuntimeAPIError) as e:
         log.warning("haproxy: runtime API apply failed, reloading instead: %s", e)
-        _reload_or_restore(settings, live_text)
-        return result("reload", reason=f"runtime API failed: {e}")
-    return result("runtime" if changes.any() else "unchanged", changes, draining)
+        _reload_or_restore(settings, live_text)  # the live file passed its check when it was applied
+        return _result(started, "reload", reason=f"runtime API failed: {e}")
+    return _result(started, "runtime" if plan.any() else "unchanged", plan, draining)
+
+
+def _check(settings: Settings, candidate: Path, resync_from: Optional[str]) -> None:
+    """`haproxy -c` on the candidate; a rejected one is removed (CheckFailed).
+
+    `resync_from` is the live text when a failed runtime apply already changed some servers: the
+    running worker then no longer equals the live file, and a reload of that file (which passed its
+    check when it was applied) brings the two together again before the CheckFailed goes up.
+    """
+    try:
+        check(settings.haproxy_bin, candidate)
+    except CheckFailed:
+        with contextlib.suppress(OSError):
+            candidate.unlink()
+        if resync_from is not None:
+            try:
+                reload(settings)
+            except ApplyError as e:
+                log.error("haproxy: reloading the live config after a partial runtime apply failed: %s", e)
+        raise
+
+
+def _result(
+    started: float,
+    how: str,
+    plan: Optional[planning.Plan] = None,
+    draining: Sequence[str] = (),
+    reason: str = "",
+) -> ApplyResult:
+    p = plan or planning.Plan((), ())
+    outcome = ApplyResult(
+        how=how,
+        seconds=time.monotonic() - started,
+        added=p.added,
+        removed=p.removed,
+        updated=p.updated,
+        draining=tuple(draining),
+        reason=reason,
+    )
+    if how != "unchanged":
+        log.info(
+            "haproxy: applied by %s in %.1f ms%s%s",
+            how,
+            outcome.seconds * 1000,
+            f" (+{len(p.added)} -{len(p.removed)} ~{len(p.updated)} servers)" if how == "runtime" else "",
+            f": {reason}" if reason else "",
+        )
+    return outcome
 
 
 def _reload_or_restore(settings: Settings, live_text: Optional[str]) -> None:
@@ -196,22 +227,34 @@ def _reload_or_restore(settings: Settings, live_text: Optional[str]) -> None:
 # Running a plan
 
 
+class PartlyApplied(RuntimeAPIError):
+    """The runtime path failed after some of its commands had been carried out."""
+
+
 def _run_plan(
-    sock: Path,
+    settings: Settings,
     old: ParsedConfig,
     new: ParsedConfig,
     scope: Optional[Sequence[str]],
     drain_timeout: float,
-    version: Version,
 ) -> Tuple[planning.Plan, List[str]]:
     """Plan, send, delete, verify; returns the plan and the servers still draining."""
+    sock = settings.haproxy_stats_socket
+    version: Version = (0, 0)
     plan = planning.plan_changes(old, new, _servers_state(sock, scope), scope)
-    for step in plan.commands:
-        _send(sock, step, version)
-    draining = _drain_and_delete(sock, plan.removals, drain_timeout)
-    problem = planning.verify(new, _servers_state(sock, scope), scope)
+    sent = 0
+    try:
+        for step in plan.commands:
+            _send(sock, step, version)
+            sent += 1
+        draining = _drain_and_delete(sock, plan.removals, drain_timeout)
+        problem = planning.verify(new, _servers_state(sock, scope), scope)
+    except RuntimeAPIError as e:
+        if sent:
+            raise PartlyApplied(str(e)) from None
+        raise
     if problem is not None:
-        raise RuntimeAPIError(f"verify: {problem}")
+        raise PartlyApplied(f"verify: {problem}")
     return plan, draining
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 # Section keywords of an HAProxy config file; a line starting with one opens a new section.
 SECTIONS = frozenset(
@@ -29,12 +30,11 @@ class ServerLine:
     weight: int
     options: Tuple[str, ...]  # every argument except the address and "weight N"
     args: Tuple[str, ...]  # the arguments after the name, as written (for `add server`)
+    problem: str = ""  # why the runtime API cannot apply this line ("": it can)
 
     @property
     def runtime_ok(self) -> bool:
-        # Dynamic servers are never resolved by name (2.6 initialises them with init-addr none), and
-        # "disabled" would fight with our enable.
-        return self.address is not None and self.port is not None and "disabled" not in self.options
+        return not self.problem
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,106 @@ def _quoted(raw: str) -> bool:
 def _server_line(backend: str, words: List[str]) -> ServerLine:
     name, endpoint, rest = words[1], words[2], words[3:]
     weight, options = 1, []
+    problem = ""
     i = 0
     while i < len(rest):
-        if rest[i] == "weight" and i + 1 < len(rest) and rest[i + 1].isdigit():
-            weight = int(rest[i + 1])
+        if rest[i] == "weight":
+            value = rest[i + 1] if i + 1 < len(rest) else ""
+            if value.isdigit() and int(value) <= MAX_WEIGHT:
+                weight = int(value)
+            else:
+                problem = problem or f"weight {value!r} is not 0-{MAX_WEIGHT}"
             i += 2
             continue
         options.append(rest[i])
         i += 1
     address, port = _split_endpoint(endpoint)
-    return ServerLine(backend, name, address, port, weight, tuple(options), tuple(words[2:]))
+    if address is None or port is None:
+        # Dynamic servers are never resolved by name (2.6 initialises them with init-addr none).
+        problem = f"address {endpoint!r} is not an IP address and port"
+    elif not _NAME.match(backend) or not _NAME.match(name):
+        problem = f"name {backend}/{name} has characters HAProxy does not allow"
+    else:
+        problem = problem or _options_problem(options)
+    return ServerLine(backend, name, address, port, weight, tuple(options), tuple(words[2:]), problem)
+
+
+def _options_problem(options: List[str]) -> str:
+    """Why the runtime API should not be given these options ("" when they are all known and valid).
+
+    What basenode checks itself, so that a server change needs no `haproxy -c`: only keywords
+    `add server` takes (HAProxy 2.6's dynamic server keywords), each with a value of the right form.
+    Anything else is left to `haproxy -c` and a reload.
+    """
+    i = 0
+    while i < len(options):
+        keyword = options[i]
+        if keyword in _FLAGS:
+            i += 1
+            continue
+        check = _VALUED.get(keyword)
+        if check is None:
+            # "disabled" is known but would fight with the `enable server` that follows `add server`.
+            return f"option {keyword!r} is not one basenode applies through the runtime API"
+        value = options[i + 1] if i + 1 < len(options) else ""
+        if not check(value):
+            return f"option {keyword} {value!r}: not a valid value"
+        i += 2
+    return ""
+
+
+def _number(low: int, high: int) -> Callable[[str], bool]:
+    def valid(value: str) -> bool:
+        digits = value[1:] if value.startswith("-") else value
+        return digits.isdigit() and low <= int(value) <= high
+
+    return valid
+
+
+def _one_of(*choices: str) -> Callable[[str], bool]:
+    return frozenset(choices).__contains__
+
+
+def _time(value: str) -> bool:
+    return bool(_TIME.match(value))
+
+
+MAX_WEIGHT = 256
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")  # HAProxy's identifier characters
+_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?$")
+_FLAGS = frozenset(
+    (
+        "backup", "no-backup", "check", "agent-check", "check-send-proxy", "send-proxy", "send-proxy-v2",
+        "no-send-proxy", "no-send-proxy-v2", "tfo", "no-tfo", "enabled",
+    )
+)  # fmt: skip
+_COUNT = _number(0, 1_000_000)
+_PORT = _number(1, 65535)
+_VALUED: Dict[str, Callable[[str], bool]] = {
+    "maxconn": _COUNT,
+    "maxqueue": _COUNT,
+    "minconn": _COUNT,
+    "rise": _number(1, 1000),
+    "fall": _number(1, 1000),
+    "error-limit": _number(1, 1000),
+    "pool-max-conn": _number(-1, 1_000_000),
+    "pool-low-conn": _COUNT,
+    "id": _number(1, 1_000_000),
+    "port": _PORT,
+    "agent-port": _PORT,
+    "inter": _time,
+    "fastinter": _time,
+    "downinter": _time,
+    "agent-inter": _time,
+    "slowstart": _time,
+    "pool-purge-delay": _time,
+    "observe": _one_of("layer4", "layer7"),
+    "on-error": _one_of("fastinter", "fail-check", "sudden-death", "mark-down"),
+    "on-marked-down": _one_of("shutdown-sessions"),
+    "on-marked-up": _one_of("shutdown-backup-sessions"),
+    "ws": _one_of("auto", "h1", "h2"),
+    "proto": _one_of("h1", "h2", "fcgi", "none"),
+}
 
 
 def _split_endpoint(endpoint: str) -> Tuple[Optional[str], Optional[int]]:

@@ -88,7 +88,7 @@ def plan_changes(
             target = f"{backend}/{name}"
             if not line.runtime_ok:
                 if before.get(name) != line:
-                    raise NeedReload(f"server {target} needs a reload (host name or options)")
+                    raise NeedReload(f"server {target} needs a reload: {line.problem}")
                 continue
             state = running_now.get(name)
             if state is None:
