@@ -16,10 +16,15 @@ from basenode.output.haproxy.plan import (
     ADDED,
     ADDR,
     EMPTY,
+    REMOVABLE,
     Command,
     Removal,
+    answer_ok,
+    busy,
     changed_backends,
+    deleted,
     plan_changes,
+    removal_steps,
     verify,
 )
 from basenode.output.haproxy.runtime import ADMIN_FMAINT, ServersState, ServerState
@@ -152,3 +157,50 @@ def test_verify_names_what_runs_wrong():
     )
     extra = running(state("web", "n1_a", "10.0.0.5:8080"), state("web", "n1_x", "10.0.0.8:8080"))
     assert verify(new, extra) == "web/n1_x should be gone but takes traffic"
+
+
+# What HAProxy answered, recorded: 2.6 from Debian bookworm's 2.6.12 on this machine; 3.x from the
+# messages in HAProxy 3.0's and 3.3's source (src/server.c, src/cli.c).
+HAPROXY_2_6, HAPROXY_3_0, HAPROXY_3_3 = (2, 6), (3, 0), (3, 3)
+
+
+def test_on_3_0_and_later_a_removal_waits_for_the_server_to_be_removable_then_deletes_it():
+    fresh = Removal("web", "n1_b", fresh=True)
+    delete = Command(("del", "server", "web/n1_b"), EMPTY)
+    wait = Command(("wait", "480", "srv-removable", "web/n1_b"), REMOVABLE)
+    assert removal_steps(fresh, 480, HAPROXY_3_0) == (wait, delete)
+    assert removal_steps(fresh, 480, HAPROXY_3_3) == (wait, delete)
+    assert removal_steps(fresh, 0, HAPROXY_3_3) == (delete,)  # no time left: one try, kept for later
+    assert removal_steps(fresh, 480, HAPROXY_2_6) == (delete,)  # 2.6 has no `wait`: apply polls
+
+
+def test_answers_read_as_each_version_writes_them():
+    changed = (
+        "IP changed from '127.0.0.1' to '127.0.0.2', "
+        "port changed from '8081' to '8082' by 'stats socket command'"
+    )
+    same_2_6 = "no need to change the addr, no need to change the port by 'stats socket command'"
+    for version in (HAPROXY_2_6, HAPROXY_3_0):
+        assert answer_ok(ADDR, changed, version)
+        assert answer_ok(ADDR, same_2_6, version)
+        assert answer_ok(ADDR, "nothing changed", version)  # 3.0's text for an unchanged address
+        assert not answer_ok(ADDR, "Invalid addr 'nowhere'", version)
+        assert answer_ok(ADDED, "New server registered.", version)
+        assert not answer_ok(
+            ADDED, "Backend must use a dynamic load balancing to support dynamic servers.", version
+        )
+        assert answer_ok(EMPTY, "", version) and not answer_ok(EMPTY, "No such server.", version)
+    assert answer_ok(ADDR, "", HAPROXY_3_0)  # 3.0 may answer a successful `set server ... addr` with nothing
+    assert not answer_ok(ADDR, "", HAPROXY_2_6)  # 2.6 always says what it did
+    assert answer_ok(REMOVABLE, "Done.", HAPROXY_3_0)
+    assert not answer_ok(REMOVABLE, "Wait delay expired.", HAPROXY_3_0)
+    assert not answer_ok(REMOVABLE, "Only servers in maintenance mode can be deleted.", HAPROXY_3_0)
+
+
+def test_a_del_server_refusal_is_told_apart_from_a_busy_server():
+    assert deleted("Server deleted.") is None
+    assert deleted("No such server.") is None  # gone already: what the plan wanted
+    busy_reason = deleted("Server still has connections attached to it, cannot remove it.")
+    assert busy_reason is not None and busy(busy_reason)
+    refused = deleted("Only servers in maintenance mode can be deleted.")
+    assert refused is not None and not busy(refused)

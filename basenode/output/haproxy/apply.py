@@ -34,8 +34,8 @@ from ...snapshot import Snapshot
 from . import plan as planning
 from .errors import ApplyError, CheckFailed, NeedReload, RuntimeAPIError
 from .parse import ParsedConfig, parse_config
-from .program import check, reload, restart, running
-from .runtime import ServersState, Version, command, show_servers_state
+from .program import check, reload, restart, running, version
+from .runtime import SOCKET_TIMEOUT, ServersState, Version, command, show_servers_state
 
 log = logging.getLogger("basenode.haproxy")
 
@@ -240,14 +240,17 @@ def _run_plan(
 ) -> Tuple[planning.Plan, List[str]]:
     """Plan, send, delete, verify; returns the plan and the servers still draining."""
     sock = settings.haproxy_stats_socket
-    version: Version = (0, 0)
     plan = planning.plan_changes(old, new, _servers_state(sock, scope), scope)
+    release = version(settings.haproxy_bin)
     sent = 0
     try:
         for step in plan.commands:
-            _send(sock, step, version)
+            _send(sock, step, release)
             sent += 1
-        draining = _drain_and_delete(sock, plan.removals, drain_timeout)
+        if release >= planning.SINCE_3_0:
+            draining = _delete_when_removable(sock, plan.removals, drain_timeout, release)
+        else:
+            draining = _drain_and_delete(sock, plan.removals, drain_timeout)
         problem = planning.verify(new, _servers_state(sock, scope), scope)
     except RuntimeAPIError as e:
         if sent:
@@ -305,6 +308,36 @@ def _drain_and_delete(sock: Path, removals: Sequence[planning.Removal], drain_ti
             if rounds % 4 == 0:
                 for removal in pending:
                     _purge_idle(sock, removal)
+    if left:
+        log.info("haproxy: %d removed servers still have sessions; deleting them later", len(left))
+    return left
+
+
+def _delete_when_removable(
+    sock: Path, removals: Sequence[planning.Removal], drain_timeout: float, release: Version
+) -> List[str]:
+    """HAProxy >= 3.0: `wait <ms> srv-removable` (HAProxy itself watches the server's sessions end),
+    then `del server`; returns those still busy. The servers removed by this apply share one deadline;
+    those left over from an earlier apply are not waited for."""
+    deadline = time.monotonic() + drain_timeout
+    left: List[str] = []
+    for removal in removals:
+        wait_ms = int((deadline - time.monotonic()) * 1000) if removal.fresh else 0
+        *wait, delete = planning.removal_steps(removal, max(wait_ms, 0), release)
+        for step in wait:
+            timeout = wait_ms / 1000 + SOCKET_TIMEOUT
+            if not planning.answer_ok(
+                step.expect, command(sock, step.words, timeout=timeout).strip(), release
+            ):
+                _purge_idle(sock, removal)  # what 3.3 still counts against a removal, closed now
+        if not wait:
+            _purge_idle(sock, removal)
+        reason = planning.deleted(command(sock, delete.words).strip())
+        if reason is None:
+            continue
+        if not planning.busy(reason):
+            raise RuntimeAPIError(f"del server {removal.target}: {reason}")
+        left.append(removal.target)
     if left:
         log.info("haproxy: %d removed servers still have sessions; deleting them later", len(left))
     return left

@@ -20,8 +20,12 @@ from .runtime import ADMIN_FDRAIN, ADMIN_FMAINT, ServersState, Version
 EMPTY = "empty"  # nothing at all
 ADDED = "added"  # "New server registered."
 ADDR = "addr"  # "IP changed from ..." / "no need to change ..."; on 3.0 and later also nothing
+REMOVABLE = "removable"  # `wait ... srv-removable`: "Done."
 
-WAIT_SINCE: Version = (3, 0)  # `wait <ms> srv-removable` exists, and 3.3 needs it before `del server`
+# `wait <ms> srv-removable` exists from 3.0, and 3.3's `del server` no longer closes idle connections
+# itself: a removal waits for its server to be removable first. 3.0 also answers an unchanged
+# `set server ... addr` with nothing where 2.6 said "no need to change".
+SINCE_3_0: Version = (3, 0)
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,22 @@ def answer_ok(expect: str, answer: str, version: Version) -> bool:
         return answer.startswith("New server registered")
     if expect == ADDR:
         # 2.6: "IP changed from ... to ...", "port changed from ...", "no need to change the addr".
-        return "changed" in answer or "no need" in answer
+        return "changed" in answer or "no need" in answer or (not answer and version >= SINCE_3_0)
+    if expect == REMOVABLE:
+        return answer.startswith("Done")
     return not answer
+
+
+def removal_steps(removal: Removal, wait_ms: int, version: Version) -> Tuple[Command, ...]:
+    """What deletes a server in maintenance: on 3.0 and later `wait <ms> srv-removable` for up to
+    `wait_ms` first (none when 0), then `del server`; before 3.0 `del server` alone (apply retries it
+    while the server is busy)."""
+    if version >= SINCE_3_0 and wait_ms > 0:
+        return (
+            Command(("wait", str(wait_ms), "srv-removable", removal.target), REMOVABLE),
+            deletion(removal),
+        )
+    return (deletion(removal),)
 
 
 def deletion(removal: Removal) -> Command:

@@ -4,6 +4,7 @@ lifecycle through the master CLI (running, seamless reload, restart)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -14,12 +15,13 @@ from typing import Callable, Optional, Sequence
 
 from ...config import Program, Settings
 from .errors import ApplyError, CheckFailed, RuntimeAPIError
-from .runtime import ProcInfo, command, show_proc, stats_pid
+from .runtime import ProcInfo, Version, command, parse_reload, parse_version, show_proc, stats_pid
 
 CHECK_TIMEOUT = 60.0
 RUNNING_SETTLE = 2.0  # seconds a refusing master socket gets before HAProxy counts as not running
 RELOAD_TIMEOUT = 15.0
 RESTART_TIMEOUT = 30.0
+RELOAD_STATUS_SINCE: Version = (2, 7)  # the master CLI's `reload` answers "Success=0|1"
 
 
 def program(settings: Settings, depends_on: Sequence[str] = ()) -> Program:
@@ -94,6 +96,26 @@ def alerts(output: str) -> str:
     return " | ".join(line.strip() for line in output.splitlines()[-5:] if line.strip())
 
 
+def version(haproxy_bin: str) -> Version:
+    """(major, minor) of `haproxy_bin`, from `haproxy -v` once per binary; (0, 0) while it cannot be
+    run, which gets 2.6's behaviour (asked again next time)."""
+    try:
+        return _version(haproxy_bin)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return (0, 0)
+
+
+@functools.lru_cache(maxsize=4)
+def _version(haproxy_bin: str) -> Version:
+    done = subprocess.run(
+        [haproxy_bin, "-v"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CHECK_TIMEOUT
+    )
+    found = parse_version(done.stdout)
+    if found == (0, 0):
+        raise ValueError(f"{haproxy_bin} -v: no version in {done.stdout[:200]!r}")  # not cached
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Lifecycle
 
@@ -118,18 +140,28 @@ def running(settings: Settings, settle: float = RUNNING_SETTLE) -> bool:
 
 
 def reload(settings: Settings, timeout: float = RELOAD_TIMEOUT) -> ProcInfo:
-    """Seamless master-worker reload; returns once a new worker answers on the stats socket."""
+    """Seamless master-worker reload; returns once a new worker answers on the stats socket.
+
+    From 2.7 the master answers `reload` with its status once the new config is loaded, and a
+    refused one fails at once with HAProxy's own alerts; 2.6 closes the connection without an answer
+    (the master re-executes itself), and `show proc`'s failed-reload count tells.
+    """
     master = settings.haproxy_master_socket
     before = show_proc(master)
-    with contextlib.suppress(RuntimeAPIError):
-        command(master, ("reload",))  # the master re-executes itself and closes this connection
+    status = None
+    if version(settings.haproxy_bin) >= RELOAD_STATUS_SINCE:
+        with contextlib.suppress(RuntimeAPIError):  # no answer: polling below still tells
+            status = parse_reload(command(master, ("reload",), timeout=timeout))
+    else:
+        with contextlib.suppress(RuntimeAPIError):
+            command(master, ("reload",))
+    refused = "HAProxy rejected the reload (the previous workers keep serving, the old config file is back)"
+    if status is not None and not status.success:
+        raise ApplyError(f"{refused}: {alerts(status.log) or 'its log says why'}")
 
     def reloaded(now: ProcInfo) -> bool:
         if now.failed_reloads > before.failed_reloads:
-            raise ApplyError(
-                "HAProxy rejected the reload (the previous workers keep serving, the old config file "
-                "is back); its log says why, e.g. a port already in use"
-            )
+            raise ApplyError(f"{refused}; its log says why, e.g. a port already in use")
         fresh = [pid for pid in now.workers if pid not in before.workers]
         return (
             now.reloads > before.reloads

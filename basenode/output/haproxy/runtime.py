@@ -161,3 +161,29 @@ def parse_proc(answer: str) -> ProcInfo:
     if master_pid is None or reloads is None or failed is None:
         raise RuntimeAPIError(f"show proc: unexpected answer {answer[:200]!r}")
     return ProcInfo(master_pid, reloads, failed, tuple(workers), tuple(old))
+
+
+def parse_version(text: str) -> Version:
+    """(major, minor) from `haproxy -v` ("HAProxy version 3.0.5-1 ...", older "HA-Proxy version ...") or
+    `show info` ("Version: 2.6.12-1+deb12u4"); (0, 0) when the text holds none."""
+    m = re.search(r"\bversion:?\s+(\d+)\.(\d+)", text, re.IGNORECASE)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    """The master CLI's answer to `reload` on HAProxy >= 2.7: "Success=1" or "Success=0", then
+    (after a "--" line, when HAProxy keeps its startup logs) what the new process printed."""
+
+    success: bool
+    log: str
+
+
+def parse_reload(answer: str) -> Optional[ReloadStatus]:
+    """None when the answer carries no status (2.6 closes the connection without one)."""
+    head, _, log = answer.partition("\n--\n")
+    for line in head.splitlines():
+        text = line.strip()
+        if text in ("Success=1", "Success=0"):
+            return ReloadStatus(text == "Success=1", log)
+    return None
