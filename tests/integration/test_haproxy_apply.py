@@ -18,6 +18,7 @@ import pytest
 
 from basenode.config import Route, Settings, Watch
 from basenode.output import haproxy
+from basenode.output.haproxy import runtime
 from basenode.snapshot import Instance, RouteState, Snapshot
 from basenode.template import render
 from tests.conftest import require_binary
@@ -488,3 +489,29 @@ def test_a_server_the_runtime_api_refuses_is_checked_and_reloaded_under_load_wit
     assert counted.settings.haproxy_cfg.read_text() == render.render(
         template, counted.snapshot(["b"]), counted.settings
     )
+
+
+def test_a_value_cannot_smuggle_a_second_command_into_the_admin_socket(counted, tmp_path):
+    """The admin socket runs `;`-separated commands. A word holding one is never sent; a server line
+    holding one is left to `haproxy -c`, and whatever it says, web/node1_a stays in service."""
+    counted.start(["a", "b"])
+    before = counted.serving()
+    sock = counted.settings.haproxy_stats_socket
+    with pytest.raises(haproxy.RuntimeAPIError, match="word 4 holds a ';'"):
+        runtime.command(
+            sock, ("set", "weight", "web/node1_a", "2;set", "server", "web/node1_b", "state", "maint")
+        )
+    state = haproxy.show_servers_state(sock)["web"]
+    assert (state["node1_a"].weight, state["node1_b"].ready) == (1, True)
+
+    smuggling = edited_template(
+        tmp_path,
+        "weight {{ instance.weight }}",
+        "weight {{ instance.weight }};set server web/node1_a state maint",
+    )
+    with pytest.raises(haproxy.CheckFailed):
+        counted.apply(counted.snapshot(["a", "b", "c"]), template=smuggling)
+    state = haproxy.show_servers_state(sock)["web"]
+    assert "node1_c" not in state and state["node1_a"].ready and state["node1_b"].ready
+    assert names_seen(counted.port) == ["a", "b"]
+    assert counted.serving() == before

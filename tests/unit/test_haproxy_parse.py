@@ -110,3 +110,14 @@ def test_basenode_validates_a_server_line_itself_before_the_runtime_api_gets_it(
     assert "maxconn ''" in problems["short"]
     assert "bad!" in problems["bad!"]
     assert "10.0.0.5:0" in problems["port0"]
+
+
+def test_a_server_line_with_admin_socket_syntax_never_takes_the_runtime_path():
+    servers = parse_config(
+        config(
+            "server n1_a 10.0.0.5:8080 weight 1 maxconn 5;shutdown",
+            "server n1_b 10.0.0.6:8080 id\x01 weight 1",
+        )
+    ).servers["web"]
+    assert "';'" in servers["n1_a"].problem
+    assert "control character 0x01" in servers["n1_b"].problem

@@ -4,8 +4,18 @@ source (doc/management.txt, src/mworker.c)."""
 
 from __future__ import annotations
 
+import pytest
+
+from basenode.output.haproxy.errors import UnsafeCommand
 from basenode.output.haproxy.program import alerts
-from basenode.output.haproxy.runtime import parse_proc, parse_reload, parse_servers_state, parse_version
+from basenode.output.haproxy.runtime import (
+    check_words,
+    command,
+    parse_proc,
+    parse_reload,
+    parse_servers_state,
+    parse_version,
+)
 
 SHOW_PROC_2_6 = (
     "#<PID>          <type>          <reloads>       <uptime>        <version>      \n"
@@ -84,3 +94,29 @@ def test_the_reload_answer_of_2_7_and_later_says_whether_it_worked_and_why_not()
     bare = parse_reload("Success=1\n")  # HAProxy built without USE_SHM_OPEN keeps no startup logs
     assert bare is not None and bare.success and bare.log == ""
     assert parse_reload("") is None  # 2.6: the master closes the connection without an answer
+
+
+def test_a_word_the_admin_socket_would_read_as_syntax_is_refused_before_anything_is_sent():
+    check_words(("add", "server", "web/n1_a", "10.0.0.5:8080", "weight", "1", "maxconn", "10"))
+    for word in (
+        "1;shutdown",
+        "a\\b",
+        "two words",
+        "tab\there",
+        "line\nbreak",
+        "cr\r",
+        "nul\x00",
+        "del\x7f",
+        "",
+    ):
+        with pytest.raises(UnsafeCommand) as refused:
+            check_words(("set", "weight", "web/n1_a", word))
+        assert "word 4 holds" in str(refused.value)
+        assert word not in str(refused.value) or not word  # the value is never echoed
+    with pytest.raises(UnsafeCommand):
+        check_words(())
+
+
+def test_command_refuses_an_unsafe_word_without_connecting(tmp_path):
+    with pytest.raises(UnsafeCommand, match="';'"):
+        command(tmp_path / "no-such.sock", ("set", "weight", "web/n1_a", "1;disable", "server", "web/n1_b"))

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .runtime import syntax_in
+
 # Section keywords of an HAProxy config file; a line starting with one opens a new section.
 SECTIONS = frozenset(
     (
@@ -95,7 +97,10 @@ def _server_line(backend: str, words: List[str]) -> ServerLine:
         options.append(rest[i])
         i += 1
     address, port = _split_endpoint(endpoint)
-    if address is None or port is None:
+    hazard = syntax_in(" ".join(words))
+    if hazard:
+        problem = f"it holds {hazard}"  # never sent to the admin socket (runtime.command refuses it too)
+    elif address is None or port is None:
         # Dynamic servers are never resolved by name (2.6 initialises them with init-addr none).
         problem = f"address {endpoint!r} is not an IP address and port"
     elif not _NAME.match(backend) or not _NAME.match(name):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .errors import RuntimeAPIError
+from .errors import RuntimeAPIError, UnsafeCommand
 
 SOCKET_TIMEOUT = 5.0
 # srv_admin_state bits (management guide, "show servers state").
@@ -25,11 +25,53 @@ ADMIN_RMAINT = 0x20  # no address (resolution failed)
 Version = Tuple[int, int]  # (major, minor); (0, 0) when unknown: 2.6's behaviour is assumed
 
 
+# What the admin socket reads as syntax, never as part of a word: `;` separates commands, a backslash
+# escapes, a newline ends the command, blanks split words; other control characters have no business
+# in a command either. A value holding one could smuggle in a second command, e.g. a weight of
+# "1;shutdown sessions server web/b".
+_SYNTAX = re.compile(r"[;\\\x00-\x08\x0a-\x1f\x7f]")
+_BLANK = re.compile(r"[ \t]")
+
+
+def syntax_in(text: str) -> str:
+    """What in `text` (words separated by blanks) the admin socket would read as syntax, or ""."""
+    found = _SYNTAX.search(text)
+    if found is None:
+        return ""
+    char = found.group()
+    if char == ";":
+        return "a ';' (the admin socket's command separator)"
+    if char == "\\":
+        return "a backslash (the admin socket's escape)"
+    return f"the control character {ord(char):#04x}"
+
+
+def unsafe(word: str) -> str:
+    """What keeps `word` from going to the admin socket as one word, or ""."""
+    if not word:
+        return "nothing (an empty word)"
+    if _BLANK.search(word):
+        return "a blank (it would split the word in two)"
+    return syntax_in(word)
+
+
+def check_words(words: Sequence[str]) -> None:
+    """UnsafeCommand unless every word can go to the admin socket as one word of one command.
+    The message names the command and the word's position, never the value."""
+    if not words:
+        raise UnsafeCommand("refused to send an empty command")
+    for position, word in enumerate(words, 1):
+        problem = unsafe(word)
+        if problem:
+            name = " ".join(w for w in words[:2] if not unsafe(w))
+            raise UnsafeCommand(f"refused to send `{name} ...`: word {position} holds {problem}")
+
+
 def command(socket_path: Path, words: Sequence[str], timeout: float = SOCKET_TIMEOUT) -> str:
-    """Send one command, return HAProxy's whole answer. RuntimeAPIError if the socket does not answer."""
+    """Send one command, return HAProxy's whole answer. UnsafeCommand (nothing sent) when a word holds
+    what the socket would read as syntax; RuntimeAPIError if the socket does not answer."""
+    check_words(words)
     line = " ".join(words)
-    if "\n" in line or "\r" in line:
-        raise ValueError(f"a runtime API command is one line: {line!r}")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
