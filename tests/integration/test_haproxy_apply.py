@@ -515,3 +515,27 @@ def test_a_value_cannot_smuggle_a_second_command_into_the_admin_socket(counted, 
     assert "node1_c" not in state and state["node1_a"].ready and state["node1_b"].ready
     assert names_seen(counted.port) == ["a", "b"]
     assert counted.serving() == before
+
+
+def test_a_runtime_apply_that_fails_midway_and_then_fails_its_check_puts_the_live_config_back(
+    counted, caplog
+):
+    """Two new servers with the same `id`: HAProxy adds the first, refuses the second, and `haproxy -c`
+    rejects the candidate. The first must not stay behind: the live file is reloaded, so what runs is
+    again exactly the file on disk."""
+    counted.start(["a"])
+    live = counted.settings.haproxy_cfg.read_text()
+    _, reloads, _ = counted.serving()
+    text = render.render(counted.template, counted.snapshot(["a", "b", "c"]), counted.settings)
+    for name in ("node1_b", "node1_c"):
+        start = text.index(f"server {name} ")
+        end = text.index("\n", start)
+        text = text[:end] + " id 7" + text[end:]
+    with pytest.raises(haproxy.CheckFailed):
+        haproxy.apply(counted.settings, None, counted.snapshot(["a", "b", "c"]), text)
+    assert "runtime API apply failed" in caplog.text and "add server web/node1_c" in caplog.text
+    assert counted.checks() == 2
+    assert counted.settings.haproxy_cfg.read_text() == live
+    assert sorted(haproxy.show_servers_state(counted.settings.haproxy_stats_socket)["web"]) == ["node1_a"]
+    assert names_seen(counted.port) == ["a"]
+    assert counted.serving()[1] == reloads + 1  # the live file reloaded: node1_b is gone
