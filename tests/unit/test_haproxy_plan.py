@@ -64,12 +64,12 @@ A = "server n1_a 10.0.0.5:8080 weight 1"
 B = "server n1_b 10.0.0.6:8080 weight 1"
 
 
-def test_a_new_server_is_added_with_its_line_then_enabled():
+def test_a_new_server_is_added_with_its_line_then_made_ready():
     old, new = parse_config(config([A])), parse_config(config([A, B]))
     plan = plan_changes(old, new, running(state("web", "n1_a", "10.0.0.5:8080")))
     assert plan.commands == (
         Command(("add", "server", "web/n1_b", "10.0.0.6:8080", "weight", "1"), ADDED),
-        Command(("enable", "server", "web/n1_b"), EMPTY),
+        Command(("set", "server", "web/n1_b", "state", "ready"), EMPTY),
     )
     assert (plan.added, plan.removed, plan.updated, plan.removals) == (("web/n1_b",), (), (), ())
 
@@ -81,7 +81,7 @@ def test_a_server_with_checks_gets_them_enabled_before_traffic():
         ("add", "server"),
         ("enable", "health"),
         ("enable", "agent"),
-        ("enable", "server"),
+        ("set", "server"),
     ]
 
 

@@ -26,16 +26,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ...config import Settings
 from ...files import promote, write_atomic
-from ...snapshot import Snapshot
 from . import plan as planning
 from .errors import ApplyError, CheckFailed, NeedReload, RuntimeAPIError
 from .parse import ParsedConfig, parse_config
 from .program import check, reload, restart, running, version
 from .runtime import SOCKET_TIMEOUT, ServersState, Version, command, show_servers_state
+
+if TYPE_CHECKING:  # PID 1 imports this package for program(): not the snapshot's hashlib (OpenSSL)
+    from ...snapshot import Snapshot
 
 log = logging.getLogger("basenode.haproxy")
 
@@ -325,10 +327,8 @@ def _delete_when_removable(
         wait_ms = int((deadline - time.monotonic()) * 1000) if removal.fresh else 0
         *wait, delete = planning.removal_steps(removal, max(wait_ms, 0), release)
         for step in wait:
-            timeout = wait_ms / 1000 + SOCKET_TIMEOUT
-            if not planning.answer_ok(
-                step.expect, command(sock, step.words, timeout=timeout).strip(), release
-            ):
+            answer = command(sock, step.words, timeout=wait_ms / 1000 + SOCKET_TIMEOUT, keep_input_open=True)
+            if not planning.answer_ok(step.expect, answer.strip(), release):
                 _purge_idle(sock, removal)  # what 3.3 still counts against a removal, closed now
         if not wait:
             _purge_idle(sock, removal)

@@ -129,7 +129,7 @@ def _options_problem(options: List[str]) -> str:
             continue
         check = _VALUED.get(keyword)
         if check is None:
-            # "disabled" is known but would fight with the `enable server` that follows `add server`.
+            # "disabled" is known but would fight with the `state ready` that follows `add server`.
             return f"option {keyword!r} is not one basenode applies through the runtime API"
         value = options[i + 1] if i + 1 < len(options) else ""
         if not check(value):

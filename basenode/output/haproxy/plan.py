@@ -96,13 +96,14 @@ def plan_changes(
                 continue
             state = running_now.get(name)
             if state is None:
-                # HAProxy creates it in maintenance: `enable server` starts its traffic.
+                # HAProxy creates it in maintenance: state ready starts its traffic (what the
+                # deprecated `enable server` does).
                 commands.append(Command(("add", "server", target, *line.args), ADDED))
                 if "check" in line.options:
                     commands.append(Command(("enable", "health", target), EMPTY))
                 if "agent-check" in line.options:
                     commands.append(Command(("enable", "agent", target), EMPTY))
-                commands.append(Command(("enable", "server", target), EMPTY))
+                commands.append(Command(("set", "server", target, "state", "ready"), EMPTY))
                 added.append(target)
                 continue
             old_line = before.get(name)

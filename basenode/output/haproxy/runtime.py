@@ -67,9 +67,15 @@ def check_words(words: Sequence[str]) -> None:
             raise UnsafeCommand(f"refused to send `{name} ...`: word {position} holds {problem}")
 
 
-def command(socket_path: Path, words: Sequence[str], timeout: float = SOCKET_TIMEOUT) -> str:
+def command(
+    socket_path: Path, words: Sequence[str], timeout: float = SOCKET_TIMEOUT, keep_input_open: bool = False
+) -> str:
     """Send one command, return HAProxy's whole answer. UnsafeCommand (nothing sent) when a word holds
-    what the socket would read as syntax; RuntimeAPIError if the socket does not answer."""
+    what the socket would read as syntax; RuntimeAPIError if the socket does not answer.
+
+    `keep_input_open` for `wait`, which HAProxy interrupts as soon as our side ends its input; in
+    non-interactive mode HAProxy closes the connection after the one command either way.
+    """
     check_words(words)
     line = " ".join(words)
     try:
@@ -77,8 +83,8 @@ def command(socket_path: Path, words: Sequence[str], timeout: float = SOCKET_TIM
             sock.settimeout(timeout)
             sock.connect(str(socket_path))
             sock.sendall(line.encode() + b"\n")
-            # Non-interactive mode: HAProxy answers, then closes once it has seen our end of input.
-            sock.shutdown(socket.SHUT_WR)
+            if not keep_input_open:
+                sock.shutdown(socket.SHUT_WR)
             chunks = []
             while True:
                 data = sock.recv(65536)
