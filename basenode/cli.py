@@ -440,7 +440,7 @@ def builtin_programs(
             )
         )
     if settings.run_haproxy:
-        from . import haproxy
+        from .output import haproxy
 
         programs.append(haproxy.program(settings, depends_on=("sync",)))
     return programs

@@ -83,7 +83,7 @@ def collect(
     now: Optional[float] = None,
 ) -> Dict[str, Any]:
     """The status document of this sync loop, probing the agent, HAProxy and PID 1 now."""
-    from . import haproxy
+    from .output import haproxy
     from .routes import Discovery
 
     now = time.time() if now is None else now

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from . import files, haproxy, status
+from . import files, status
 from .config import Settings
 from .dependency import READ_ERRORS, Query
+from .output import haproxy
 from .output.record import RETRY_SECONDS, OutputFailed, attempt
 from .routes import ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from .snapshot import Snapshot
@@ -345,7 +346,7 @@ def render_once(settings: Settings, out: str = "-") -> int:
     if out == "-":
         sys.stdout.write(text)
     else:
-        haproxy.write_atomic(Path(out), text, mode=0o644)
+        files.write_atomic(Path(out), text, mode=0o644)
     return 0
 
 
@@ -380,7 +381,7 @@ def check(settings: Settings) -> int:
         candidate = settings.state_dir / "haproxy.cfg.check"
         try:
             settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            haproxy.write_atomic(candidate, text)
+            files.write_atomic(candidate, text)
             haproxy.check(settings.haproxy_bin, candidate)
         except haproxy.CheckFailed as e:
             print(f"basenode: haproxy -c rejected the rendered config: {e}", file=sys.stderr)

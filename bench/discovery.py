@@ -869,13 +869,14 @@ def scale_phase(
             f"{started:.1f} s after it started.",
             f"{changes} changes on one route, alternately registering a 6th instance and deregistering "
             "it, at random moments 0.1-0.3 s apart; the log lines are basenode's own timings "
-            "(`haproxy: applied by runtime in X ms` is the whole apply: candidate written, `haproxy "
-            "-c`, runtime API, verify). End to end as in the propagation table, with 6 servers in "
-            "round robin (a probe reaches the new one within 6 probes)"
+            "(`haproxy: applied by runtime in X ms` is the whole apply: candidate written, runtime API, "
+            "verify, file promoted; no `haproxy -c`). End to end as in the propagation table, with 6 "
+            "servers in round robin (a probe reaches the new one within 6 probes)"
             + (f"; {missed} changes not followed within 10 s" if missed else "")
             + (f"; applies other than runtime: {', '.join(others)}." if others else "."),
             "Where the time goes, measured beside it: `haproxy -c` of the rendered "
-            f"{routes:,}-route config alone takes p50 {fmt(check)} ms (the apply waits for it); the "
+            f"{routes:,}-route config alone takes p50 {fmt(check)} ms (what a route change pays before "
+            "its reload; an instance change runs none); the "
             f"read basenode makes on every catalog wake (`/v1/internal/ui/services`, {summary_kb:,} kB "
             f"at this scale) p50 {fmt(summary_ms)} ms from this process.",
         ),
@@ -891,7 +892,8 @@ def scale_phase(
 
 
 def time_check(cfg: Path, runs: int = 5) -> float:
-    """p50 ms of `haproxy -c` on `cfg`: the part of an apply that grows with the number of routes."""
+    """p50 ms of `haproxy -c` on `cfg`: what a route change's apply pays before its reload, growing with
+    the number of routes (an instance change runs none)."""
     took = []
     for _ in range(runs):
         t0 = time.monotonic()

@@ -502,7 +502,7 @@ def load_table(result: Soak, args: argparse.Namespace) -> Table:
             + f"; the script's own lag behind its schedule at most {c.late * 1000:.0f} ms. applies: "
             "`haproxy: applied by HOW` lines in basenode's log; changes that arrive while an apply runs "
             "are applied together by the next one. An apply's time is basenode's own log figure: "
-            "candidate written, `haproxy -c`, runtime API commands, verification.",
+            "candidate written, runtime API commands, verification, file promoted (no `haproxy -c`).",
             f"Load: `wrk -t 1 -c {args.connections} --timeout 5s` with a Lua `delay()` of "
             f"{args.delay_ms} ms between a connection's requests, keep-alive, from 2 s before the first "
             "change until 3 s after the last; failed = non-2xx + socket errors (connect, read, write, "

@@ -1,1 +1,2 @@
-"""Outputs: a rendered text put in place (a file: candidate, check, atomic rename, reload)."""
+"""Outputs: a rendered text put in place (a file: candidate, check, atomic rename, reload; HAProxy:
+runtime API or check + seamless reload)."""

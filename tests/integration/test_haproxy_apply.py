@@ -16,13 +16,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 
-from basenode import haproxy
 from basenode.config import Route, Settings, Watch
+from basenode.output import haproxy
+from basenode.output.haproxy import runtime
 from basenode.snapshot import Instance, RouteState, Snapshot
 from basenode.template import render
 from tests.conftest import require_binary
 from tests.support.backends import Backends, Load, get, names_seen
-from tests.support.haproxy_proc import HAProxy
+from tests.support.haproxy_proc import CountingHAProxy, HAProxy
 from tests.support.ports import free_port
 from tests.support.tmpfs import fill, small_tmpfs
 from tests.support.waiting import eventually
@@ -31,9 +32,17 @@ from tests.support.waiting import eventually
 class Rig:
     """Settings in a temp state dir, named backends, the default template, and HAProxy once started."""
 
-    def __init__(self, tmp_path: Path, backends: Backends, apply_mode: str = "runtime") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        backends: Backends,
+        apply_mode: str = "runtime",
+        haproxy_bin: Optional[str] = None,
+    ) -> None:
         self.settings = Settings(
-            state_dir=tmp_path, haproxy_bin=require_binary("haproxy"), watch=Watch(apply_mode=apply_mode)
+            state_dir=tmp_path,
+            haproxy_bin=haproxy_bin or require_binary("haproxy"),
+            watch=Watch(apply_mode=apply_mode),
         )
         self.backends = backends
         self.template = render.load_template(render.default_template())
@@ -373,3 +382,160 @@ def test_two_hundred_membership_changes_under_load_fail_no_request(rig):
     assert load.ok > 200
     assert len(load.seen) == 4  # every backend answered at some point
     assert rig.serving() == before
+
+
+@pytest.fixture
+def counted(tmp_path, backends):
+    """A rig whose haproxy_bin counts every `haproxy -c` it is asked for."""
+    state = tmp_path / "state"
+    state.mkdir()
+    counting = CountingHAProxy(tmp_path, require_binary("haproxy"))
+    rig = Rig(state, backends, haproxy_bin=str(counting.path))
+    rig.checks = counting.checks  # type: ignore[attr-defined]
+    yield rig
+    if rig.haproxy is not None:
+        rig.haproxy.stop()
+
+
+def edited_template(tmp_path: Path, old: str, new: str):
+    path = tmp_path / f"edited-{abs(hash(new))}.j2"
+    text = render.default_template().read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return render.load_template(path)
+
+
+def test_server_only_changes_spawn_no_haproxy_check_and_a_new_route_does(counted):
+    counted.start(["a"])
+    assert counted.checks() == 1  # the first start is checked
+    before = counted.serving()
+    cycle = [["a", "b"], ["b"], ["b", "c"], ["a", "c", "d"], ["a"]]
+    for i in range(100):
+        result = counted.apply(counted.snapshot(cycle[i % len(cycle)], weight=1 + i % 3))
+        assert result.how == "runtime", result
+    assert names_seen(counted.port) == ["a"]
+    assert counted.checks() == 1
+    assert counted.serving() == before
+
+    extra = Route("api", free_port(), "http")
+    assert counted.apply(counted.snapshot(["a"], extra_routes=[extra])).how == "reload"
+    assert counted.checks() == 2
+
+
+def test_a_changed_server_option_is_checked_then_reloaded(counted, tmp_path):
+    counted.start(["a", "b"])
+    _, reloads, _ = counted.serving()
+    template = edited_template(
+        tmp_path, "weight {{ instance.weight }}", "weight {{ instance.weight }} maxconn 100"
+    )
+    result = counted.apply(counted.snapshot(["a", "b"]), template=template)
+    assert (result.how, counted.checks()) == ("reload", 2)
+    assert "options changed" in result.reason
+    assert counted.serving()[1] == reloads + 1
+    assert names_seen(counted.port) == ["a", "b"]
+    assert "maxconn 100" in counted.settings.haproxy_cfg.read_text()
+
+
+def test_a_server_line_haproxy_c_rejects_leaves_the_running_config_serving(counted, tmp_path):
+    counted.start(["a"])
+    before = counted.serving()
+    live = counted.settings.haproxy_cfg.read_text()
+    template = edited_template(
+        tmp_path, "weight {{ instance.weight }}", "weight {{ instance.weight }} no-such-option"
+    )
+    with pytest.raises(haproxy.CheckFailed, match="no-such-option"):
+        counted.apply(counted.snapshot(["a", "b"]), template=template)
+    assert counted.checks() == 2  # checked, not sent to the runtime API
+    assert counted.settings.haproxy_cfg.read_text() == live
+    assert not list(counted.settings.state_dir.glob("haproxy.cfg.new"))
+    assert names_seen(counted.port) == ["a"]
+    assert counted.serving() == before
+
+
+def test_a_template_edit_is_checked_before_the_reload(counted, tmp_path):
+    counted.start(["a"])
+    _, reloads, _ = counted.serving()
+    template = edited_template(tmp_path, "retries 3", "retries 2")
+    assert counted.apply(counted.snapshot(["a"]), template=template).how == "reload"
+    assert (counted.checks(), counted.serving()[1]) == (2, reloads + 1)
+    broken = edited_template(tmp_path, "retries 3", "retries 3\n    no-such-keyword")
+    with pytest.raises(haproxy.CheckFailed, match="no-such-keyword"):
+        counted.apply(counted.snapshot(["a", "b"]), template=broken)
+    assert (counted.checks(), counted.serving()[1]) == (3, reloads + 1)
+    assert names_seen(counted.port) == ["a"]
+
+
+def test_a_server_the_runtime_api_refuses_is_checked_and_reloaded_under_load_with_no_failed_request(
+    counted, tmp_path
+):
+    """HAProxy refuses `add server` on a backend whose balance algorithm is static (here static-rr,
+    which a user template may choose): the change falls back to check + seamless reload."""
+    template = edited_template(tmp_path, "balance roundrobin", "balance static-rr")
+    counted.template = template
+    counted.start(["a"])
+    _, reloads, _ = counted.serving()
+    with Load(counted.port) as load:
+        load.wait_for_more(20)
+        result = counted.apply(counted.snapshot(["a", "b"]))
+        load.wait_for_more(20)
+        removed = counted.apply(counted.snapshot(["b"]))
+        load.wait_for_more(20)
+    assert (result.how, counted.checks()) == ("reload", 2)
+    assert "runtime API failed" in result.reason and "add server" in result.reason
+    assert removed.how in ("runtime", "reload")
+    assert load.failures == []
+    assert names_seen(counted.port) == ["b"]
+    assert counted.serving()[1] >= reloads + 1
+    assert counted.settings.haproxy_cfg.read_text() == render.render(
+        template, counted.snapshot(["b"]), counted.settings
+    )
+
+
+def test_a_value_cannot_smuggle_a_second_command_into_the_admin_socket(counted, tmp_path):
+    """The admin socket runs `;`-separated commands. A word holding one is never sent; a server line
+    holding one is left to `haproxy -c`, and whatever it says, web/node1_a stays in service."""
+    counted.start(["a", "b"])
+    before = counted.serving()
+    sock = counted.settings.haproxy_stats_socket
+    with pytest.raises(haproxy.RuntimeAPIError, match="word 4 holds a ';'"):
+        runtime.command(
+            sock, ("set", "weight", "web/node1_a", "2;set", "server", "web/node1_b", "state", "maint")
+        )
+    state = haproxy.show_servers_state(sock)["web"]
+    assert (state["node1_a"].weight, state["node1_b"].ready) == (1, True)
+
+    smuggling = edited_template(
+        tmp_path,
+        "weight {{ instance.weight }}",
+        "weight {{ instance.weight }};set server web/node1_a state maint",
+    )
+    with pytest.raises(haproxy.CheckFailed):
+        counted.apply(counted.snapshot(["a", "b", "c"]), template=smuggling)
+    state = haproxy.show_servers_state(sock)["web"]
+    assert "node1_c" not in state and state["node1_a"].ready and state["node1_b"].ready
+    assert names_seen(counted.port) == ["a", "b"]
+    assert counted.serving() == before
+
+
+def test_a_runtime_apply_that_fails_midway_and_then_fails_its_check_puts_the_live_config_back(
+    counted, caplog
+):
+    """Two new servers with the same `id`: HAProxy adds the first, refuses the second, and `haproxy -c`
+    rejects the candidate. The first must not stay behind: the live file is reloaded, so what runs is
+    again exactly the file on disk."""
+    counted.start(["a"])
+    live = counted.settings.haproxy_cfg.read_text()
+    _, reloads, _ = counted.serving()
+    text = render.render(counted.template, counted.snapshot(["a", "b", "c"]), counted.settings)
+    for name in ("node1_b", "node1_c"):
+        start = text.index(f"server {name} ")
+        end = text.index("\n", start)
+        text = text[:end] + " id 7" + text[end:]
+    with pytest.raises(haproxy.CheckFailed):
+        haproxy.apply(counted.settings, None, counted.snapshot(["a", "b", "c"]), text)
+    assert "runtime API apply failed" in caplog.text and "add server web/node1_c" in caplog.text
+    assert counted.checks() == 2
+    assert counted.settings.haproxy_cfg.read_text() == live
+    assert sorted(haproxy.show_servers_state(counted.settings.haproxy_stats_socket)["web"]) == ["node1_a"]
+    assert names_seen(counted.port) == ["a"]
+    assert counted.serving()[1] == reloads + 1  # the live file reloaded: node1_b is gone

@@ -20,8 +20,8 @@ import jinja2
 import pytest
 from hypothesis import event, example, given
 
-from basenode import haproxy
 from basenode.config import ConsulHTTP, Route, Settings
+from basenode.output import haproxy
 from basenode.routes import fetch_snapshot
 from basenode.snapshot import Instance, RouteState, Snapshot
 from basenode.template import render

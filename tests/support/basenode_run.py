@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
-from basenode import haproxy
 from basenode.config import Settings
+from basenode.output import haproxy
 from tests.conftest import ZIPAPP, require_binary
 from tests.support.backends import Backends, names_seen
 from tests.support.consul_agent import ConsulAgent

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
 from typing import Optional
 
-from basenode import haproxy
 from basenode.config import Settings
+from basenode.output import haproxy
 
 from .waiting import eventually
 
@@ -44,7 +45,7 @@ class HAProxy:
             proc = haproxy.show_proc(self.settings.haproxy_master_socket, timeout=1.0)
         except haproxy.RuntimeAPIError:
             return False
-        info_pid = haproxy._stats_pid(self.settings)
+        info_pid = haproxy.stats_pid(self.settings.haproxy_stats_socket)
         return bool(proc.workers) and info_pid in proc.workers
 
     def proc_info(self) -> haproxy.ProcInfo:
@@ -63,3 +64,25 @@ class HAProxy:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+class CountingHAProxy:
+    """A `haproxy_bin` that writes one line to `calls` for every `haproxy -c`, then runs the real
+    binary with the same arguments: the number of checks basenode spawned, counted from outside."""
+
+    def __init__(self, directory: Path, real: str) -> None:
+        self.calls = directory / "haproxy-checks.log"
+        self.path = directory / "haproxy-counting"
+        calls, binary = shlex.quote(str(self.calls)), shlex.quote(real)
+        self.path.write_text(
+            "#!/bin/sh\n"
+            f'for arg in "$@"; do if [ "$arg" = "-c" ]; then echo "$$ $*" >> {calls}; fi; done\n'
+            f'exec {binary} "$@"\n'
+        )
+        self.path.chmod(0o755)
+
+    def checks(self) -> int:
+        try:
+            return len(self.calls.read_text().splitlines())
+        except FileNotFoundError:
+            return 0

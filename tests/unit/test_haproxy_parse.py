@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from basenode.haproxy import _alerts, parse_config
+from basenode.output.haproxy import parse_config
+from basenode.output.haproxy.program import alerts as _alerts
 
 BASE = """global
     stats socket /run/basenode/haproxy.sock mode 600 level admin
@@ -80,3 +81,43 @@ def test_haproxy_alerts_are_reported_without_pid_noise():
         "config : parsing [/run/basenode/haproxy.cfg.new:33] : unknown keyword 'bogus' | "
         "config : Fatal errors found in configuration."
     )
+
+
+def test_basenode_validates_a_server_line_itself_before_the_runtime_api_gets_it():
+    """What a server change needs instead of `haproxy -c`: an IP address and port, a weight of 0-256,
+    and only options `add server` takes, each with a value of the right form."""
+    servers = parse_config(
+        config(
+            "server ok1 10.0.0.5:8080 weight 256 maxconn 100 inter 2s rise 2 fall 3 check backup",
+            "server ok2 [fd00::5]:80 weight 0 on-error mark-down observe layer7 slowstart 10s",
+            "server heavy 10.0.0.5:8081 weight 257",
+            "server wordy 10.0.0.5:8082 weight many",
+            "server odd 10.0.0.5:8083 weight 1 cookie abc",
+            "server lots 10.0.0.5:8084 weight 1 maxconn lots",
+            "server late 10.0.0.5:8085 weight 1 inter soon",
+            "server short 10.0.0.5:8086 weight 1 maxconn",
+            "server bad! 10.0.0.5:8087 weight 1",
+            "server port0 10.0.0.5:0 weight 1",
+        )
+    ).servers["web"]
+    assert servers["ok1"].runtime_ok and servers["ok1"].weight == 256
+    assert servers["ok2"].runtime_ok and servers["ok2"].weight == 0
+    problems = {name: line.problem for name, line in servers.items() if not line.runtime_ok}
+    assert sorted(problems) == ["bad!", "heavy", "late", "lots", "odd", "port0", "short", "wordy"]
+    assert "weight '257'" in problems["heavy"] and "weight 'many'" in problems["wordy"]
+    assert "option 'cookie'" in problems["odd"]
+    assert "maxconn 'lots'" in problems["lots"] and "inter 'soon'" in problems["late"]
+    assert "maxconn ''" in problems["short"]
+    assert "bad!" in problems["bad!"]
+    assert "10.0.0.5:0" in problems["port0"]
+
+
+def test_a_server_line_with_admin_socket_syntax_never_takes_the_runtime_path():
+    servers = parse_config(
+        config(
+            "server n1_a 10.0.0.5:8080 weight 1 maxconn 5;shutdown",
+            "server n1_b 10.0.0.6:8080 id\x01 weight 1",
+        )
+    ).servers["web"]
+    assert "';'" in servers["n1_a"].problem
+    assert "control character 0x01" in servers["n1_b"].problem

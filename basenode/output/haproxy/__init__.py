@@ -1,0 +1,39 @@
+"""HAProxy as basenode's output: a rendered config checked, written atomically and applied through
+the runtime API or a seamless reload.
+
+parse    a config -> its skeleton and its backends' server lines
+plan     old parse + new parse + running state -> the runtime commands (pure)
+runtime  the stats socket and master CLI, and what their answers say
+apply    runs the plan, verifies, falls back to check + reload
+program  the command line, `haproxy -c`, and the lifecycle (running, reload, restart)
+"""
+
+from __future__ import annotations
+
+from .apply import ApplyResult, apply
+from .errors import ApplyError, CheckFailed, RuntimeAPIError
+from .parse import ParsedConfig, ServerLine, parse_config
+from .program import check, program, reload, restart, running
+from .runtime import ProcInfo, ServerState, show_info, show_proc, show_servers_state, stats_pid
+
+__all__ = [
+    "ApplyError",
+    "ApplyResult",
+    "CheckFailed",
+    "ParsedConfig",
+    "ProcInfo",
+    "RuntimeAPIError",
+    "ServerLine",
+    "ServerState",
+    "apply",
+    "check",
+    "parse_config",
+    "program",
+    "reload",
+    "restart",
+    "running",
+    "show_info",
+    "show_proc",
+    "show_servers_state",
+    "stats_pid",
+]

@@ -1,0 +1,205 @@
+"""Reading a rendered config: its skeleton (everything that needs a reload to change) and the
+`server` lines of its backends (what the runtime API can change without one)."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .runtime import syntax_in
+
+# Section keywords of an HAProxy config file; a line starting with one opens a new section.
+SECTIONS = frozenset(
+    (
+        "global", "defaults", "frontend", "backend", "listen", "resolvers", "peers", "userlist",
+        "mailers", "program", "http-errors", "ring", "cache", "fcgi-app", "dynamic-update",
+    )
+)  # fmt: skip
+BACKEND_SECTIONS = ("backend", "listen")
+
+
+@dataclass(frozen=True)
+class ServerLine:
+    """A `server` line of a backend, split into what the runtime API can set and the rest."""
+
+    backend: str
+    name: str
+    address: Optional[str]  # normalised IP; None when the line names a host or anything unusual
+    port: Optional[int]
+    weight: int
+    options: Tuple[str, ...]  # every argument except the address and "weight N"
+    args: Tuple[str, ...]  # the arguments after the name, as written (for `add server`)
+    problem: str = ""  # why the runtime API cannot apply this line ("": it can)
+
+    @property
+    def runtime_ok(self) -> bool:
+        return not self.problem
+
+
+@dataclass(frozen=True)
+class ParsedConfig:
+    # A digest of every line but the backends' server lines: equal skeletons => runtime apply. A digest,
+    # not the lines: at 1,000 routes the lines alone would keep ~1.5 MB alive per cached parse.
+    skeleton: bytes
+    backends: Tuple[str, ...]
+    servers: Dict[str, Dict[str, ServerLine]] = field(default_factory=dict)
+
+
+# One entry: the candidate applied now is the live text of the next apply, which then finds it
+# here; the new candidate replaces it. At 1,000 routes a parsed config weighs ~4 MB.
+@functools.lru_cache(maxsize=1)
+def parse_config(text: str) -> ParsedConfig:
+    """Split a config into its skeleton and its backends' server lines. The result is shared (cached):
+    treat it as read-only."""
+    import hashlib  # here, not at the top: PID 1 imports this package and must not load OpenSSL
+
+    skeleton = hashlib.blake2b(digest_size=16)
+    backends: List[str] = []
+    servers: Dict[str, Dict[str, ServerLine]] = {}
+    section, name = "", ""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip() if "#" in raw and not _quoted(raw) else raw.strip()
+        words = line.split()
+        if words and words[0] in SECTIONS:
+            section, name = words[0], (words[1] if len(words) > 1 else "")
+            if section in BACKEND_SECTIONS:
+                backends.append(name)
+                servers.setdefault(name, {})
+        elif section in BACKEND_SECTIONS and len(words) >= 3 and words[0] == "server" and not _quoted(raw):
+            server = _server_line(name, line)
+            servers[name][server.name] = server
+            continue
+        skeleton.update(line.encode() + b"\n")
+    return ParsedConfig(skeleton.digest(), tuple(backends), servers)
+
+
+def _quoted(raw: str) -> bool:
+    return any(c in raw for c in "\"'\\")
+
+
+# A change touches a few server lines and leaves the others as they were: each distinct line is read
+# (validated, its address parsed) once, not again on every apply. Sized for 5,000 routes x 5 instances.
+@functools.lru_cache(maxsize=32768)
+def _server_line(backend: str, line: str) -> ServerLine:
+    words = line.split()
+    name, endpoint, rest = words[1], words[2], words[3:]
+    weight, options = 1, []
+    problem = ""
+    i = 0
+    while i < len(rest):
+        if rest[i] == "weight":
+            value = rest[i + 1] if i + 1 < len(rest) else ""
+            if value.isdigit() and int(value) <= MAX_WEIGHT:
+                weight = int(value)
+            else:
+                problem = problem or f"weight {value!r} is not 0-{MAX_WEIGHT}"
+            i += 2
+            continue
+        options.append(rest[i])
+        i += 1
+    address, port = _split_endpoint(endpoint)
+    hazard = syntax_in(" ".join(words))
+    if hazard:
+        problem = f"it holds {hazard}"  # never sent to the admin socket (runtime.command refuses it too)
+    elif address is None or port is None:
+        # Dynamic servers are never resolved by name (2.6 initialises them with init-addr none).
+        problem = f"address {endpoint!r} is not an IP address and port"
+    elif not _NAME.match(backend) or not _NAME.match(name):
+        problem = f"name {backend}/{name} has characters HAProxy does not allow"
+    else:
+        problem = problem or _options_problem(options)
+    return ServerLine(backend, name, address, port, weight, tuple(options), tuple(words[2:]), problem)
+
+
+def _options_problem(options: List[str]) -> str:
+    """Why the runtime API should not be given these options ("" when they are all known and valid).
+
+    What basenode checks itself, so that a server change needs no `haproxy -c`: only keywords
+    `add server` takes (HAProxy 2.6's dynamic server keywords), each with a value of the right form.
+    Anything else is left to `haproxy -c` and a reload.
+    """
+    i = 0
+    while i < len(options):
+        keyword = options[i]
+        if keyword in _FLAGS:
+            i += 1
+            continue
+        check = _VALUED.get(keyword)
+        if check is None:
+            # "disabled" is known but would fight with the `state ready` that follows `add server`.
+            return f"option {keyword!r} is not one basenode applies through the runtime API"
+        value = options[i + 1] if i + 1 < len(options) else ""
+        if not check(value):
+            return f"option {keyword} {value!r}: not a valid value"
+        i += 2
+    return ""
+
+
+def _number(low: int, high: int) -> Callable[[str], bool]:
+    def valid(value: str) -> bool:
+        digits = value[1:] if value.startswith("-") else value
+        return digits.isdigit() and low <= int(value) <= high
+
+    return valid
+
+
+def _one_of(*choices: str) -> Callable[[str], bool]:
+    return frozenset(choices).__contains__
+
+
+def _time(value: str) -> bool:
+    return bool(_TIME.match(value))
+
+
+MAX_WEIGHT = 256
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")  # HAProxy's identifier characters
+_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?$")
+_FLAGS = frozenset(
+    (
+        "backup", "no-backup", "check", "agent-check", "check-send-proxy", "send-proxy", "send-proxy-v2",
+        "no-send-proxy", "no-send-proxy-v2", "tfo", "no-tfo", "enabled",
+    )
+)  # fmt: skip
+_COUNT = _number(0, 1_000_000)
+_PORT = _number(1, 65535)
+_VALUED: Dict[str, Callable[[str], bool]] = {
+    "maxconn": _COUNT,
+    "maxqueue": _COUNT,
+    "minconn": _COUNT,
+    "rise": _number(1, 1000),
+    "fall": _number(1, 1000),
+    "error-limit": _number(1, 1000),
+    "pool-max-conn": _number(-1, 1_000_000),
+    "pool-low-conn": _COUNT,
+    "id": _number(1, 1_000_000),
+    "port": _PORT,
+    "agent-port": _PORT,
+    "inter": _time,
+    "fastinter": _time,
+    "downinter": _time,
+    "agent-inter": _time,
+    "slowstart": _time,
+    "pool-purge-delay": _time,
+    "observe": _one_of("layer4", "layer7"),
+    "on-error": _one_of("fastinter", "fail-check", "sudden-death", "mark-down"),
+    "on-marked-down": _one_of("shutdown-sessions"),
+    "on-marked-up": _one_of("shutdown-backup-sessions"),
+    "ws": _one_of("auto", "h1", "h2"),
+    "proto": _one_of("h1", "h2", "fcgi", "none"),
+}
+
+
+def _split_endpoint(endpoint: str) -> Tuple[Optional[str], Optional[int]]:
+    if endpoint.startswith("["):
+        host, sep, port = endpoint[1:].partition("]:")
+    else:
+        host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None, None
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        return None, int(port)
