@@ -58,6 +58,7 @@ class Answers:
     agent_index: Optional[int]  # that read's X-Consul-Index: the agent's latest
     remote: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # other datacenter -> entries
     remote_errors: Mapping[str, str] = field(default_factory=dict)  # other datacenter -> why unread
+    agent_only: Sequence[Any] = ()  # /v1/agent/services entries of this service not in the catalog (yet)
     applied: Optional[Applied] = None  # None: the sync loop applied nothing yet
     refused_routes: Mapping[str, str] = field(default_factory=dict)  # KV key -> why left out
     configured: Sequence[Route] = ()  # routes from flags, environment and file
@@ -249,6 +250,16 @@ def _leftover_doc(server: Server) -> Dict[str, Any]:
     return doc
 
 
+def _agent_only_doc(service: Any) -> Dict[str, Any]:
+    """A registration this node's agent holds that the catalog does not show: nobody routes it yet."""
+    ident = _shown(service.get("ID")) if isinstance(service, Mapping) else None
+    detail = (
+        "registered with this node's agent but not in the catalog: the agent's sync to the servers "
+        "is pending or failing (see the agent's log)"
+    )
+    return {"id": ident, "reason": _reason("not-in-catalog", detail)}
+
+
 def explain(answers: Answers) -> Dict[str, Any]:
     """The answers -> the explanation document (README.md, `basenode explain --json`)."""
     route, route_reasons = _route(answers)
@@ -281,6 +292,7 @@ def explain(answers: Answers) -> Dict[str, Any]:
         "instances": instances,
         "routed": sum(1 for d in instances if d["routed"]),  # instances HAProxy sends new traffic to
         "haproxy_only": leftovers,
+        "agent_only": [_agent_only_doc(s) for s in answers.agent_only],
     }
 
 
@@ -360,6 +372,8 @@ def format_table(doc: Dict[str, Any]) -> str:
         where = f"{d['address']}:{d['port']}" if d["address"] else None
         row = (d["id"], d["node"], d["datacenter"], where, server.get("state"), server.get("sessions"))
         lines.append(_row(*row, "; ".join([verdict, *why])))
+    for d in doc["agent_only"]:
+        lines.append(_row(d["id"], "(this agent)", "", None, None, None, d["reason"]["detail"]))
     for d in doc["haproxy_only"]:
         row = ("(not in Consul)", "", "", d["server"], d["state"], d["sessions"])
         lines.append(_row(*row, d["reason"]["detail"]))

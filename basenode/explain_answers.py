@@ -55,8 +55,18 @@ def read_servers(socket_path: Path, backend: str) -> Dict[str, Server]:
     }
 
 
+def _ids(entry: Any) -> Any:
+    """(node name, service ID) of a health entry."""
+    node, service = (entry.get(k) if isinstance(entry, dict) else None for k in ("Node", "Service"))
+    return (
+        node.get("Node") if isinstance(node, dict) else None,
+        service.get("ID") if isinstance(service, dict) else None,
+    )
+
+
 def gather(settings: Settings, service: str, sync_state: Any) -> Answers:
-    """Read Consul (this datacenter with every check state, then the others) and HAProxy now.
+    """Read Consul (this datacenter with every check state, then the others, and this node's agent for
+    what it has that the catalog has not) and HAProxy now.
     consul.ERRORS when the agent cannot be read."""
     from . import consul, haproxy
 
@@ -64,8 +74,15 @@ def gather(settings: Settings, service: str, sync_state: Any) -> Answers:
     remote: Dict[str, Any] = {}
     remote_errors: Dict[str, str] = {}
     try:
-        datacenter = str(client.agent.self()["Config"]["Datacenter"])
+        agent = client.agent.self()["Config"]
+        datacenter, node = str(agent["Datacenter"]), str(agent["NodeName"])
         index, entries = client.health.service(service)
+        in_catalog = {_ids(e) for e in entries or ()}
+        local = [
+            s
+            for s in (client.agent.services() or {}).values()
+            if isinstance(s, dict) and s.get("Service") == service and (node, s.get("ID")) not in in_catalog
+        ]
         for other in client.catalog.datacenters() or ():
             if other == datacenter:
                 continue
@@ -91,6 +108,7 @@ def gather(settings: Settings, service: str, sync_state: Any) -> Answers:
         agent_index=int(index) if index else None,
         remote=remote,
         remote_errors=remote_errors,
+        agent_only=local,
         applied=sync_state.applied,
         refused_routes=dict(sync_state.refused_routes),
         configured=settings.routes,

@@ -78,6 +78,7 @@ def test_explain_names_why_each_instance_gets_traffic_or_not(consul_agent, backe
     assert reasons == ["weight-0"] and weight0["routed"] is False
     assert weight0["haproxy"] == {"server": weight0_server, "state": "UP", "weight": 0, "sessions": 0}
     assert doc["routed"] == 1
+    assert doc["agent_only"] == [] and doc["haproxy_only"] == []  # the agent and the catalog agree
 
     table = node.cli("explain", "web")
     assert table.returncode == 0, table.stderr

@@ -234,3 +234,12 @@ def test_the_endpoint_refuses_a_name_that_is_not_a_service_name_before_reading_a
     for path in ("/explain", "/explain?service=", "/explain?service=a%0Ab", "/explain?service=..%2Fkv"):
         code, doc = endpoint(Settings(state_dir=tmp_path), None, path)
         assert code == 400 and "service=NAME" in doc["error"], path
+
+
+def test_a_registration_the_agent_holds_but_the_catalog_does_not_is_listed():
+    local = {"ID": "web-new", "Service": "web", "Port": 8090, "Tags": ["v2"]}
+    doc = explain(answers(agent_only=[local]))
+    assert doc["agent_only"] == [{"id": "web-new", "reason": doc["agent_only"][0]["reason"]}]
+    assert doc["agent_only"][0]["reason"]["code"] == "not-in-catalog"
+    assert "not-in-catalog" not in json.dumps(doc["instances"])
+    assert "web-new" in format_table(doc)
