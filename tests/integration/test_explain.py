@@ -8,7 +8,10 @@ the routed ones carry HAProxy's runtime state. Another datacenter is a unit test
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 from basenode import haproxy
 from tests.support.basenode_run import serving
@@ -117,3 +120,16 @@ def test_explain_shows_a_deregistered_server_draining_its_open_session(
         [server] = doc["haproxy_only"]
         assert server["reason"]["code"] == "draining" and server["sessions"] == 1
         assert server["state"] == "MAINT"
+
+
+def test_explain_with_no_basenode_answering_exits_1_naming_the_address(zipapp):
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, str(zipapp), "explain", "web", "--status-addr", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"no status endpoint answers at 127.0.0.1:{port}" in result.stderr
