@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", "what a running basenode is doing")
     status.add_argument("--json", action="store_true")
     command("health", "exit 0 when healthy, 1 otherwise")
+    explain = command("explain", "why each instance of SERVICE gets traffic from this node, or not")
+    explain.add_argument("service", metavar="SERVICE")
+    explain.add_argument("--json", action="store_true", help="the document /explain?service= serves")
     register = command("register", "keep the app's services registered; on SIGTERM deregister, then drain")
     # Set by `run` when it runs the agent: on stop the agent leaves the cluster during the drain.
     register.add_argument("--leave", action="store_true", help=argparse.SUPPRESS)
@@ -493,6 +496,12 @@ def cmd_register(settings: config.Settings, args: argparse.Namespace, flags: con
     return register.run(settings, leave=args.leave)
 
 
+def cmd_explain(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
+    from . import explain
+
+    return explain.command(settings, args.service, as_json=args.json)
+
+
 def cmd_health(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
     from . import status
 
@@ -507,10 +516,11 @@ COMMANDS = {
     "join": cmd_join,
     "status": cmd_status,
     "health": cmd_health,
+    "explain": cmd_explain,
     "register": cmd_register,
 }
 
-CLIENT_COMMANDS = frozenset({"status", "health"})
+CLIENT_COMMANDS = frozenset({"status", "health", "explain"})
 
 # Names that `basenode run NAME` treats as `basenode NAME` (see main).
 OWN_COMMANDS = (frozenset(COMMANDS) - {"run"}) | {"version"}

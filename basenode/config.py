@@ -184,6 +184,14 @@ class Service:
     check_tcp: bool = False
     check_interval: str = "10s"
     source: str = ""
+    # The rest of registrator's variables (registration.py parses and validates them all):
+    meta: Tuple[Tuple[str, str], ...] = ()
+    address: Optional[str] = None  # None: the agent's address
+    weight: Optional[Tuple[int, int]] = None  # (passing, warning); None: Consul's default (1, 1)
+    check_grpc: Optional[str] = None  # HOST:PORT[/SERVICE]
+    check_ttl: Optional[str] = None  # basenode passes it while the application runs
+    check_timeout: str = "2s"
+    check_deregister_after: Optional[str] = None  # Consul's DeregisterCriticalServiceAfter
 
     @property
     def service_id(self) -> str:
@@ -1035,89 +1043,20 @@ def _load_app(file: Optional[FileValues], values: Mapping[str, Any], environ: En
     return app
 
 
-CHECK_INTERVAL_RE = re.compile(r"^\d+(ms|s|m)$")
-
-
-def _service(
-    name: str, values: Mapping[str, Any], source: Callable[[str], str], key: Callable[[str], str]
-) -> Service:
-    """One service from registrator's variables or a [services.NAME] table (both as a mapping)."""
-
-    def fail(field: str, message: str) -> ConfigError:
-        return ConfigError(source(field), key(field), message)
-
-    if not SERVICE_NAME_RE.match(name):
-        raise fail("", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {_show(name)}")
-    if "port" not in values:
-        raise fail("port", "required: the port the application listens on")
-    try:
-        port = parse_port(values["port"])
-    except ValueError as e:
-        raise fail("port", str(e)) from None
-    tags = values.get("tags", ())
-    if isinstance(tags, str):
-        tags = tuple(t.strip() for t in tags.split(",") if t.strip())
-    if not isinstance(tags, (list, tuple)) or not all(
-        isinstance(t, str) and SAFE_TAG_RE.match(t) for t in tags
-    ):
-        raise fail("tags", f"expected tags of [A-Za-z0-9._:/=-], got {_show(tags)}")
-    check_http = values.get("check_http") or None
-    if check_http is not None and (not isinstance(check_http, str) or any(c.isspace() for c in check_http)):
-        raise fail("check_http", f"expected a path like /health or a URL, got {_show(check_http)}")
-    check_tcp = values.get("check_tcp", False)
-    if isinstance(check_tcp, str):
-        check_tcp = check_tcp.strip().lower() in ("1", "true", "yes", "on")
-    interval = values.get("check_interval") or "10s"
-    if not isinstance(interval, str) or not CHECK_INTERVAL_RE.match(interval):
-        raise fail("check_interval", f"expected a duration like 10s, got {_show(interval)}")
-    service_id = values.get("id") or ""
-    if service_id and not SERVICE_NAME_RE.match(str(service_id)):
-        raise fail("id", f"service id must match [A-Za-z0-9._-]{{1,128}}, got {_show(service_id)}")
-    return Service(
-        name=name,
-        port=port,
-        id=str(service_id),
-        tags=tuple(tags),
-        check_http=check_http,
-        check_tcp=bool(check_tcp),
-        check_interval=interval,
-        source=source(""),
-    )
-
-
-SAFE_TAG_RE = re.compile(r"^[A-Za-z0-9._:/=-]{1,128}$")
-REGISTRATOR_VARIABLES = {
-    "port": "SERVICE_PORT",
-    "tags": "SERVICE_TAGS",
-    "check_http": "SERVICE_CHECK_HTTP",
-    "check_tcp": "SERVICE_CHECK_TCP",
-    "check_interval": "SERVICE_CHECK_INTERVAL",
-    "id": "SERVICE_ID",
-}
-
-
 def _load_services(
     environ: Environ, file: Optional[FileValues], tables: Mapping[str, Any]
 ) -> Tuple[Service, ...]:
-    """SERVICE_NAME and friends (registrator's names), and [services.NAME] tables."""
-    services = []
-    if environ.get("SERVICE_NAME"):
-        values = {field: environ[var] for field, var in REGISTRATOR_VARIABLES.items() if environ.get(var)}
-        services.append(
-            _service(
-                environ["SERVICE_NAME"],
-                values,
-                source=lambda field: REGISTRATOR_VARIABLES.get(field, "SERVICE_NAME"),
-                key=lambda field: "",
-            )
-        )
+    """Registrator's variables and [services.NAME] tables, parsed by registration.py."""
+    from . import registration
+
+    services = registration.from_environment(environ)
     for name, values in tables.items():
         t = _Table(file, f"services.{name}", values if isinstance(values, Mapping) else {})
         if not isinstance(values, Mapping):
             raise t.fail("", f"expected a table, got {_show(values)}")
-        for unknown in set(values) - set(REGISTRATOR_VARIABLES):
+        for unknown in set(values) - set(registration.VARIABLES):
             raise t.fail(unknown, "unknown key")
-        services.append(_service(name, values, source=t.source, key=t.key))
+        services.append(registration.service_from(name, values, source=t.source, key=t.key))
     ids = [s.service_id for s in services]
     for service in services:
         if ids.count(service.service_id) > 1:

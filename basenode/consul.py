@@ -11,13 +11,14 @@ Two things py-consul 1.6.1 does not do for us, done here:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import sys
 import threading
 import time
 import warnings
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 # The zipapp bundles no charset detector (requirements/runtime.lock says why); requests warns about
 # that at import, once, in every process. Consul's answers are decoded as UTF-8 (see _send).
@@ -213,26 +214,15 @@ def join_command(
     return 1
 
 
-def register_service(
-    client: pyconsul.Consul,
-    name: str,
-    port: int,
-    service_id: Optional[str] = None,
-    address: Optional[str] = None,
-    tags: Sequence[str] = (),
-    check: Optional[Mapping[str, Any]] = None,
-) -> bool:
-    """Register with the local agent; `check` is a check definition (py-consul's consul.Check.* build one)."""
-    return bool(
-        client.agent.service.register(
-            name,
-            service_id=service_id,
-            address=address,
-            port=port,
-            tags=list(tags),
-            check=dict(check) if check else None,
-        )
-    )
+def register_definition(client: pyconsul.Consul, definition: Mapping[str, Any]) -> bool:
+    """Register a service with the local agent: `definition` as /v1/agent/service/register takes it
+    (register.py builds it), so that every field Consul knows (Meta, Weights, the check's
+    DeregisterCriticalServiceAfter...) reaches it as given."""
+    return bool(client.http.put(CB.boolean(), "/v1/agent/service/register", data=json.dumps(definition)))
+
+
+def pass_ttl(client: pyconsul.Consul, check_id: str) -> bool:
+    return bool(client.agent.check.ttl_pass(check_id))
 
 
 def deregister_service(client: pyconsul.Consul, service_id: str) -> bool:

@@ -74,18 +74,31 @@ class Snapshot:
 
 
 class Rejected(ValueError):
-    """An instance that will not reach any config file; str() says which value and why."""
+    """An instance that will not reach any config file; str() says which value and why.
+
+    `field` names the value and `problem` what is wrong with it, without the value itself (which may be
+    a secret someone put in a tag or meta): what `basenode explain` shows.
+    """
+
+    def __init__(self, what: str, value: Any, problem: str, field: Optional[str] = None) -> None:
+        shown = "" if value is _NO_VALUE else f" {show(value)}"
+        super().__init__(f"{what}{shown} {problem}")
+        self.field = field or what
+        self.problem = problem
 
 
-def safe_token(value: Any, what: str) -> str:
+_NO_VALUE = object()
+
+
+def safe_token(value: Any, what: str, field: Optional[str] = None) -> str:
     if not isinstance(value, str) or not SAFE_TOKEN_RE.match(value):
-        raise Rejected(f"{what} {show(value)} is not a safe token")
+        raise Rejected(what, value, "is not a safe token", field)
     return value
 
 
 def check_address(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise Rejected(f"address {show(value)} is empty or not text")
+        raise Rejected("address", value, "is empty or not text")
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
@@ -95,15 +108,15 @@ def check_address(value: Any) -> str:
         # cannot resolve an address with one: it would fail `haproxy -c` or inject a line.
         if getattr(ip, "scope_id", None) is None:
             return str(ip)
-        raise Rejected(f"address {show(value)} has an IPv6 zone index")
+        raise Rejected("address", value, "has an IPv6 zone index")
     if HOSTNAME_RE.match(value):
         return value.lower()
-    raise Rejected(f"address {show(value)} is neither an IP address nor a host name")
+    raise Rejected("address", value, "is neither an IP address nor a host name")
 
 
 def check_port(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise Rejected(f"port {show(value)} is not 1-65535")
+        raise Rejected("port", value, "is not 1-65535")
     return value
 
 
@@ -112,7 +125,7 @@ def instance_from_health(entry: Mapping[str, Any]) -> Instance:
     node = entry.get("Node") or {}
     service = entry.get("Service") or {}
     if not isinstance(node, Mapping) or not isinstance(service, Mapping):
-        raise Rejected("node or service is not an object")
+        raise Rejected("node or service", _NO_VALUE, "is not an object")
     node_name = safe_token(node.get("Node"), "node name")
     service_id = safe_token(service.get("ID"), "service id")
     address = check_address(service.get("Address") or node.get("Address"))
@@ -120,12 +133,17 @@ def instance_from_health(entry: Mapping[str, Any]) -> Instance:
     tags = tuple(safe_token(t, "tag") for t in (service.get("Tags") or ()))
     meta_in = service.get("Meta") or {}
     if not isinstance(meta_in, Mapping):
-        raise Rejected("meta is not an object")
-    meta = tuple(sorted((safe_token(k, "meta key"), safe_token(v, "meta value")) for k, v in meta_in.items()))
+        raise Rejected("meta", _NO_VALUE, "is not an object")
+    meta = tuple(
+        sorted(
+            (safe_token(k, "meta key"), safe_token(v, "meta value", field=f"meta value of key {k}"))
+            for k, v in meta_in.items()
+        )
+    )
     weights = service.get("Weights") or {}
     weight = weights.get("Passing", 1) if isinstance(weights, Mapping) else 1
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
-        raise Rejected(f"weight {show(weight)} is not 0-{MAX_WEIGHT}")
+        raise Rejected("weight", weight, f"is not 0-{MAX_WEIGHT}")
     return Instance(
         id=service_id, node=node_name, address=address, port=port, tags=tags, meta=meta, weight=weight
     )

@@ -64,6 +64,7 @@ class SyncState(OutputRecord):
     duration_sum: float = 0.0
     templates: Dict[str, Any] = field(default_factory=dict)  # name -> template.loop.TemplateStatus
     refused_routes: Dict[str, str] = field(default_factory=dict)  # KV key -> why its route is left out
+    applied: Any = None  # explain.Applied: the routes and Consul indexes HAProxy runs (for /explain)
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds
@@ -320,6 +321,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        if path == "/explain":
+            from . import explain
+
+            code, answer = explain.endpoint(self.server.settings, self.server.state, self.path)
+            self._send(
+                code, "application/json", json.dumps(answer, indent=1, sort_keys=True).encode() + b"\n"
+            )
+            return
         if path not in ("/health", "/status", "/metrics"):
             self._send(404, "text/plain; charset=utf-8", b"not found: try /health, /status or /metrics\n")
             return

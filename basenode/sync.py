@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from . import files, status
+from . import explain, files, status
 from .config import Settings
 from .dependency import READ_ERRORS, Query
 from .output import haproxy
@@ -60,6 +60,7 @@ class Loop:
         self.state = status.SyncState()
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
         self.latest: Optional[Snapshot] = None  # newest from the watch (may have failed to apply)
+        self.latest_indexes: Dict[Query, int] = {}  # the watch's indexes, read before latest's data
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -74,6 +75,7 @@ class Loop:
 
     def on_change(self, changed: FrozenSet[Query]) -> None:
         with self.lock:
+            indexes = self.watcher.indexes() if self.watcher is not None else {}
             data = self._data()
             snapshot_changed = False
             if self.settings.run_haproxy and self.watcher is not None:
@@ -82,9 +84,18 @@ class Loop:
                 self.state.refused_routes = dict(self.discovery.refused)
                 if snapshot is not None and snapshot != self.latest:
                     self.latest, snapshot_changed = snapshot, True
+                if snapshot is not None:
+                    self.latest_indexes = indexes
                 if self.latest is not None and (snapshot_changed or self.templates.haproxy_due(changed)):
                     self._apply(self.latest, data, template_changed=not snapshot_changed)
+                self._publish_applied()
             self.templates.round(data, changed, self.latest if snapshot_changed else None)
+
+    def _publish_applied(self) -> None:
+        """What /explain reports as applied: only once HAProxy runs the newest snapshot, so that an
+        index is never claimed before its instances are in HAProxy."""
+        if self.applied is not None and self.applied == self.latest:
+            self.state.applied = explain.applied(self.applied, self.latest_indexes)
 
     def ready(self, grace_over: bool) -> bool:
         """What waits for the sync loop may start: HAProxy's config is in place (when it runs), and
@@ -172,6 +183,7 @@ class Loop:
             return
         self.applied = snapshot
         self._record(snapshot, outcome.how, time.monotonic() - started)
+        self._publish_applied()
         _return_free_memory()
 
     def _record(self, snapshot: Snapshot, how: str, duration: float) -> None:

@@ -120,6 +120,11 @@ class Watcher:
                 statuses.append(self._catalog_status)
             return statuses
 
+    def indexes(self) -> Dict[Query, int]:
+        """Each followed query's X-Consul-Index; a value read after this call is at least that new."""
+        with self._cond:
+            return {query: status.index for query, status in self._statuses.items() if status.index}
+
     @property
     def counters(self) -> Counters:
         return self.pool.counters

@@ -126,6 +126,9 @@ class FakeWatcher:
     def want(self, owner: str, queries: Iterable[Query]) -> None:
         self.wants[owner] = frozenset(queries)
 
+    def indexes(self) -> Dict[Query, int]:
+        return {}
+
 
 def test_a_slow_haproxy_apply_does_not_let_an_older_view_of_consul_overwrite_a_newer_render(tmp_path):
     (tmp_path / "p.py").write_text("def context(snapshot):\n    return {}\n")  # re-rendered per snapshot
