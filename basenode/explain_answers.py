@@ -44,11 +44,12 @@ def sessions_from_stat(csv_text: str, backend: str) -> Dict[str, int]:
 
 def read_servers(socket_path: Path, backend: str) -> Dict[str, Server]:
     """The backend's servers as HAProxy runs them. haproxy.RuntimeAPIError when it does not answer."""
-    from . import haproxy
+    from .output import haproxy
+    from .output.haproxy import runtime
 
     states = haproxy.show_servers_state(socket_path, backend).get(backend, {})
     # Every proxy's servers: by name, `show stat` finds the route's frontend, which has the same name.
-    sessions = sessions_from_stat(haproxy.command(socket_path, "show stat -1 4 -1"), backend)
+    sessions = sessions_from_stat(runtime.command(socket_path, ("show", "stat", "-1", "4", "-1")), backend)
     return {
         name: Server(name, server_state(s.op_state, s.admin_state), s.weight, sessions.get(name))
         for name, s in states.items()
@@ -68,7 +69,8 @@ def gather(settings: Settings, service: str, sync_state: Any) -> Answers:
     """Read Consul (this datacenter with every check state, then the others, and this node's agent for
     what it has that the catalog has not) and HAProxy now.
     consul.ERRORS when the agent cannot be read."""
-    from . import consul, haproxy
+    from . import consul
+    from .output import haproxy
 
     client = consul.make_client(settings.consul_http, timeout=READ_TIMEOUT)
     remote: Dict[str, Any] = {}

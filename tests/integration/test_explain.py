@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 
-from basenode import haproxy
+from basenode.output import haproxy
+from basenode.output.haproxy import runtime
 from tests.support.basenode_run import serving
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
@@ -52,7 +53,7 @@ def test_explain_names_why_each_instance_gets_traffic_or_not(consul_agent, backe
         for s in haproxy.show_servers_state(node.settings.haproxy_stats_socket)["web"]
         if s.endswith("_web-weight-0")
     ]
-    haproxy.set_weight(node.settings.haproxy_stats_socket, "web", weight0_server, 0)
+    runtime.command(node.settings.haproxy_stats_socket, ("set", "weight", f"web/{weight0_server}", "0"))
     eventually(serving(web_port, ["ok"]), what="no traffic to the server at weight 0")
 
     def in_step():
