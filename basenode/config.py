@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
+from .route_options import OptionError, RouteOptions, parse_options, split_words
+from .tokens import SAFE_TOKEN_RE
+
 try:  # Python 3.11+
     import tomllib as _toml
 except ImportError:  # 3.9, 3.10: the bundled tomli
@@ -97,6 +100,8 @@ class Route:
     mode: str = "tcp"  # tcp | http
     tag: Optional[str] = None  # only instances carrying this tag
     source: str = ""  # where the route came from, for messages: "--routes", "consul kv", "basenode.toml:4"
+    # Per-route HAProxy options (basenode/route_options.py).
+    options: RouteOptions = field(default_factory=RouteOptions)
 
 
 @dataclass(frozen=True)
@@ -291,9 +296,11 @@ def parse_port(text: Any) -> int:
 
 
 def parse_route(text: str, source: str) -> Route:
-    """One route, `service:port[/mode]`; raises ConfigError naming the text and its source."""
-    spec = text.strip()
-    service, sep, rest = spec.partition(":")
+    """One route, `service:port[/mode][;name=value...]`; raises ConfigError naming the text and its source.
+
+    The `name=value` items are `tag` and the options of basenode/route_options.py."""
+    spec, *items = text.strip().split(";")
+    service, sep, rest = spec.strip().partition(":")
     port_text, _, mode = rest.partition("/")
     mode = mode or "tcp"
     problem = None
@@ -305,14 +312,31 @@ def parse_route(text: str, source: str) -> Route:
         problem = f"mode must be tcp or http, got {_show(mode)}"
     else:
         try:
-            return Route(service=service, port=parse_port(port_text), mode=mode, source=source)
+            route = Route(service=service, port=parse_port(port_text), mode=mode, source=source)
         except ValueError as e:
             problem = str(e)
-    raise ConfigError(source, "", f"route {_show(spec)}: {problem}")
+        else:
+            return with_options(route, [item.strip() for item in items if item.strip()])
+    raise ConfigError(source, "", f"route {_show(text.strip())}: {problem}")
+
+
+def with_options(route: Route, words: Sequence[str]) -> Route:
+    """`route` with the `tag=TAG` and option words of its text form (`--routes`, a KV value).
+
+    ConfigError naming the route, the option, its value and the route's source."""
+    try:
+        pairs = split_words(words)
+        tag = pairs.pop("tag", None)
+        if tag is not None and not SAFE_TOKEN_RE.match(tag):
+            raise OptionError("tag", tag, "expected a tag of letters, digits and ._:/@%+=,~-")
+        options = parse_options(pairs, route.mode)
+    except OptionError as e:
+        raise ConfigError(route.source, "", f"route {route.service}: {e}") from None
+    return Route(route.service, route.port, route.mode, tag, route.source, options)
 
 
 def parse_routes(text: str, source: str) -> Tuple[Route, ...]:
-    """`postgresql:9301,web:9302/http` -> routes; empty items are ignored."""
+    """`postgresql:9301,web:9302/http;balance=leastconn` -> routes; empty items are ignored."""
     return tuple(parse_route(item, source) for item in text.split(",") if item.strip())
 
 
@@ -672,22 +696,21 @@ def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], e
 def _route_from_table(file: Optional[FileValues], service: str, values: Any) -> Route:
     t = _Table(file, f"routes.{service}", values if isinstance(values, Mapping) else {})
     if not isinstance(values, Mapping):
-        raise t.fail("", f"expected a table with port, mode, tag, got {_show(values)}")
+        raise t.fail("", f"expected a table with port, mode, tag and options, got {_show(values)}")
     if not SERVICE_NAME_RE.match(service):
         raise t.fail("", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {_show(service)}")
     if "port" not in values:
         raise t.fail("port", "required")
-    route = Route(
-        service=service,
-        port=t.get("port", "port"),
-        mode=t.get("mode", "text", "tcp"),
-        tag=t.get("tag", "text"),
-        source=t.source(""),
-    )
-    if route.mode not in ROUTE_MODES:
-        raise t.fail("mode", f"expected tcp or http, got {_show(route.mode)}")
-    t.check_unknown()
-    return route
+    port, mode, tag = t.get("port", "port"), t.get("mode", "text", "tcp"), t.get("tag", "text")
+    if mode not in ROUTE_MODES:
+        raise t.fail("mode", f"expected tcp or http, got {_show(mode)}")
+    option_values = {name: value for name, value in values.items() if name not in ("port", "mode", "tag")}
+    try:
+        options = parse_options(option_values, mode)
+    except OptionError as e:
+        raise t.fail(e.option, f"route {service}: {e}") from None
+    t.used.update(option_values)
+    return Route(service=service, port=port, mode=mode, tag=tag, source=t.source(""), options=options)
 
 
 def check_programs(programs: Sequence[Program], known: Sequence[str], sources: Mapping[str, str]) -> None:

@@ -32,10 +32,11 @@ from .config import (
     Route,
     Settings,
     parse_route,
+    with_options,
 )
 from .dependency import PREFIX, READ_ERRORS, SERVICE, Query, fetch_now
 from .dependency.health_service import passing_instances
-from .snapshot import SAFE_TOKEN_RE, RouteState, Snapshot
+from .snapshot import RouteState, Snapshot
 from .watch import WarnOnce
 
 log = logging.getLogger("basenode.watch")
@@ -52,7 +53,9 @@ class ConsulUnavailable(Exception):
 
 
 def parse_kv_route(key: str, value: Optional[str], prefix: str = ROUTES_KV_PREFIX) -> Route:
-    """`basenode/routes/web` = `9302/http tag=primary` -> Route. Raises ConfigError naming key and value."""
+    """`basenode/routes/web` = `9302/http tag=primary balance=leastconn` -> Route.
+
+    Raises ConfigError naming the key, the value (or the bad option and its value)."""
     source = f"{KV_SOURCE} {key}"
     service = key[len(prefix) :] if key.startswith(prefix) else key
     if value is None:
@@ -60,16 +63,9 @@ def parse_kv_route(key: str, value: Optional[str], prefix: str = ROUTES_KV_PREFI
     if not SERVICE_NAME_RE.match(service):
         raise ConfigError(source, "", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {service!r}")
     words = value.split()
-    if not words:
-        raise ConfigError(source, service, f"expected PORT[/MODE][ tag=TAG], got {value!r}")
-    route = parse_route(f"{service}:{words[0]}", source)
-    tag = None
-    for word in words[1:]:
-        name, sep, tag_value = word.partition("=")
-        if name != "tag" or not sep or not SAFE_TOKEN_RE.match(tag_value):
-            raise ConfigError(source, service, f"expected PORT[/MODE][ tag=TAG], got {value!r}")
-        tag = tag_value
-    return Route(service=route.service, port=route.port, mode=route.mode, tag=tag, source=source)
+    if not words or ";" in words[0]:
+        raise ConfigError(source, service, f"expected PORT[/MODE][ tag=TAG][ OPTION=VALUE...], got {value!r}")
+    return with_options(parse_route(f"{service}:{words[0]}", source), words[1:])
 
 
 @dataclass(frozen=True)
@@ -114,20 +110,26 @@ def kv_route_policy(settings: Settings) -> KVRoutePolicy:
     return KVRoutePolicy(settings.kv_route_ports, settings.kv_route_limit, taken)
 
 
-def merge_routes(
+@dataclass(frozen=True)
+class MergedRoutes:
+    routes: Tuple[Route, ...]  # sorted by service
+    warnings: Tuple[str, ...]  # one per KV entry skipped
+    bad_values: Mapping[str, str] = field(default_factory=dict)  # KV key -> what is wrong with its value
+
+
+def merge_kv_routes(
     static: Sequence[Route],
     kv_values: Mapping[str, Optional[str]],
     prefix: str = ROUTES_KV_PREFIX,
     policy: KVRoutePolicy = KVRoutePolicy(),
-) -> Tuple[Tuple[Route, ...], List[str]]:
+) -> MergedRoutes:
     """Static routes plus the valid KV routes that clash with none of them (and none before them, by key)
-    and that `policy` allows.
-
-    Returns the routes sorted by service and one warning per KV entry skipped.
-    """
+    and that `policy` allows. A KV value that does not parse (a bad port, mode, tag or option) skips
+    its route only."""
     routes: Dict[str, Route] = {r.service: r for r in static}
     ports: Dict[int, Route] = {r.port: r for r in static}
     warnings: List[str] = []
+    bad_values: Dict[str, str] = {}
     accepted = 0
     for key in sorted(kv_values):
         if key == prefix or (key.endswith("/") and kv_values[key] is None):
@@ -136,6 +138,7 @@ def merge_routes(
             route = parse_kv_route(key, kv_values[key], prefix)
         except ConfigError as e:
             warnings.append(f"skipped route: {e}")
+            bad_values[key] = e.message
             continue
         refusal = policy.refusal(route, accepted)
         if refusal is not None:
@@ -152,7 +155,18 @@ def merge_routes(
         routes[route.service] = route
         ports[route.port] = route
         accepted += 1
-    return tuple(sorted(routes.values(), key=lambda r: r.service)), warnings
+    return MergedRoutes(tuple(sorted(routes.values(), key=lambda r: r.service)), tuple(warnings), bad_values)
+
+
+def merge_routes(
+    static: Sequence[Route],
+    kv_values: Mapping[str, Optional[str]],
+    prefix: str = ROUTES_KV_PREFIX,
+    policy: KVRoutePolicy = KVRoutePolicy(),
+) -> Tuple[Tuple[Route, ...], List[str]]:
+    """merge_kv_routes' routes (sorted by service) and its warnings."""
+    merged = merge_kv_routes(static, kv_values, prefix, policy)
+    return merged.routes, list(merged.warnings)
 
 
 def route_queries(routes: Sequence[Route]) -> FrozenSet[Query]:
@@ -195,7 +209,8 @@ class Discovery:
 
     A KV route whose port cannot be bound (another process holds it) is left out, so that it cannot
     make HAProxy's reload fail for every other route; it is reported in `refused` with its key and
-    tried again when its key's value changes.
+    tried again when its key's value changes. A KV value that does not parse (a bad port, mode, tag or
+    option) is reported there too, with what is wrong with it.
     """
 
     def __init__(self, settings: Settings, probe: Callable[[str, int], Optional[str]] = bind_error) -> None:
@@ -211,11 +226,11 @@ class Discovery:
         """Static + KV routes, or None while the routes prefix has not been read."""
         if ROUTES_QUERY not in data:
             return None
-        routes, warnings = merge_routes(self.settings.routes, dict(data[ROUTES_QUERY]), policy=self.policy)
-        routes = self._bindable(routes)
-        self._warnings.report(
-            [*warnings, *(f"skipped route: {KV_SOURCE} {k}: {why}" for k, why in self.refused.items())]
-        )
+        merged = merge_kv_routes(self.settings.routes, dict(data[ROUTES_QUERY]), policy=self.policy)
+        routes = self._bindable(merged.routes)
+        unbindable = [f"skipped route: {KV_SOURCE} {k}: {why}" for k, why in self.refused.items()]
+        self._warnings.report([*merged.warnings, *unbindable])
+        self.refused.update(merged.bad_values)
         return routes
 
     def _bindable(self, routes: Tuple[Route, ...]) -> Tuple[Route, ...]:

@@ -15,15 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from .config import SERVICE_NAME_RE, Route
+from .tokens import HOSTNAME_RE, SAFE_TOKEN_RE
 
-# A token that may stand in a config file unquoted: no whitespace, no control characters,
-# nothing HAProxy or nginx treat as syntax (# ; " ' ` \ { }). The patterns end in \Z, not $: `$` also
-# matches before a final newline, which would then reach the config file.
-SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@%+=,~-]{1,256}\Z")
-# RFC 1123 host names, as a node address may be one.
-HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
-)
 MAX_WEIGHT = 256
 # HAProxy accepts only these characters in proxy and server names (anything else fails `haproxy -c`,
 # and one bad name would then block every later update).
