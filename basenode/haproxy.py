@@ -34,7 +34,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from .config import Program, Settings
 from .files import promote, write_atomic
@@ -477,6 +477,9 @@ class ParsedConfig:
     skeleton: bytes
     backends: Tuple[str, ...]
     servers: Dict[str, Dict[str, ServerLine]] = field(default_factory=dict)
+    # Backends with `cookie ... dynamic`: HAProxy gives a server added at runtime its cookie only when
+    # told to (`enable dynamic-cookie backend`).
+    dynamic_cookies: FrozenSet[str] = frozenset()
 
 
 # One entry: the candidate applied now is the live text of the next apply, which then finds it
@@ -490,6 +493,7 @@ def parse_config(text: str) -> ParsedConfig:
     skeleton = hashlib.blake2b(digest_size=16)
     backends: List[str] = []
     servers: Dict[str, Dict[str, ServerLine]] = {}
+    dynamic_cookies = set()
     section, name = "", ""
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip() if "#" in raw and not _quoted(raw) else raw.strip()
@@ -503,8 +507,10 @@ def parse_config(text: str) -> ParsedConfig:
             server = _server_line(name, words)
             servers[name][server.name] = server
             continue
+        elif section in BACKEND_SECTIONS and words[:1] == ["cookie"] and "dynamic" in words[2:]:
+            dynamic_cookies.add(name)
         skeleton.update(line.encode() + b"\n")
-    return ParsedConfig(skeleton.digest(), tuple(backends), servers)
+    return ParsedConfig(skeleton.digest(), tuple(backends), servers, frozenset(dynamic_cookies))
 
 
 def _quoted(raw: str) -> bool:
@@ -717,6 +723,8 @@ def _sync_servers(
                 if "agent-check" in line.options:
                     enable_agent(sock, backend, name)
                 enable_server(sock, backend, name)
+                if backend in new.dynamic_cookies:
+                    _expect_empty(sock, f"enable dynamic-cookie backend {backend}")
                 changes.added.append(f"{backend}/{name}")
                 continue
             old_line = before.get(name)
