@@ -44,6 +44,14 @@ def servers_state(node, backend: str) -> Dict[str, haproxy.ServerState]:
     return haproxy.show_servers_state(node.settings.haproxy_stats_socket, backend).get(backend, {})
 
 
+def web_instances(consul_agent, backends, *names: str) -> List[Backend]:
+    """Backends named `names`, each registered as an instance `web-<name>` of service web."""
+    started = [backends.start(name) for name in names]
+    for backend in started:
+        consul_agent.register("web", backend.port, service_id=f"web-{backend.name}")
+    return started
+
+
 def answers_while_one_request_is_held(port: int, group: List[Backend]) -> Tuple[str, List[str]]:
     """(the backend holding a request, the answers to 10 requests sent meanwhile)."""
     held = threading.Thread(target=get, args=(port, "/hold", 30), daemon=True)
@@ -63,9 +71,7 @@ def answers_while_one_request_is_held(port: int, group: List[Backend]) -> Tuple[
 def test_balance_leastconn_sends_new_requests_to_the_instance_with_none_in_flight(
     consul_agent, backends, start_basenode
 ):
-    a, b = backends.start("a"), backends.start("b")
-    consul_agent.register("web", a.port, service_id="web-a")
-    consul_agent.register("web", b.port, service_id="web-b")
+    a, b = web_instances(consul_agent, backends, "a", "b")
     port = free_port()
     consul_agent.kv_put("basenode/routes/web", f"{port}/http balance=leastconn")
     node = start_basenode("")
@@ -88,9 +94,7 @@ def test_balance_leastconn_sends_new_requests_to_the_instance_with_none_in_fligh
 def test_a_sticky_cookie_keeps_a_client_on_its_instance_and_one_added_at_runtime_gets_its_own(
     consul_agent, backends, start_basenode
 ):
-    a, b = backends.start("a"), backends.start("b")
-    consul_agent.register("web", a.port, service_id="web-a")
-    consul_agent.register("web", b.port, service_id="web-b")
+    web_instances(consul_agent, backends, "a", "b")
     port = free_port()
     node = start_basenode(f"web:{port}/http;cookie=BNSRV")
     eventually(serving(port, ["a", "b"]), timeout=30, what="web through basenode")
@@ -110,8 +114,7 @@ def test_a_sticky_cookie_keeps_a_client_on_its_instance_and_one_added_at_runtime
     for name, cookie in first.items():
         assert [fetch(port, cookie)[0] for _ in range(10)] == [name] * 10
 
-    c = backends.start("c")
-    consul_agent.register("web", c.port, service_id="web-c")
+    web_instances(consul_agent, backends, "c")
     eventually(serving(port, ["a", "b", "c"]), what="c added at runtime")
     later = cookies()
     assert later["a"] == first["a"] and later["b"] == first["b"]
@@ -124,9 +127,7 @@ def test_a_sticky_cookie_keeps_a_client_on_its_instance_and_one_added_at_runtime
 def test_the_passive_check_marks_a_killed_instance_down_before_consul_does(
     consul_agent, backends, start_basenode
 ):
-    a, b = backends.start("a"), backends.start("b")
-    consul_agent.register("web", a.port, service_id="web-a")
-    consul_agent.register("web", b.port, service_id="web-b")  # a TTL check of 10 minutes: Consul is slow
+    _, b = web_instances(consul_agent, backends, "a", "b")  # TTL checks of 10 minutes: Consul is slow
     port = free_port()
     # The active check once an hour: only the passive one can take b out within this test.
     node = start_basenode(f"web:{port}/http;observe=layer4;error_limit=1;check_interval=1h")
