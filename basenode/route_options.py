@@ -29,7 +29,7 @@ wrote), so no option can add a word or a line the template did not write. Values
 
 from __future__ import annotations
 
-import os
+import json
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
@@ -59,7 +59,11 @@ class OptionError(ValueError):
 
 
 def show(value: Any) -> str:
-    text = f'"{value}"' if isinstance(value, str) else repr(value)
+    """The value as TOML/JSON writes it, control characters escaped: the message stays one line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -180,9 +184,15 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str]:
 
 
 def _ca_file(value: Any) -> str:
+    """A file HAProxy can load: any other would fail the whole config's check, every route's."""
     path = _pattern(CA_FILE_RE, "an absolute path of letters, digits and ._/+@-")(value)
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise ValueError("no such readable file on this node")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        raise ValueError("no such readable file on this node") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ValueError("not a PEM file of CA certificates")
     return path
 
 
