@@ -225,7 +225,7 @@ def parse_options(values: Mapping[str, Any], mode: str) -> RouteOptions:
     for name, value in values.items():
         convert = CONVERT.get(name)
         if convert is None:
-            raise OptionError(name, value, f"unknown option (known: tag, {', '.join(NAMES)})")
+            raise OptionError(name, value, f"unknown option (known: tag, dc, failover, {', '.join(NAMES)})")
         try:
             parsed[name] = convert(value)
         except ValueError as e:

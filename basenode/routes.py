@@ -13,6 +13,16 @@ health of each routed service (the same query a template's `service()` uses, so 
 HAProxy template renders. A route whose service has not been read yet is held back until it has (its
 frontend appears with its instances, not empty first); one already routed keeps its last instances
 while its read fails: a failed read is unknown, never "no instances".
+
+Datacenters: a route reads its instances from its `datacenter` (default: the local agent's), and a
+route with `failover = [dc2, dc3]` also reads the service in each of those. The healthy instances of
+the first of them that has any become `backup` servers of the route's own backend (`option
+allbackups`: they share the load). So HAProxy fails over in the data plane, with no reload and no
+wait for basenode: the moment the local servers are gone (removed through the runtime API when Consul
+says so) or marked down by HAProxy's own check, and it comes back as soon as one returns. Backups in
+the same backend, rather than a second backend, because HAProxy switches to backups per request with
+no rule to write and no reload to change; the order among failover datacenters is basenode's (HAProxy
+has one level of backups): when dc2 has no healthy instance left, dc3's replace them at runtime.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .config import (
@@ -170,18 +180,34 @@ def merge_routes(
 
 
 def route_queries(routes: Sequence[Route]) -> FrozenSet[Query]:
-    """What HAProxy's routes depend on: the routes prefix and each routed service's health."""
-    return frozenset([ROUTES_QUERY, *(Query(SERVICE, r.service) for r in routes)])
+    """What HAProxy's routes depend on: the routes prefix and each routed service's health, in its
+    own datacenter and in each failover datacenter."""
+    failover = (Query(SERVICE, r.service, dc) for r in routes for dc in r.failover)
+    return frozenset([ROUTES_QUERY, *(primary_query(r) for r in routes), *failover])
+
+
+def primary_query(route: Route) -> Query:
+    """The read of the route's own instances (its datacenter's, by default the local one's)."""
+    return Query(SERVICE, route.service, route.datacenter or "")
+
+
+def route_state(route: Route, data: Mapping[Query, Any]) -> RouteState:
+    """The route's healthy instances and its backups: the healthy instances of the first failover
+    datacenter that has any (a failover datacenter not read yet counts as having none)."""
+    instances = passing_instances(data.get(primary_query(route), ()), route.tag)
+    taken = {i.key for i in instances}
+    for dc in route.failover:
+        found = passing_instances(data.get(Query(SERVICE, route.service, dc), ()), route.tag)
+        backups = tuple(b for b in (replace(i, datacenter=dc) for i in found) if b.key not in taken)
+        if backups:
+            return RouteState(route, instances, backups, dc)
+    return RouteState(route, instances)
 
 
 def build_snapshot(routes: Sequence[Route], data: Mapping[Query, Any]) -> Snapshot:
     """Routes + the watch's service values -> Snapshot; a route whose service has no value has no
     instances (its frontend still exists)."""
-    states = [
-        RouteState(route=r, instances=passing_instances(data.get(Query(SERVICE, r.service), ()), r.tag))
-        for r in sorted(routes, key=lambda r: r.service)
-    ]
-    return Snapshot(routes=tuple(states))
+    return Snapshot(routes=tuple(route_state(r, data) for r in sorted(routes, key=lambda r: r.service)))
 
 
 # --- over the watch -------------------------------------------------------------------------------
@@ -256,7 +282,7 @@ class Discovery:
         if routes is None:
             return None
         previous = {state.route: state for state in (self.last.routes if self.last else ())}
-        known = [r for r in routes if Query(SERVICE, r.service) in data]
+        known = [r for r in routes if primary_query(r) in data]
         if self.last is None and len(known) < len(routes):
             return None
         states = list(build_snapshot(known, data).routes)
@@ -267,7 +293,7 @@ class Discovery:
     @staticmethod
     def instance_totals(data: Mapping[Query, Any]) -> Dict[str, int]:
         """Instances per service in the catalog, whatever their health (for status)."""
-        return {q.name: len(value) for q, value in data.items() if q.kind == SERVICE}
+        return {q.name: len(value) for q, value in data.items() if q.kind == SERVICE and not q.datacenter}
 
 
 def fetch_snapshot(settings: Settings, timeout: float = 10.0) -> Snapshot:

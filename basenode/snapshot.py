@@ -32,10 +32,17 @@ class Instance:
     tags: Tuple[str, ...] = ()
     meta: Tuple[Tuple[str, str], ...] = ()
     weight: int = 1
+    datacenter: str = ""  # set on a failover datacenter's instance: "" is the route's own datacenter
 
     @property
     def key(self) -> str:
-        """Stable server name inside its backend (unique per service), always a valid HAProxy name.
+        """Stable server name inside its backend (unique per service), always a valid HAProxy name;
+        a failover datacenter's instance is `<datacenter>:<key>`, apart from the route's own."""
+        return f"{self.datacenter}:{self._key}" if self.datacenter else self._key
+
+    @property
+    def _key(self) -> str:
+        """The name within one datacenter.
 
         Consul IDs may contain `/`, `@`, `%`... which HAProxy refuses in a server name: those are
         replaced by `_`, and a short hash of the original keeps two such IDs apart. A node name with
@@ -55,6 +62,9 @@ class Instance:
 class RouteState:
     route: Route
     instances: Tuple[Instance, ...]  # sorted, healthy, validated
+    # The backup servers: the healthy instances of the first failover datacenter that has any.
+    backups: Tuple[Instance, ...] = ()
+    backup_datacenter: Optional[str] = None
 
 
 @dataclass(frozen=True)

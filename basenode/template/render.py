@@ -33,6 +33,12 @@ routes         list of routes, sorted by service name; each has
                    verify           "required" | "none" when ssl
                    ca_file          absolute path of an existing CA file, when ssl
                    sni              a DNS host name, when ssl
+                 datacenter the datacenter its instances come from, or None (the local agent's)
+                 failover   list of datacenters to fail over to, first first ([] when none)
+                 backups    the healthy instances of the first failover datacenter that has any (the
+                            same fields as instances; key is "<datacenter>:<key>"): the default
+                            template writes them as `backup` servers, with `option allbackups`
+                 backup_datacenter  the datacenter of backups, or None
                  instances  list of healthy, validated instances, sorted by key; each has
                    id        Consul service ID
                    node      Consul node name
@@ -281,7 +287,11 @@ def _route(state: RouteState) -> Dict[str, Any]:
         "mode": route.mode,
         "tag": route.tag,
         "options": route.options.as_dict(),
+        "datacenter": route.datacenter,
+        "failover": list(route.failover),
         "instances": [instance_data(i) for i in state.instances],
+        "backups": [instance_data(i) for i in state.backups],
+        "backup_datacenter": state.backup_datacenter,
     }
 
 

@@ -155,7 +155,10 @@ def test_the_context_has_the_documented_fields_and_no_secrets(tmp_path):
         "route_part",
     }
     web = ctx["routes"][1]
-    assert set(web) == {"service", "port", "mode", "tag", "options", "instances"}
+    assert set(web) == {
+        "service", "port", "mode", "tag", "options", "datacenter", "failover", "instances", "backups",
+        "backup_datacenter",
+    }  # fmt: skip
     assert (web["service"], web["port"], web["mode"], web["tag"]) == ("web", 9302, "http", None)
     assert set(web["options"]) == set(route_options.NAMES)
     assert web["options"]["ssl"] is False and web["options"]["balance"] is None
