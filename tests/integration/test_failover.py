@@ -71,15 +71,19 @@ def test_with_haproxys_own_check_a_dead_local_instance_fails_over_before_consul_
     consul_agent.register("web", a.port, service_id="web-a")  # a TTL check of 10 minutes
     dc2.register("web", b.port, service_id="web-b")
     port = free_port()
-    node = start_basenode(f"web:{port}/http;failover=dc2;check=tcp;check_interval=200ms")
+    # A short connect timeout: a request that meets the dead instance is retried on dc2 after
+    # min(timeout connect, 1 s), not after the template's 2 s.
+    node = start_basenode(
+        f"web:{port}/http;failover=dc2;check=tcp;check_interval=200ms;timeout_connect=200ms"
+    )
     eventually(serving(port, ["a"]), timeout=30, what="dc1's instance")
     before = node.proc_info()
 
     a.close()  # dead, and Consul still says passing
-    eventually(serving(port, ["b"]), what="dc2 once HAProxy's check marks dc1's instance down")
+    eventually(serving(port, ["b"]), timeout=30, what="dc2 once HAProxy's check marks dc1's instance down")
     revived = Backend("a", port=a.port)
     try:
-        eventually(serving(port, ["a"]), what="back to dc1 once its check passes again")
+        eventually(serving(port, ["a"]), timeout=30, what="back to dc1 once its check passes again")
     finally:
         revived.close()
     after = node.proc_info()
