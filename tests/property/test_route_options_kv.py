@@ -115,7 +115,8 @@ OPTION_LINES = [
 SERVER_LINE = (
     r"    server n[12]_[ab] 10\.0\.0\.[12]:8080 weight 1"
     r"(?: maxconn \d{1,7})?(?: check)?(?: inter " + DURATION + r")?"
-    r"(?: observe layer[47] on-error mark-down)?(?: error-limit \d{1,4})?(?: send-proxy(?:-v2)?)?"
+    r"(?: observe layer[47] on-error mark-down)?(?: error-limit \d{1,4})?"
+    r"(?: send-proxy(?:-v2)?)?(?: check-send-proxy)?"
     r"(?: ssl verify (?:required|none))?(?: ca-file " + CA_PATH + r")?"
     r"(?: sni str\(" + HOST + r"\)(?: check-sni " + HOST + r")?)?"
 )

@@ -75,6 +75,7 @@ CASES = [
     ),
     ("tcp", "send_proxy=true", [SERVER + " send-proxy"], []),
     ("tcp", "send_proxy=v2", [SERVER + " send-proxy-v2"], []),
+    ("tcp", "send_proxy=v1 check=tcp", [SERVER + " check send-proxy check-send-proxy"], []),
     ("tcp", "ssl=true verify=none", [SERVER + " ssl verify none"], []),
     (
         "tcp",
