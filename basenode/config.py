@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
+from .route_options import OptionError, RouteOptions, parse_options, show, split_words
+from .tokens import SAFE_TOKEN_RE
+
 try:  # Python 3.11+
     import tomllib as _toml
 except ImportError:  # 3.9, 3.10: the bundled tomli
@@ -39,6 +42,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # \Z, not $: `$` also matches before a final newline, and "web\n" is not a service name. Nor are "."
 # and "..": in the URL of a Consul read (/v1/health/service/..) they are path steps, and the read fails.
 SERVICE_NAME_RE = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9._-]{1,128}\Z")
+# Consul's datacenter names: letters, digits, `_` and `-`.
+DATACENTER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 PROGRAM_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PLUGIN_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -109,6 +114,11 @@ class Route:
     mode: str = "tcp"  # tcp | http
     tag: Optional[str] = None  # only instances carrying this tag
     source: str = ""  # where the route came from, for messages: "--routes", "consul kv", "basenode.toml:4"
+    # Per-route HAProxy options (basenode/route_options.py).
+    options: RouteOptions = field(default_factory=RouteOptions)
+    datacenter: Optional[str] = None  # where its instances come from; None: the local agent's
+    # Datacenters whose healthy instances are the backup servers, first one first (see routes.py).
+    failover: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -324,9 +334,11 @@ def parse_port(text: Any) -> int:
 
 
 def parse_route(text: str, source: str) -> Route:
-    """One route, `service:port[/mode]`; raises ConfigError naming the text and its source."""
-    spec = text.strip()
-    service, sep, rest = spec.partition(":")
+    """One route, `service:port[/mode][;name=value...]`; raises ConfigError naming the text and its source.
+
+    The `name=value` items are `tag` and the options of basenode/route_options.py."""
+    spec, *items = text.strip().split(";")
+    service, sep, rest = spec.strip().partition(":")
     port_text, _, mode = rest.partition("/")
     mode = mode or "tcp"
     problem = None
@@ -338,14 +350,61 @@ def parse_route(text: str, source: str) -> Route:
         problem = f"mode must be tcp or http, got {_show(mode)}"
     else:
         try:
-            return Route(service=service, port=parse_port(port_text), mode=mode, source=source)
+            route = Route(service=service, port=parse_port(port_text), mode=mode, source=source)
         except ValueError as e:
             problem = str(e)
-    raise ConfigError(source, "", f"route {_show(spec)}: {problem}")
+        else:
+            return with_options(route, [item.strip() for item in items if item.strip()])
+    raise ConfigError(source, "", f"route {_show(text.strip())}: {problem}")
+
+
+def with_options(route: Route, words: Sequence[str]) -> Route:
+    """`route` with the `tag=TAG` and option words of its text form (`--routes`, a KV value).
+
+    ConfigError naming the route, the option, its value and the route's source."""
+    try:
+        pairs = split_words(words)
+        tag = pairs.pop("tag", None)
+        if tag is not None and not SAFE_TOKEN_RE.match(tag):
+            raise OptionError("tag", tag, "expected a tag of letters, digits and ._:/@%+=,~-")
+        if "dc" in pairs and "datacenter" in pairs:
+            raise OptionError("dc", pairs["dc"], "given twice (dc and datacenter)")
+        dc_name = "datacenter" if "datacenter" in pairs else "dc"
+        failover_text = pairs.pop("failover", None)
+        failover = None if failover_text is None else re.split(r"[+,]", failover_text)
+        datacenter, failover = datacenters(pairs.pop(dc_name, None), failover, dc_name, failover_text)
+        options = parse_options(pairs, route.mode)
+    except OptionError as e:
+        raise ConfigError(route.source, "", f"route {route.service}: {e}") from None
+    return Route(route.service, route.port, route.mode, tag, route.source, options, datacenter, failover)
+
+
+MAX_FAILOVER = 5
+
+
+def datacenters(
+    datacenter: Any, failover: Any, dc_name: str = "datacenter", failover_shown: Any = None
+) -> Tuple[Optional[str], Tuple[str, ...]]:
+    """A route's datacenter and failover list, validated; OptionError naming the bad one (the failover
+    list as written, `failover_shown`, when it was text)."""
+    shown = failover if failover_shown is None else failover_shown
+    if datacenter is not None and not (isinstance(datacenter, str) and DATACENTER_RE.match(datacenter)):
+        raise OptionError(dc_name, datacenter, "expected a datacenter name of letters, digits, _ and -")
+    if failover is None:
+        return datacenter, ()
+    names = [failover] if isinstance(failover, str) else failover
+    if not isinstance(names, (list, tuple)) or not names or len(names) > MAX_FAILOVER:
+        raise OptionError("failover", shown, f"expected a list of 1-{MAX_FAILOVER} datacenter names")
+    for name in names:
+        if not (isinstance(name, str) and DATACENTER_RE.match(name)):
+            raise OptionError("failover", shown, f"{show(name)} is not a datacenter name")
+    if len(set(names)) != len(names) or datacenter in names:
+        raise OptionError("failover", shown, "names a datacenter twice (or the route's own)")
+    return datacenter, tuple(names)
 
 
 def parse_routes(text: str, source: str) -> Tuple[Route, ...]:
-    """`postgresql:9301,web:9302/http` -> routes; empty items are ignored."""
+    """`postgresql:9301,web:9302/http;balance=leastconn` -> routes; empty items are ignored."""
     return tuple(parse_route(item, source) for item in text.split(",") if item.strip())
 
 
@@ -706,22 +765,32 @@ def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], e
 def _route_from_table(file: Optional[FileValues], service: str, values: Any) -> Route:
     t = _Table(file, f"routes.{service}", values if isinstance(values, Mapping) else {})
     if not isinstance(values, Mapping):
-        raise t.fail("", f"expected a table with port, mode, tag, got {_show(values)}")
+        raise t.fail("", f"expected a table with port, mode, tag and options, got {_show(values)}")
     if not SERVICE_NAME_RE.match(service):
         raise t.fail("", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {_show(service)}")
     if "port" not in values:
         raise t.fail("port", "required")
-    route = Route(
+    port, mode, tag = t.get("port", "port"), t.get("mode", "text", "tcp"), t.get("tag", "text")
+    if mode not in ROUTE_MODES:
+        raise t.fail("mode", f"expected tcp or http, got {_show(mode)}")
+    route_keys = ("port", "mode", "tag", "datacenter", "failover")
+    option_values = {name: value for name, value in values.items() if name not in route_keys}
+    try:
+        datacenter, failover = datacenters(values.get("datacenter"), values.get("failover"))
+        options = parse_options(option_values, mode)
+    except OptionError as e:
+        raise t.fail(e.option, f"route {service}: {e}") from None
+    t.used.update(values)
+    return Route(
         service=service,
-        port=t.get("port", "port"),
-        mode=t.get("mode", "text", "tcp"),
-        tag=t.get("tag", "text"),
+        port=port,
+        mode=mode,
+        tag=tag,
         source=t.source(""),
+        options=options,
+        datacenter=datacenter,
+        failover=failover,
     )
-    if route.mode not in ROUTE_MODES:
-        raise t.fail("mode", f"expected tcp or http, got {_show(route.mode)}")
-    t.check_unknown()
-    return route
 
 
 def check_programs(programs: Sequence[Program], known: Sequence[str], sources: Mapping[str, str]) -> None:

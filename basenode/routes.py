@@ -13,6 +13,16 @@ health of each routed service (the same query a template's `service()` uses, so 
 HAProxy template renders. A route whose service has not been read yet is held back until it has (its
 frontend appears with its instances, not empty first); one already routed keeps its last instances
 while its read fails: a failed read is unknown, never "no instances".
+
+Datacenters: a route reads its instances from its `datacenter` (default: the local agent's), and a
+route with `failover = [dc2, dc3]` also reads the service in each of those. The healthy instances of
+the first of them that has any become `backup` servers of the route's own backend (`option
+allbackups`: they share the load). So HAProxy fails over in the data plane, with no reload and no
+wait for basenode: the moment the local servers are gone (removed through the runtime API when Consul
+says so) or marked down by HAProxy's own check, and it comes back as soon as one returns. Backups in
+the same backend, rather than a second backend, because HAProxy switches to backups per request with
+no rule to write and no reload to change; the order among failover datacenters is basenode's (HAProxy
+has one level of backups): when dc2 has no healthy instance left, dc3's replace them at runtime.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .config import (
@@ -32,10 +42,11 @@ from .config import (
     Route,
     Settings,
     parse_route,
+    with_options,
 )
 from .dependency import PREFIX, READ_ERRORS, SERVICE, Query, fetch_now
 from .dependency.health_service import passing_instances
-from .snapshot import SAFE_TOKEN_RE, RouteState, Snapshot
+from .snapshot import RouteState, Snapshot
 from .watch import WarnOnce
 
 log = logging.getLogger("basenode.watch")
@@ -52,7 +63,9 @@ class ConsulUnavailable(Exception):
 
 
 def parse_kv_route(key: str, value: Optional[str], prefix: str = ROUTES_KV_PREFIX) -> Route:
-    """`basenode/routes/web` = `9302/http tag=primary` -> Route. Raises ConfigError naming key and value."""
+    """`basenode/routes/web` = `9302/http tag=primary balance=leastconn` -> Route.
+
+    Raises ConfigError naming the key, the value (or the bad option and its value)."""
     source = f"{KV_SOURCE} {key}"
     service = key[len(prefix) :] if key.startswith(prefix) else key
     if value is None:
@@ -60,16 +73,9 @@ def parse_kv_route(key: str, value: Optional[str], prefix: str = ROUTES_KV_PREFI
     if not SERVICE_NAME_RE.match(service):
         raise ConfigError(source, "", f"service name must match [A-Za-z0-9._-]{{1,128}}, got {service!r}")
     words = value.split()
-    if not words:
-        raise ConfigError(source, service, f"expected PORT[/MODE][ tag=TAG], got {value!r}")
-    route = parse_route(f"{service}:{words[0]}", source)
-    tag = None
-    for word in words[1:]:
-        name, sep, tag_value = word.partition("=")
-        if name != "tag" or not sep or not SAFE_TOKEN_RE.match(tag_value):
-            raise ConfigError(source, service, f"expected PORT[/MODE][ tag=TAG], got {value!r}")
-        tag = tag_value
-    return Route(service=route.service, port=route.port, mode=route.mode, tag=tag, source=source)
+    if not words or ";" in words[0]:
+        raise ConfigError(source, service, f"expected PORT[/MODE][ tag=TAG][ OPTION=VALUE...], got {value!r}")
+    return with_options(parse_route(f"{service}:{words[0]}", source), words[1:])
 
 
 @dataclass(frozen=True)
@@ -114,20 +120,26 @@ def kv_route_policy(settings: Settings) -> KVRoutePolicy:
     return KVRoutePolicy(settings.kv_route_ports, settings.kv_route_limit, taken)
 
 
-def merge_routes(
+@dataclass(frozen=True)
+class MergedRoutes:
+    routes: Tuple[Route, ...]  # sorted by service
+    warnings: Tuple[str, ...]  # one per KV entry skipped
+    bad_values: Mapping[str, str] = field(default_factory=dict)  # KV key -> what is wrong with its value
+
+
+def merge_kv_routes(
     static: Sequence[Route],
     kv_values: Mapping[str, Optional[str]],
     prefix: str = ROUTES_KV_PREFIX,
     policy: KVRoutePolicy = KVRoutePolicy(),
-) -> Tuple[Tuple[Route, ...], List[str]]:
+) -> MergedRoutes:
     """Static routes plus the valid KV routes that clash with none of them (and none before them, by key)
-    and that `policy` allows.
-
-    Returns the routes sorted by service and one warning per KV entry skipped.
-    """
+    and that `policy` allows. A KV value that does not parse (a bad port, mode, tag or option) skips
+    its route only."""
     routes: Dict[str, Route] = {r.service: r for r in static}
     ports: Dict[int, Route] = {r.port: r for r in static}
     warnings: List[str] = []
+    bad_values: Dict[str, str] = {}
     accepted = 0
     for key in sorted(kv_values):
         if key == prefix or (key.endswith("/") and kv_values[key] is None):
@@ -136,6 +148,7 @@ def merge_routes(
             route = parse_kv_route(key, kv_values[key], prefix)
         except ConfigError as e:
             warnings.append(f"skipped route: {e}")
+            bad_values[key] = e.message
             continue
         refusal = policy.refusal(route, accepted)
         if refusal is not None:
@@ -152,22 +165,49 @@ def merge_routes(
         routes[route.service] = route
         ports[route.port] = route
         accepted += 1
-    return tuple(sorted(routes.values(), key=lambda r: r.service)), warnings
+    return MergedRoutes(tuple(sorted(routes.values(), key=lambda r: r.service)), tuple(warnings), bad_values)
+
+
+def merge_routes(
+    static: Sequence[Route],
+    kv_values: Mapping[str, Optional[str]],
+    prefix: str = ROUTES_KV_PREFIX,
+    policy: KVRoutePolicy = KVRoutePolicy(),
+) -> Tuple[Tuple[Route, ...], List[str]]:
+    """merge_kv_routes' routes (sorted by service) and its warnings."""
+    merged = merge_kv_routes(static, kv_values, prefix, policy)
+    return merged.routes, list(merged.warnings)
 
 
 def route_queries(routes: Sequence[Route]) -> FrozenSet[Query]:
-    """What HAProxy's routes depend on: the routes prefix and each routed service's health."""
-    return frozenset([ROUTES_QUERY, *(Query(SERVICE, r.service) for r in routes)])
+    """What HAProxy's routes depend on: the routes prefix and each routed service's health, in its
+    own datacenter and in each failover datacenter."""
+    failover = (Query(SERVICE, r.service, dc) for r in routes for dc in r.failover)
+    return frozenset([ROUTES_QUERY, *(primary_query(r) for r in routes), *failover])
+
+
+def primary_query(route: Route) -> Query:
+    """The read of the route's own instances (its datacenter's, by default the local one's)."""
+    return Query(SERVICE, route.service, route.datacenter or "")
+
+
+def route_state(route: Route, data: Mapping[Query, Any]) -> RouteState:
+    """The route's healthy instances and its backups: the healthy instances of the first failover
+    datacenter that has any (a failover datacenter not read yet counts as having none)."""
+    instances = passing_instances(data.get(primary_query(route), ()), route.tag)
+    taken = {i.key for i in instances}
+    for dc in route.failover:
+        found = passing_instances(data.get(Query(SERVICE, route.service, dc), ()), route.tag)
+        backups = tuple(b for b in (replace(i, datacenter=dc) for i in found) if b.key not in taken)
+        if backups:
+            return RouteState(route, instances, backups, dc)
+    return RouteState(route, instances)
 
 
 def build_snapshot(routes: Sequence[Route], data: Mapping[Query, Any]) -> Snapshot:
     """Routes + the watch's service values -> Snapshot; a route whose service has no value has no
     instances (its frontend still exists)."""
-    states = [
-        RouteState(route=r, instances=passing_instances(data.get(Query(SERVICE, r.service), ()), r.tag))
-        for r in sorted(routes, key=lambda r: r.service)
-    ]
-    return Snapshot(routes=tuple(states))
+    return Snapshot(routes=tuple(route_state(r, data) for r in sorted(routes, key=lambda r: r.service)))
 
 
 # --- over the watch -------------------------------------------------------------------------------
@@ -195,7 +235,8 @@ class Discovery:
 
     A KV route whose port cannot be bound (another process holds it) is left out, so that it cannot
     make HAProxy's reload fail for every other route; it is reported in `refused` with its key and
-    tried again when its key's value changes.
+    tried again when its key's value changes. A KV value that does not parse (a bad port, mode, tag or
+    option) is reported there too, with what is wrong with it.
     """
 
     def __init__(self, settings: Settings, probe: Callable[[str, int], Optional[str]] = bind_error) -> None:
@@ -211,11 +252,11 @@ class Discovery:
         """Static + KV routes, or None while the routes prefix has not been read."""
         if ROUTES_QUERY not in data:
             return None
-        routes, warnings = merge_routes(self.settings.routes, dict(data[ROUTES_QUERY]), policy=self.policy)
-        routes = self._bindable(routes)
-        self._warnings.report(
-            [*warnings, *(f"skipped route: {KV_SOURCE} {k}: {why}" for k, why in self.refused.items())]
-        )
+        merged = merge_kv_routes(self.settings.routes, dict(data[ROUTES_QUERY]), policy=self.policy)
+        routes = self._bindable(merged.routes)
+        unbindable = [f"skipped route: {KV_SOURCE} {k}: {why}" for k, why in self.refused.items()]
+        self._warnings.report([*merged.warnings, *unbindable])
+        self.refused.update(merged.bad_values)
         return routes
 
     def _bindable(self, routes: Tuple[Route, ...]) -> Tuple[Route, ...]:
@@ -241,7 +282,7 @@ class Discovery:
         if routes is None:
             return None
         previous = {state.route: state for state in (self.last.routes if self.last else ())}
-        known = [r for r in routes if Query(SERVICE, r.service) in data]
+        known = [r for r in routes if primary_query(r) in data]
         if self.last is None and len(known) < len(routes):
             return None
         states = list(build_snapshot(known, data).routes)
@@ -252,7 +293,7 @@ class Discovery:
     @staticmethod
     def instance_totals(data: Mapping[Query, Any]) -> Dict[str, int]:
         """Instances per service in the catalog, whatever their health (for status)."""
-        return {q.name: len(value) for q, value in data.items() if q.kind == SERVICE}
+        return {q.name: len(value) for q, value in data.items() if q.kind == SERVICE and not q.datacenter}
 
 
 def fetch_snapshot(settings: Settings, timeout: float = 10.0) -> Snapshot:

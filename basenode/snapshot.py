@@ -15,15 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from .config import SERVICE_NAME_RE, Route
+from .tokens import HOSTNAME_RE, SAFE_TOKEN_RE
 
-# A token that may stand in a config file unquoted: no whitespace, no control characters,
-# nothing HAProxy or nginx treat as syntax (# ; " ' ` \ { }). The patterns end in \Z, not $: `$` also
-# matches before a final newline, which would then reach the config file.
-SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@%+=,~-]{1,256}\Z")
-# RFC 1123 host names, as a node address may be one.
-HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
-)
 MAX_WEIGHT = 256
 # HAProxy accepts only these characters in proxy and server names (anything else fails `haproxy -c`,
 # and one bad name would then block every later update).
@@ -39,10 +32,17 @@ class Instance:
     tags: Tuple[str, ...] = ()
     meta: Tuple[Tuple[str, str], ...] = ()
     weight: int = 1
+    datacenter: str = ""  # set on a failover datacenter's instance: "" is the route's own datacenter
 
     @property
     def key(self) -> str:
-        """Stable server name inside its backend (unique per service), always a valid HAProxy name.
+        """Stable server name inside its backend (unique per service), always a valid HAProxy name;
+        a failover datacenter's instance is `<datacenter>:<key>`, apart from the route's own."""
+        return f"{self.datacenter}:{self._key}" if self.datacenter else self._key
+
+    @property
+    def _key(self) -> str:
+        """The name within one datacenter.
 
         Consul IDs may contain `/`, `@`, `%`... which HAProxy refuses in a server name: those are
         replaced by `_`, and a short hash of the original keeps two such IDs apart. A node name with
@@ -62,6 +62,9 @@ class Instance:
 class RouteState:
     route: Route
     instances: Tuple[Instance, ...]  # sorted, healthy, validated
+    # The backup servers: the healthy instances of the first failover datacenter that has any.
+    backups: Tuple[Instance, ...] = ()
+    backup_datacenter: Optional[str] = None
 
 
 @dataclass(frozen=True)

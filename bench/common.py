@@ -492,7 +492,9 @@ class ConsulDev(ConsulClient):
     """A `consul agent -dev` on free loopback ports (every port set, so nothing collides), started
     through `Processes`, with a keep-alive HTTP client for the benchmark's own catalog writes."""
 
-    def __init__(self, procs: Processes, workdir: Path, binary: Optional[str] = None) -> None:
+    def __init__(
+        self, procs: Processes, workdir: Path, binary: Optional[str] = None, datacenter: str = "dc1"
+    ) -> None:
         binary = binary or consul_binary()
         if not binary:
             raise RuntimeError("consul not found: run `make system-deps`")
@@ -508,6 +510,7 @@ class ConsulDev(ConsulClient):
             "-bind=127.0.0.1",
             "-client=127.0.0.1",
             f"-node={self.node}",
+            f"-datacenter={datacenter}",
             f"-data-dir={workdir / 'data'}",
             *(f"-{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()),
             "-log-level=warn",

@@ -53,7 +53,9 @@ async def fetch(
         return await pool.get(path, [*params, *extra], wait_seconds=blocking)
 
     if query.kind == SERVICE:
-        answer = await get(health_service.path(query.name))
+        answer = await get(
+            health_service.path(query.name), [("dc", query.datacenter)] if query.datacenter else []
+        )
         value, warnings = health_service.decode(query.name, answer.body, include_warning)
         return Result(answer.index, value, tuple(warnings))
     if query.kind == KEY:

@@ -18,10 +18,12 @@ class Query:
 
     kind: str
     name: str = ""  # the service, the key or the prefix
+    datacenter: str = ""  # a service's datacenter; "" is the local agent's
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown dependency kind {self.kind!r}")
 
     def __str__(self) -> str:
-        return {SERVICE: "service ", KEY: "kv ", PREFIX: "kv tree "}.get(self.kind, self.kind) + self.name
+        text = {SERVICE: "service ", KEY: "kv ", PREFIX: "kv tree "}.get(self.kind, self.kind) + self.name
+        return f"{text}@{self.datacenter}" if self.datacenter else text

@@ -9,9 +9,11 @@ an empty tree) so that one pass finds every dependency the template has, not jus
 
 Functions (in the sandboxed environment of render.py, alongside whatever else the caller passes):
 
-  service(name, tag=None, passing=True)  instances of a service, each with the fields of a route's
+  service(name, tag=None, passing=True, datacenter=None)
+                                         instances of a service, each with the fields of a route's
                                          instances (render.py's docstring); passing=True keeps only
-                                         those whose checks pass (or warn, with --include-warning)
+                                         those whose checks pass (or warn, with --include-warning);
+                                         datacenter: another datacenter's (default: the local one)
   services()                             [{"name", "tags"}] of every service in the catalog
   kv(key, default=None)                  the key's value as text; the default when the key does not
                                          exist; with no default a missing key is undefined: printing
@@ -37,6 +39,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set,
 
 import jinja2
 
+from ..config import DATACENTER_RE
 from ..dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
 from ..dependency.kv import tree
 from ..snapshot import valid_service_name
@@ -108,12 +111,16 @@ class Recorder:
             return False, None
         return True, self.data[query]
 
-    def service(self, name: str, tag: Optional[str] = None, passing: bool = True) -> List[Dict[str, Any]]:
+    def service(
+        self, name: str, tag: Optional[str] = None, passing: bool = True, datacenter: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
         if not valid_service_name(name):
             raise ValueError(f"service(): {name!r} is not a valid service name")
         if tag is not None and not isinstance(tag, str):
             raise ValueError(f"service(): tag must be text, got {tag!r}")
-        query = Query(SERVICE, name)
+        if datacenter is not None and not (isinstance(datacenter, str) and DATACENTER_RE.match(datacenter)):
+            raise ValueError(f"service(): datacenter must match [A-Za-z0-9_-]{{1,64}}, got {datacenter!r}")
+        query = Query(SERVICE, name, datacenter or "")
         known, value = self._value(query)
         if not known:
             return []

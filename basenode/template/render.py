@@ -14,6 +14,31 @@ routes         list of routes, sorted by service name; each has
                  port       local frontend port, 1-65535
                  mode       "tcp" or "http"
                  tag        the route's tag filter, or None
+                 options    the route's HAProxy options (basenode/route_options.py; README "Route
+                            options"), every key present, None (ssl: False) when not set:
+                   balance          "roundrobin" | "leastconn" | "first" | "random"
+                   timeout_connect  HAProxy durations, ready to print: "1500ms", "5s", "2m", "1h"
+                   timeout_server
+                   timeout_client
+                   maxconn          connections per server, an int
+                   retries          an int 0-100
+                   check            "tcp" or an HTTP path ("/health"): HAProxy's own active check;
+                                    set to "tcp" when observe is set without it
+                   check_interval   a duration (`inter`)
+                   observe          "layer4" | "layer7": passive check, with on-error mark-down
+                   error_limit      an int (consecutive errors before mark-down)
+                   cookie           sticky-session cookie name (http routes only)
+                   send_proxy       "v1" | "v2": PROXY protocol to the servers
+                   ssl              True: TLS to the servers
+                   verify           "required" | "none" when ssl
+                   ca_file          absolute path of an existing CA file, when ssl
+                   sni              a DNS host name, when ssl
+                 datacenter the datacenter its instances come from, or None (the local agent's)
+                 failover   list of datacenters to fail over to, first first ([] when none)
+                 backups    the healthy instances of the first failover datacenter that has any (the
+                            same fields as instances; key is "<datacenter>:<key>"): the default
+                            template writes them as `backup` servers, with `option allbackups`
+                 backup_datacenter  the datacenter of backups, or None
                  instances  list of healthy, validated instances, sorted by key; each has
                    id        Consul service ID
                    node      Consul node name
@@ -164,10 +189,11 @@ class RouteParts:
     route, rendered again only when that route changed.
 
     At 1,000 routes a whole render costs ~100 ms for a change to one of them; with parts the cost
-    follows the change. A part's key is everything the block may use: the RouteState (route and
-    instances, immutable), bind_host, haproxy_log, and the compiled block itself (an edited template
-    compiles to a new one). The cache holds the parts of the last render only, so it never outgrows
-    the config. Route dicts are kept per RouteState too: an unchanged route is not converted again.
+    follows the change. A part's key is everything the block may use: the RouteState (route with
+    its options, and instances, immutable), bind_host, haproxy_log, and the compiled block itself
+    (an edited template compiles to a new one). The cache holds the parts of the last render only,
+    so it never outgrows the config. Route dicts are kept per RouteState too: an unchanged route is
+    not converted again.
     """
 
     def __init__(self) -> None:
@@ -260,7 +286,12 @@ def _route(state: RouteState) -> Dict[str, Any]:
         "port": route.port,
         "mode": route.mode,
         "tag": route.tag,
+        "options": route.options.as_dict(),
+        "datacenter": route.datacenter,
+        "failover": list(route.failover),
         "instances": [instance_data(i) for i in state.instances],
+        "backups": [instance_data(i) for i in state.backups],
+        "backup_datacenter": state.backup_datacenter,
     }
 
 

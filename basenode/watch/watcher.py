@@ -265,7 +265,8 @@ class Watcher:
         """(queries with their own blocking query, queries polled, services on the catalog watch).
 
         Within the budget everything blocks. Past it one connection is kept for the catalog watch,
-        and the non-service queries (nothing else can serve them) get the blocking slots first; if
+        and the other queries (nothing else can serve them: KV, the service list, the node, services
+        of other datacenters, which the local catalog does not hold) get the blocking slots first; if
         even they do not fit, one more connection is kept for the rest, which are polled every
         PAST_BUDGET_POLL seconds. Queries already blocking keep their slot (a change elsewhere does
         not move them), then by name. Polling holds no connection between reads, so in poll mode
@@ -273,8 +274,8 @@ class Watcher:
         """
         if self.pacing.poll_interval is not None or len(wanted) <= self.max_conns:
             return wanted, frozenset(), frozenset()
-        others = sorted(q for q in wanted if q.kind != SERVICE)
-        services = sorted(q for q in wanted if q.kind == SERVICE)
+        others = sorted(q for q in wanted if q.kind != SERVICE or q.datacenter)
+        services = sorted(q for q in wanted if q.kind == SERVICE and not q.datacenter)
         slots = self.max_conns - (1 if services else 0)  # the catalog watch's
         if len(others) > slots:
             slots -= 1  # the polled queries'

@@ -1,8 +1,9 @@
 """Rendering only the routes that changed gives exactly the config a whole render gives.
 
 HAProxy's default template renders each route in a route_part() call block, cached from one render to the next
-by everything the part is rendered from. Whatever came before (any earlier snapshot, any bind address or
-log switch), the next render with the cache equals the render of the same snapshot from nothing.
+by everything the part is rendered from (the route's options among them). Whatever came before (any earlier
+snapshot, any bind address or log switch), the next render with the cache equals the render of the same
+snapshot from nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from basenode.config import Route, Settings
+from basenode.route_options import RouteOptions
 from basenode.snapshot import Instance, RouteState, Snapshot
 from basenode.template import render
 
@@ -26,14 +28,25 @@ instances = st.builds(
     port=st.integers(1, 65535),
     weight=st.integers(0, 256),
 )
+options = st.sampled_from(
+    [
+        RouteOptions(),
+        RouteOptions(balance="first"),
+        RouteOptions(balance="first", maxconn=10),
+        RouteOptions(check="/health", observe="layer4", error_limit=3),
+        RouteOptions(timeout_client="5s", timeout_server="1m"),
+    ]
+)
 routes = st.builds(
-    lambda name, port, mode, tag, found: RouteState(
-        Route(name, port, mode, tag), tuple(sorted({i.key: i for i in found}.values(), key=lambda i: i.key))
+    lambda name, port, mode, tag, opts, found: RouteState(
+        Route(name, port, mode, tag, options=opts),
+        tuple(sorted({i.key: i for i in found}.values(), key=lambda i: i.key)),
     ),
     name=st.sampled_from(["web", "db", "cache", "api"]),
     port=st.integers(1024, 65535),
     mode=st.sampled_from(["tcp", "http"]),
     tag=st.sampled_from([None, "v1"]),
+    opts=options,
     found=st.lists(instances, max_size=4),
 )
 snapshots = st.lists(routes, max_size=4, unique_by=lambda r: r.route.service).map(

@@ -2,12 +2,14 @@
 
 Each backend is a ThreadingHTTPServer in a daemon thread: HTTP/1.1 with keep-alive (so HAProxy
 keeps idle server connections, as it would in production), and a body that says who answered,
-so a test can tell exactly which instances a request reached.
+so a test can tell exactly which instances a request reached. `GET /hold` answers only once the
+backend's `release` event is set, counted in `holding` meanwhile (a request that stays in flight).
 """
 
 from __future__ import annotations
 
 import http.client
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Iterator, List, Optional
@@ -20,7 +22,14 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        body = self.server.name.encode()  # type: ignore[attr-defined]
+        server: _Server = self.server  # type: ignore[assignment]
+        if self.path == "/hold":
+            with server.lock:
+                server.holding += 1
+            server.release.wait(60)
+            with server.lock:
+                server.holding -= 1
+        body = server.name.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -33,6 +42,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    name = ""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.lock = threading.Lock()
+        self.holding = 0
+        self.release = threading.Event()
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # HAProxy resetting an idle keep-alive connection is normal, not worth a traceback
@@ -41,17 +57,24 @@ class _Server(ThreadingHTTPServer):
 class Backend:
     """One named HTTP server on 127.0.0.1:<port>; `close()` stops it."""
 
-    def __init__(self, name: str, port: Optional[int] = None) -> None:
+    def __init__(self, name: str, port: Optional[int] = None, tls: Optional[ssl.SSLContext] = None) -> None:
         self.name = name
         self.port = port or free_port()
         self.server = _Server(("127.0.0.1", self.port), _Handler)
-        self.server.name = name  # type: ignore[attr-defined]
+        self.server.name = name
+        if tls is not None:  # HTTPS: the handshake happens as each connection is accepted
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(
             target=self.server.serve_forever, args=(0.05,), name=f"backend-{name}", daemon=True
         )
         self.thread.start()
 
+    @property
+    def holding(self) -> int:
+        return self.server.holding
+
     def close(self) -> None:
+        self.server.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -62,8 +85,8 @@ class Backends:
     def __init__(self) -> None:
         self.by_name: Dict[str, Backend] = {}
 
-    def start(self, name: str) -> Backend:
-        backend = Backend(name)
+    def start(self, name: str, tls: Optional[ssl.SSLContext] = None) -> Backend:
+        backend = Backend(name, tls=tls)
         self.by_name[name] = backend
         return backend
 

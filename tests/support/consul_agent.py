@@ -38,6 +38,7 @@ class ConsulAgent:
     data_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="basenode-consul-"))
     process: Optional[subprocess.Popen] = None
     log_path: str = ""
+    datacenter: str = "dc1"  # -dev's default
 
     @property
     def http_addr(self) -> str:
@@ -55,6 +56,7 @@ class ConsulAgent:
             "-bind=127.0.0.1",
             "-client=127.0.0.1",
             f"-node={self.node_name}",
+            f"-datacenter={self.datacenter}",
             f"-data-dir={self.data_dir}",
             f"-http-port={self.ports['http']}",
             f"-dns-port={self.ports['dns']}",
@@ -161,6 +163,20 @@ class ConsulAgent:
         self.request("PUT", "/v1/agent/service/register", body)
         return service_id
 
+    def join_wan(self, other: ConsulAgent) -> None:
+        """Join `other`'s datacenter over the WAN (both are servers: -dev), and wait until this agent
+        can read the other datacenter's catalog."""
+        self.request("PUT", f"/v1/agent/join/127.0.0.1:{other.ports['serf_wan']}?wan=1")
+
+        def reachable() -> bool:
+            try:
+                self.get(f"/v1/catalog/services?dc={other.datacenter}")
+                return True
+            except (OSError, urllib.error.URLError, ValueError):
+                return False
+
+        eventually(reachable, timeout=30, what=f"{other.datacenter} reachable from {self.datacenter}")
+
     def register_raw(self, body: Dict[str, Any]) -> None:
         """A registration exactly as given (hostile input); urllib.error.HTTPError if Consul refuses it."""
         self.request("PUT", "/v1/agent/service/register", body)
@@ -200,8 +216,8 @@ class ConsulAgent:
         self.request("DELETE", f"/v1/kv/{key}" + ("?recurse" if recurse else ""))
 
 
-def _start(binary: str) -> ConsulAgent:
-    agent = ConsulAgent(binary=binary)
+def _start(binary: str, datacenter: str = "dc1") -> ConsulAgent:
+    agent = ConsulAgent(binary=binary, datacenter=datacenter)
     try:
         return agent.start()
     except BaseException:
@@ -209,8 +225,8 @@ def _start(binary: str) -> ConsulAgent:
         raise
 
 
-def running_agent(binary: str) -> Iterator[ConsulAgent]:
-    agent = _start(binary)
+def running_agent(binary: str, datacenter: str = "dc1") -> Iterator[ConsulAgent]:
+    agent = _start(binary, datacenter)
     try:
         yield agent
     finally:

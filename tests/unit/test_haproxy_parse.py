@@ -121,3 +121,22 @@ def test_a_server_line_with_admin_socket_syntax_never_takes_the_runtime_path():
     ).servers["web"]
     assert "';'" in servers["n1_a"].problem
     assert "control character 0x01" in servers["n1_b"].problem
+
+
+def test_a_server_line_with_every_route_option_can_be_added_at_runtime():
+    line = (
+        "server n1_a 10.0.0.5:8080 weight 1 maxconn 50 check inter 2s observe layer7 on-error mark-down"
+        " error-limit 3 send-proxy-v2 ssl verify required ca-file /etc/ssl/certs/ca.pem sni str(web.example)"
+        " check-sni web.example"
+    )
+    server = parse_config(config(line)).servers["web"]["n1_a"]
+    assert server.runtime_ok and server.weight == 1 and server.address == "10.0.0.5"
+    assert server.args == tuple(line.split()[2:])
+
+
+def test_backends_with_dynamic_cookies_are_known():
+    text = config("server n1_a 10.0.0.5:8080 weight 1").replace(
+        "    balance roundrobin\n", "    balance roundrobin\n    cookie SRV insert indirect nocache dynamic\n"
+    )
+    assert parse_config(text).dynamic_cookies == frozenset({"web"})
+    assert parse_config(config()).dynamic_cookies == frozenset()

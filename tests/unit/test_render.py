@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from basenode import route_options
 from basenode.config import ConsulHTTP, Route, Settings
 from basenode.snapshot import Instance, RouteState, Snapshot
 from basenode.template import render
@@ -154,8 +155,13 @@ def test_the_context_has_the_documented_fields_and_no_secrets(tmp_path):
         "route_part",
     }
     web = ctx["routes"][1]
-    assert set(web) == {"service", "port", "mode", "tag", "instances"}
+    assert set(web) == {
+        "service", "port", "mode", "tag", "options", "datacenter", "failover", "instances", "backups",
+        "backup_datacenter",
+    }  # fmt: skip
     assert (web["service"], web["port"], web["mode"], web["tag"]) == ("web", 9302, "http", None)
+    assert set(web["options"]) == set(route_options.NAMES)
+    assert web["options"]["ssl"] is False and web["options"]["balance"] is None
     first = web["instances"][0]
     assert set(first) == {
         "id", "node", "address", "hostname", "port", "endpoint", "tags", "meta", "weight", "key",
@@ -171,6 +177,9 @@ def test_the_context_is_documented_in_the_module_and_the_template_header():
     doc = render.__doc__ or ""
     header = render.default_template().read_text().split("#}", 1)[0]
     for name in ("routes", "instances", "endpoint", "weight", "key", "bind", "state_dir", "stats_socket"):
+        assert name in doc, name
+        assert name in header, name
+    for name in route_options.NAMES:
         assert name in doc, name
         assert name in header, name
 

@@ -7,7 +7,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from .runtime import syntax_in
 
@@ -46,6 +46,9 @@ class ParsedConfig:
     skeleton: bytes
     backends: Tuple[str, ...]
     servers: Dict[str, Dict[str, ServerLine]] = field(default_factory=dict)
+    # Backends with `cookie ... dynamic`: HAProxy gives a server added at runtime its cookie only when
+    # told to (`enable dynamic-cookie backend`).
+    dynamic_cookies: FrozenSet[str] = frozenset()
 
 
 # One entry: the candidate applied now is the live text of the next apply, which then finds it
@@ -59,6 +62,7 @@ def parse_config(text: str) -> ParsedConfig:
     skeleton = hashlib.blake2b(digest_size=16)
     backends: List[str] = []
     servers: Dict[str, Dict[str, ServerLine]] = {}
+    dynamic_cookies = set()
     section, name = "", ""
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip() if "#" in raw and not _quoted(raw) else raw.strip()
@@ -72,8 +76,10 @@ def parse_config(text: str) -> ParsedConfig:
             server = _server_line(name, line)
             servers[name][server.name] = server
             continue
+        elif section in BACKEND_SECTIONS and words[:1] == ["cookie"] and "dynamic" in words[2:]:
+            dynamic_cookies.add(name)
         skeleton.update(line.encode() + b"\n")
-    return ParsedConfig(skeleton.digest(), tuple(backends), servers)
+    return ParsedConfig(skeleton.digest(), tuple(backends), servers, frozenset(dynamic_cookies))
 
 
 def _quoted(raw: str) -> bool:
@@ -154,13 +160,25 @@ def _time(value: str) -> bool:
     return bool(_TIME.match(value))
 
 
+def _pattern(regex: str) -> Callable[[str], bool]:
+    compiled = re.compile(regex)
+
+    def valid(value: str) -> bool:
+        return compiled.match(value) is not None
+
+    return valid
+
+
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"  # a DNS host name
+
+
 MAX_WEIGHT = 256
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")  # HAProxy's identifier characters
 _TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?$")
 _FLAGS = frozenset(
     (
         "backup", "no-backup", "check", "agent-check", "check-send-proxy", "send-proxy", "send-proxy-v2",
-        "no-send-proxy", "no-send-proxy-v2", "tfo", "no-tfo", "enabled",
+        "no-send-proxy", "no-send-proxy-v2", "tfo", "no-tfo", "enabled", "ssl", "no-ssl", "check-ssl",
     )
 )  # fmt: skip
 _COUNT = _number(0, 1_000_000)
@@ -189,6 +207,10 @@ _VALUED: Dict[str, Callable[[str], bool]] = {
     "on-marked-up": _one_of("shutdown-backup-sessions"),
     "ws": _one_of("auto", "h1", "h2"),
     "proto": _one_of("h1", "h2", "fcgi", "none"),
+    "verify": _one_of("none", "required"),
+    "ca-file": _pattern(r"^/[A-Za-z0-9._/+@-]{1,1023}\Z"),  # a file HAProxy loaded with the config
+    "sni": _pattern(r"^str\(" + _HOST + r"\)\Z"),  # only a fixed name, never a sample expression
+    "check-sni": _pattern(r"^" + _HOST + r"\Z"),
 }
 
 

@@ -104,6 +104,8 @@ def plan_changes(
                 if "agent-check" in line.options:
                     commands.append(Command(("enable", "agent", target), EMPTY))
                 commands.append(Command(("set", "server", target, "state", "ready"), EMPTY))
+                if backend in new.dynamic_cookies:  # else HAProxy gives the new server no cookie
+                    commands.append(Command(("enable", "dynamic-cookie", "backend", backend), EMPTY))
                 added.append(target)
                 continue
             old_line = before.get(name)
