@@ -316,6 +316,17 @@ def scale_case(
     return Scale(routes, timings, started)
 
 
+def floor_and_runtime(t: Timings) -> Tuple[str, ...]:
+    """Cells: changes (and missed), floor p50 and p99, runtime state p50 and p99."""
+    return (
+        str(len(t.runtime)) + (f" ({t.missed} missed)" if t.missed else ""),
+        pct(t.floor, 50),
+        pct(t.floor, 99, min_samples=100),
+        pct(t.runtime, 50),
+        pct(t.runtime, 99, min_samples=100),
+    )
+
+
 def scale_table(cases: Sequence[Scale]) -> Table:
     ref = cases[0].timings
     rows = []
@@ -324,11 +335,7 @@ def scale_table(cases: Sequence[Scale]) -> Table:
         rows.append(
             (
                 f"{case.routes:,} x {len(POOL)}",
-                str(len(t.runtime)) + (f" ({t.missed} missed)" if t.missed else ""),
-                pct(t.floor, 50),
-                pct(t.floor, 99, min_samples=100),
-                pct(t.runtime, 50),
-                pct(t.runtime, 99, min_samples=100),
+                *floor_and_runtime(t),
                 pct(t.logged, 50),
                 pct(t.logged, 99, min_samples=100),
                 pct(t.traffic, 50),

@@ -44,6 +44,8 @@ FAMILIES = (
     "kv_signal",
     "watch_scale",
     "floor",
+    "dependencies",
+    "cluster",
 )
 MAKE_BENCH = ".venv/bin/python bench/run.py --out docs/benchmarks.md"
 
