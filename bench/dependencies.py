@@ -1,9 +1,10 @@
 """Propagation at 10 to 5,000 dependencies (issue 10, table 3), beside the floor.
 
-One `consul agent -dev` with Consul's default limits (200 connections per client address) holds 5,000
-services, one instance each, on 200 catalog nodes, and `web`, which basenode routes. For N = 10, 100,
-1,000 and 5,000 a basenode runs alone with one template calling service() for N of those services
-(the templates family's template) and the route `web`; N + 2 dependencies (and the routes' KV prefix).
+A `consul agent -dev` with Consul's default limits (200 connections per client address), a fresh one for
+each size, holds 5,000 services, one instance each, on 200 catalog nodes, and `web`, which basenode
+routes. For N = 10, 100, 1,000 and 5,000 a basenode runs alone with one template calling service() for N
+of those services (the templates family's template) and the route `web`: N + 1 service dependencies
+and the routes' KV prefix.
 A change is the floor family's: an agent registration of a second instance of `web`, or its
 deregistration, seen by the floor (a bare blocking query) and by HAProxy's runtime state.
 After the changes: the sync process's threads, its TCP connections to the agent and its RSS, and what
@@ -181,18 +182,20 @@ def run(ctx: Context) -> Section:
     with Processes() as procs:
         names = ("base", *discovery.NEW)
         backends = common.start_backends(procs, names, ctx.python, ctx.scratch / "deps-backends.log")
-        agent = ConsulDev(procs, ctx.scratch / "deps-consul")
-        try:
-            watch_scale.register(agent, 0, max(sizes))
-            agent.agent_register(floor.SERVICE, f"{floor.SERVICE}-base", backends["base"])
-            base = frozenset({backends["base"]})
-            for size in sizes:
-                t = time.monotonic()
+        base = frozenset({backends["base"]})
+        for size in sizes:
+            # An agent of its own per size: a stopped basenode's blocking queries stay held at the agent
+            # (and count against its 200 connections per client address) until their wait runs out.
+            t = time.monotonic()
+            agent = ConsulDev(procs, ctx.scratch / f"deps-consul-{size}")
+            try:
+                watch_scale.register(agent, 0, max(sizes))
+                agent.agent_register(floor.SERVICE, f"{floor.SERVICE}-base", backends["base"])
                 results.append(one_size(ctx, procs, agent, backends, base, size))
-                print(f"({size} dependencies: {time.monotonic() - t:.0f} s)", flush=True)
-        finally:
-            agent.close()
-            procs.stop(agent.proc)
+            finally:
+                agent.close()
+                procs.stop(agent.proc)
+            print(f"({size} dependencies: {time.monotonic() - t:.0f} s)", flush=True)
     worst: Optional[Result] = max(results, key=lambda r: r.threads) if results else None
     summary = (
         "Target (issue 10): propagation p50/p99 must not get worse with more dependencies: "
@@ -208,7 +211,8 @@ def run(ctx: Context) -> Section:
         f"{max(r.connections for r in results)} (watch.max_conns 100).",
     )
     method = (
-        "One `consul agent -dev` (Consul 1.8.7, loopback, default limits); basenode runs as "
+        "A `consul agent -dev` for each size (Consul 1.8.7, loopback, default limits), holding "
+        f"{max(SIZES):,} services, one instance each, on {watch_scale.NODES} catalog nodes; basenode runs as "
         f"`{ctx.python} dist/basenode run --no-consul --config FILE --routes web:PORT/http`, one size at "
         "a time, with CONSUL_HTTP_ADDR pointing at the agent. The file has one `[templates.t1]` "
         "table: `{% for name in [...N services...] %}{{ name }}:{% for i in service(name) %} "
