@@ -135,6 +135,7 @@ def table(results: Sequence[Result]) -> Table:
                 str(r.connections),
                 str(r.watch.get("queries", "-")),
                 str(len(on_catalog)) if isinstance(on_catalog, list) else "-",
+                "-" if not isinstance(on_catalog, list) else "yes" if floor.SERVICE in on_catalog else "no",
                 fmt(r.rss_kb / MIB),
                 fmt(r.first_render),
             )
@@ -148,7 +149,8 @@ def table(results: Sequence[Result]) -> Table:
         "sync threads (/proc Threads), TCP connections of the sync process to the agent's HTTP port "
         "(/proc net/tcp) and its RSS (VmRSS), read after the changes; queries and on the catalog watch: "
         "basenode's /status (`watch.queries`, `watch.catalog_watch`), services past `watch.max_conns` "
-        "(default 100) are served by the one catalog-wide watch.",
+        "(default 100) are served by the one catalog-wide watch; web on it: whether the routed service whose "
+        "changes are timed is one of them.",
         "first render: from `basenode run` until the template's file listed the last of its services and "
         "HAProxy routed `web`.",
     )
@@ -168,6 +170,7 @@ def table(results: Sequence[Result]) -> Table:
             "connections to the agent",
             "queries",
             "on the catalog watch",
+            "web on it",
             "sync RSS (MiB)",
             "first render (s)",
         ),
