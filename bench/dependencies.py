@@ -180,6 +180,7 @@ def table(results: Sequence[Result]) -> Table:
 
 
 def run(ctx: Context) -> Section:
+    load_at_start = common.load_average()
     sizes: Tuple[int, ...] = SIZES if not ctx.quick else (10, 1000)
     results: List[Result] = []
     with Processes() as procs:
@@ -220,5 +221,6 @@ def run(ctx: Context) -> Section:
         "a time, with CONSUL_HTTP_ADDR pointing at the agent. The file has one `[templates.t1]` "
         "table: `{% for name in [...N services...] %}{{ name }}:{% for i in service(name) %} "
         "{{ i.endpoint }}{% endfor %}{% endfor %}`.",
+        floor.load_note(load_at_start),
     )
     return Section(TITLE, (table(results),), method, summary)

@@ -411,7 +411,17 @@ def targets(prop: Timings, cases: Sequence[Scale], load: Mapping[str, tuple]) ->
     )
 
 
+def load_note(at_start: str) -> str:
+    return (
+        f"Load average (1, 5, 15 min) of the machine: {at_start} when this family started, "
+        f"{common.load_average()} when it ended. Other work on the cores slows basenode's CPU-bound "
+        "steps (read, render, `haproxy -c`, apply) far more than the floor's wake: compare rows of "
+        "one run, and ratios."
+    )
+
+
 def run(ctx: Context) -> Section:
+    load_at_start = common.load_average()
     for tool in ("haproxy", discovery.WRK):
         if not shutil.which(tool):
             raise RuntimeError(f"{tool} not found (make system-deps)")
@@ -448,6 +458,7 @@ def run(ctx: Context) -> Section:
         "process of its own (bench/observe.py) and stamps what it sees with CLOCK_MONOTONIC, the clock "
         "the harness starts each change on. Re-measure with `make bench-floor` "
         "(`.venv/bin/python bench/run.py --only floor --out docs/benchmarks.md`).",
+        load_note(load_at_start),
     )
     tables = (propagation_table(prop, len(prop.runtime) + prop.missed), scale_table(cases), load_table)
     return Section(TITLE, tables, method, targets(prop, cases, load))
