@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from bench import common, consul_cluster, dependencies, discovery, floor, watch_scale
+from bench import changes, common, consul_cluster, dependencies, discovery, watch_scale
 from bench.common import Context, Processes, Section, Table, fmt
 
 TITLE = "Simulated cluster: Consul server cost of unrelated changes (issue 10)"
@@ -249,6 +249,6 @@ def section(ctx: Context, clients: int, costs: Dict[str, Cost], load_at_start: s
         f"{clients} client agents on 127.0.0.2-127.0.0.{clients + 1}, all on this machine, joined over "
         f"serf; {SERVICES:,} services on {watch_scale.NODES} catalog nodes (catalog transactions); node k "
         "routes service k (its instance answers through HAProxy).",
-        floor.load_note(load_at_start),
+        changes.load_note(load_at_start),
     )
     return Section(TITLE, (table,), method, summary)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from bench import common, discovery, floor, templates, watch_scale
+from bench import changes, common, discovery, templates, watch_scale
 from bench.common import ConsulDev, Context, Processes, Section, Table, fmt, pct, percentile
 from tests.support.procs import connections_to, threads
 
@@ -34,7 +34,7 @@ MIB = 1024.0
 class Result:
     dependencies: int
     first_render: float  # s from start until the template's file and web's servers were all there
-    timings: floor.Timings
+    timings: changes.Timings
     threads: int
     connections: int
     rss_kb: int
@@ -69,13 +69,13 @@ def one_size(
     services = [watch_scale.name(i) for i in range(size)]
     config, outputs = templates.write_config(workdir, 1, services)
     t0 = time.monotonic()
-    subject, seen_by = floor.start_routed(
+    subject, seen_by = changes.start_routed(
         ctx,
         procs,
         agent,
         workdir,
-        {floor.SERVICE: common.free_port()},
-        floor.SERVICE,
+        {changes.SERVICE: common.free_port()},
+        changes.SERVICE,
         base,
         ("--config", str(config)),
     )
@@ -89,14 +89,14 @@ def one_size(
         common.wait_for(done, 300, 0.05, f"{size} services rendered to {outputs[0]}")
         first = time.monotonic() - t0
         time.sleep(2.0)  # past start-up
-        timings = floor.time_changes(
+        timings = changes.time_changes(
             agent,
             subject,
-            floor.SERVICE,
+            changes.SERVICE,
             base,
             backends,
             ctx.reps(100, 10),
-            floor.SCALE_GAP,
+            changes.SCALE_GAP,
             seen_by,
             random.Random(),
             probe=False,
@@ -112,7 +112,7 @@ def one_size(
             status_watch(subject.status_port),
         )
     finally:
-        floor.stop_all(procs, subject, seen_by)
+        changes.stop_all(procs, subject, seen_by)
 
 
 def table(results: Sequence[Result]) -> Table:
@@ -124,7 +124,7 @@ def table(results: Sequence[Result]) -> Table:
         rows.append(
             (
                 f"{r.dependencies:,}",
-                *floor.floor_and_runtime(t),
+                *changes.floor_and_runtime(t),
                 common.ratio(percentile(t.runtime, 50), percentile(t.floor, 50)),
                 common.ratio(
                     percentile(t.runtime, 99) if len(t.runtime) >= 100 else float("nan"),
@@ -135,7 +135,7 @@ def table(results: Sequence[Result]) -> Table:
                 str(r.connections),
                 str(r.watch.get("queries", "-")),
                 str(len(on_catalog)) if isinstance(on_catalog, list) else "-",
-                "-" if not isinstance(on_catalog, list) else "yes" if floor.SERVICE in on_catalog else "no",
+                "-" if not isinstance(on_catalog, list) else "yes" if changes.SERVICE in on_catalog else "no",
                 fmt(r.rss_kb / MIB),
                 fmt(r.first_render),
             )
@@ -144,7 +144,7 @@ def table(results: Sequence[Result]) -> Table:
         "dependencies: the services the template calls service() for; basenode also follows `web` "
         "(routed) and the `basenode/routes/` KV prefix. Changes: agent registration of a second "
         "instance of `web` and its deregistration in turn, at random moments "
-        f"{floor.SCALE_GAP[0]:g}-{floor.SCALE_GAP[1]:g} s apart; floor and runtime state as in the "
+        f"{changes.SCALE_GAP[0]:g}-{changes.SCALE_GAP[1]:g} s apart; floor and runtime state as in the "
         "floor family's propagation table (no probes through HAProxy here).",
         "sync threads (/proc Threads), TCP connections of the sync process to the agent's HTTP port "
         "(/proc net/tcp) and its RSS (VmRSS), read after the changes; queries and on the catalog watch: "
@@ -194,7 +194,7 @@ def run(ctx: Context) -> Section:
             agent = ConsulDev(procs, ctx.scratch / f"deps-consul-{size}")
             try:
                 watch_scale.register(agent, 0, max(sizes))
-                agent.agent_register(floor.SERVICE, f"{floor.SERVICE}-base", backends["base"])
+                agent.agent_register(changes.SERVICE, f"{changes.SERVICE}-base", backends["base"])
                 results.append(one_size(ctx, procs, agent, backends, base, size))
             finally:
                 agent.close()
@@ -221,6 +221,6 @@ def run(ctx: Context) -> Section:
         "a time, with CONSUL_HTTP_ADDR pointing at the agent. The file has one `[templates.t1]` "
         "table: `{% for name in [...N services...] %}{{ name }}:{% for i in service(name) %} "
         "{{ i.endpoint }}{% endfor %}{% endfor %}`.",
-        floor.load_note(load_at_start),
+        changes.load_note(load_at_start),
     )
     return Section(TITLE, (table(results),), method, summary)

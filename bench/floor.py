@@ -19,185 +19,29 @@ Re-measure on other code with one command:
 from __future__ import annotations
 
 import random
-import re
 import shutil
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 from bench import common, discovery
-from bench.common import ConsulDev, Context, Processes, Section, Table, clean_env, fmt, pct, percentile
-from bench.discovery import NEW, POOL, Subject, until_answers, until_gone
+from bench.changes import (
+    GAP,
+    SCALE_GAP,
+    SERVICE,
+    TIMEOUT,
+    Timings,
+    floor_and_runtime,
+    load_note,
+    start_routed,
+    stop_all,
+    time_changes,
+)
+from bench.common import ConsulDev, Context, Processes, Section, Table, fmt, pct, percentile
+from bench.discovery import POOL
 
 TITLE = "Propagation beside the floor: agent registration -> HAProxy runtime state (issue 11)"
-OBSERVE = Path(__file__).with_name("observe.py")
-SERVICE = "web"
-TIMEOUT = 10.0  # s a change may take before it counts as missed
-APPLIED_RE = re.compile(r"applied by (\w+) in ([\d.]+) ms")
-LINE_RE = re.compile(r"^(\d+\.\d+) ([\d,]*)$")
-
-
-class Observer:
-    """One bench/observe.py process; its lines read back as (time, ports) events."""
-
-    def __init__(self, procs: Processes, kind: str, where: str, service: str, log: Path) -> None:
-        self.kind, self.log = kind, log
-        self.proc = procs.start(
-            [sys.executable, str(OBSERVE), kind, where, service], env=clean_env(), log=log
-        )
-        self.events: List[Tuple[float, FrozenSet[int]]] = []
-        self._offset, self._partial = 0, ""
-
-    def _read(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"observer {self.kind} exited with {self.proc.returncode}; see {self.log}")
-        with open(self.log, "rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data.decode(errors="replace")).split("\n")
-        for line in lines:
-            found = LINE_RE.match(line.strip())
-            if found:
-                ports = frozenset(int(p) for p in found.group(2).split(",") if p)
-                self.events.append((float(found.group(1)), ports))
-
-    def when(self, ports: FrozenSet[int], after: float, timeout: float) -> Optional[float]:
-        """Seconds from `after` to the first event at or after it showing exactly `ports`; None on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._read()
-            for t, seen in self.events:
-                if t >= after and seen == ports:
-                    return t - after
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.002)
-
-    def wait_showing(self, ports: FrozenSet[int], timeout: float = 60.0) -> None:
-        def shows() -> bool:
-            self._read()
-            return bool(self.events) and self.events[-1][1] == ports
-
-        common.wait_for(shows, timeout, 0.02, f"observer {self.kind} showing ports {sorted(ports)}")
-
-
-def observers(procs: Processes, agent_addr: str, subject: Subject, service: str) -> Tuple[Observer, Observer]:
-    """The floor (a blocking query on the agent) and HAProxy's runtime state of `service`'s backend."""
-    workdir = subject.log.parent
-    sock = workdir / "state" / "haproxy.sock"
-    floor = Observer(procs, "floor", agent_addr, service, workdir / f"observe-floor-{service}.log")
-    runtime = Observer(procs, "haproxy", str(sock), service, workdir / f"observe-haproxy-{service}.log")
-    return floor, runtime
-
-
-@dataclass
-class Timings:
-    """Milliseconds from just before the agent call to each observer seeing the change."""
-
-    floor: List[float] = field(default_factory=list)
-    runtime: List[float] = field(default_factory=list)
-    traffic: List[float] = field(default_factory=list)
-    logged: List[float] = field(default_factory=list)  # basenode's own `applied by runtime in X ms`
-    added: List[bool] = field(default_factory=list)  # per change: a registration (else a deregistration)
-    missed: int = 0
-    reloads: int = 0  # applies that were not runtime-API ones
-
-    def of(self, values: List[float], added: Optional[bool]) -> List[float]:
-        return [v for v, a in zip(values, self.added) if added is None or a == added]
-
-
-def applied(subject: Subject, timeout: float = 2.0) -> List[Tuple[str, float]]:
-    """The `applied by HOW in X ms` lines basenode logged since the last call (waits for one)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        subject.pending += subject.new_log()
-        found = [(how, float(ms)) for how, ms in APPLIED_RE.findall(subject.pending)]
-        if found or time.monotonic() > deadline:
-            subject.pending = ""
-            return found
-        time.sleep(0.005)
-
-
-def time_changes(
-    agent: common.ConsulClient,
-    subject: Subject,
-    service: str,
-    base: FrozenSet[int],
-    backends: Mapping[str, int],
-    changes: int,
-    gap: Tuple[float, float],
-    seen_by: Tuple[Observer, Observer],
-    rng: random.Random,
-    probe: bool = True,
-) -> Timings:
-    """`changes` agent calls on `service`: register one of NEW beside the `base` servers, deregister it."""
-    floor, runtime = seen_by
-    found = Timings()
-    port = subject.ports[service]
-    for i in range(changes):
-        time.sleep(rng.uniform(*gap))  # a random phase against anything periodic
-        name = NEW[(i // 2) % len(NEW)]
-        service_id = f"{service}-{name}"
-        adding = i % 2 == 0
-        want = base | {backends[name]} if adding else base
-        subject.new_log()
-        subject.pending = ""
-        t0 = time.monotonic()
-        if adding:
-            agent.agent_register(service, service_id, backends[name])
-        else:
-            agent.agent_deregister(service_id)
-        traffic: Optional[float] = 0.0
-        if probe:
-            traffic = (
-                until_answers(port, name, t0, TIMEOUT)
-                if adding
-                else until_gone(port, name, t0, TIMEOUT, misses=3 * (len(base) + 1))
-            )
-        at_floor = floor.when(want, t0, TIMEOUT)
-        at_runtime = runtime.when(want, t0, TIMEOUT)
-        if traffic is None or at_floor is None or at_runtime is None:
-            found.missed += 1
-            runtime.wait_showing(want)  # the next change starts from a known state
-            continue
-        found.added.append(adding)
-        found.floor.append(at_floor * 1000)
-        found.runtime.append(at_runtime * 1000)
-        if probe:
-            found.traffic.append(traffic * 1000)
-        lines = applied(subject)
-        found.logged += [ms for how, ms in lines if how == "runtime"]
-        found.reloads += sum(how != "runtime" for how, _ in lines)
-    return found
-
-
-def start_routed(
-    ctx: Context,
-    procs: Processes,
-    agent: ConsulDev,
-    workdir: Path,
-    ports: Mapping[str, int],
-    watched: str,
-    base: FrozenSet[int],
-    flags: Sequence[str] = (),
-) -> Tuple[Subject, Tuple[Observer, Observer]]:
-    """basenode routing `ports`, serving `watched` from its `base` servers, with its two observers."""
-    subject = discovery.start_basenode(ctx, procs, discovery.BASENODE, workdir, agent.http_addr, ports, flags)
-    common.wait_for(
-        lambda: subject.proc.poll() is not None or (workdir / "state" / "haproxy.sock").exists(),
-        120,
-        0.05,
-        f"basenode's HAProxy stats socket in {workdir}",
-    )
-    if subject.proc.poll() is not None:
-        raise RuntimeError(f"basenode exited with {subject.proc.returncode}; see {subject.log}")
-    seen_by = observers(procs, agent.http_addr, subject, watched)
-    for observer in seen_by:
-        observer.wait_showing(base, 120)
-    return subject, seen_by
 
 
 def row(label: str, values: Sequence[float], floor: Optional[Sequence[float]] = None) -> Tuple[str, ...]:
@@ -263,16 +107,6 @@ def propagation_table(t: Timings, changes: int) -> Table:
     )
 
 
-GAP = (0.05, 0.15)  # s between one change being seen and the next, propagation table
-SCALE_GAP = (0.1, 0.3)
-
-
-def stop_all(procs: Processes, subject: Subject, seen_by: Sequence[Observer]) -> None:
-    for observer in seen_by:
-        procs.stop(observer.proc)
-    discovery.stop_subject(procs, subject)
-
-
 def propagation(ctx: Context, procs: Processes, agent: ConsulDev, backends: Mapping[str, int]) -> Timings:
     agent.agent_register(SERVICE, f"{SERVICE}-base", backends["base"])
     base = frozenset({backends["base"]})
@@ -284,6 +118,86 @@ def propagation(ctx: Context, procs: Processes, agent: ConsulDev, backends: Mapp
         )
     finally:
         stop_all(procs, subject, seen_by)
+
+
+# Stands in for `haproxy` (--haproxy-bin): notes each run, then execs HAProxy with the same arguments.
+COUNTING_HAPROXY = """#!/bin/sh
+case " $* " in *" -c "*) echo check >> {log} ;; *) echo other >> {log} ;; esac
+exec {haproxy} "$@"
+"""
+
+
+@dataclass(frozen=True)
+class Checks:
+    timings: Timings
+    checks: int  # `haproxy -c` runs during the changes
+    others: int  # any other HAProxy start (a reload's new master exec, a restart)
+
+
+def haproxy_runs(log: Path) -> Tuple[int, int]:
+    lines = log.read_text().split() if log.exists() else []
+    return lines.count("check"), lines.count("other")
+
+
+def check_runs(ctx: Context, procs: Processes, agent: ConsulDev, backends: Mapping[str, int]) -> Checks:
+    """Server-only changes (an instance registered, deregistered) with `haproxy` counting its runs."""
+    workdir = ctx.scratch / "floor-checks"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "haproxy-runs.log"
+    wrapper = workdir / "haproxy"
+    wrapper.write_text(COUNTING_HAPROXY.format(log=log, haproxy=shutil.which("haproxy")))
+    wrapper.chmod(0o755)
+    service = "counted"
+    agent.agent_register(service, f"{service}-base", backends["base"])
+    base = frozenset({backends["base"]})
+    ports = {service: common.free_port()}
+    flags = ("--haproxy-bin", str(wrapper))
+    subject, seen_by = start_routed(ctx, procs, agent, workdir, ports, service, base, flags)
+    try:
+        time.sleep(1.0)  # past start-up's own runs
+        checks0, others0 = haproxy_runs(log)
+        rng = random.Random()
+        timings = time_changes(
+            agent, subject, service, base, backends, ctx.reps(100, 10), GAP, seen_by, rng, probe=False
+        )
+        time.sleep(1.0)
+        checks1, others1 = haproxy_runs(log)
+    finally:
+        stop_all(procs, subject, seen_by)
+    return Checks(timings, checks1 - checks0, others1 - others0)
+
+
+def checks_table(c: Checks) -> Table:
+    t = c.timings
+    changes = len(t.runtime) + t.missed
+    return Table(
+        "HAProxy processes started during server-only changes",
+        (
+            "changes",
+            "applies by runtime API",
+            "applies by reload",
+            "`haproxy -c` runs",
+            "per change",
+            "other starts",
+        ),
+        (
+            (
+                str(changes),
+                str(len(t.logged)),
+                str(t.reloads),
+                str(c.checks),
+                fmt(c.checks / max(changes, 1), 2),
+                str(c.others),
+            ),
+        ),
+        (
+            f"{changes} changes as in the propagation table (an instance registered with the agent, then "
+            "deregistered, in turn) on a basenode of its own whose `--haproxy-bin` is a shell script that "
+            "notes each run (`-c` among its arguments or not) and execs HAProxy. Target (issue 11): 0 "
+            "`haproxy -c` runs for server-only changes. other starts: HAProxy started anew (a reload's "
+            "re-exec of the master, a restart).",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -314,17 +228,6 @@ def scale_case(
     finally:
         stop_all(procs, subject, seen_by)
     return Scale(routes, timings, started)
-
-
-def floor_and_runtime(t: Timings) -> Tuple[str, ...]:
-    """Cells: changes (and missed), floor p50 and p99, runtime state p50 and p99."""
-    return (
-        str(len(t.runtime)) + (f" ({t.missed} missed)" if t.missed else ""),
-        pct(t.floor, 50),
-        pct(t.floor, 99, min_samples=100),
-        pct(t.runtime, 50),
-        pct(t.runtime, 99, min_samples=100),
-    )
 
 
 def scale_table(cases: Sequence[Scale]) -> Table:
@@ -387,7 +290,9 @@ def scale_table(cases: Sequence[Scale]) -> Table:
     )
 
 
-def targets(prop: Timings, cases: Sequence[Scale], load: Mapping[str, tuple]) -> Tuple[str, ...]:
+def targets(
+    prop: Timings, cases: Sequence[Scale], load: Mapping[str, tuple], checks: Checks
+) -> Tuple[str, ...]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
@@ -408,15 +313,8 @@ def targets(prop: Timings, cases: Sequence[Scale], load: Mapping[str, tuple]) ->
         f"{b50 / o50:.2f}x; end to end p50 {e50:.1f} vs {oe50:.1f} ms, {e50 / oe50:.2f}x).",
         f"Target (issue 11): 0 failed requests under load during {changes} changes: "
         f"{verdict(wrk.failed == 0)} ({wrk.failed} of {wrk.requests:,}).",
-    )
-
-
-def load_note(at_start: str) -> str:
-    return (
-        f"Load average (1, 5, 15 min) of the machine: {at_start} when this family started, "
-        f"{common.load_average()} when it ended. Other work on the cores slows basenode's CPU-bound "
-        "steps (read, render, `haproxy -c`, apply) far more than the floor's wake: compare rows of "
-        "one run, and ratios."
+        f"Target (issue 11): a server-only change spawns no `haproxy -c`: {verdict(checks.checks == 0)} "
+        f"({checks.checks} runs during {len(checks.timings.runtime) + checks.timings.missed} changes).",
     )
 
 
@@ -434,6 +332,9 @@ def run(ctx: Context) -> Section:
             t = time.monotonic()
             prop = propagation(ctx, procs, agent, backends)
             print(f"(propagation: {time.monotonic() - t:.0f} s)", flush=True)
+            t = time.monotonic()
+            checks = check_runs(ctx, procs, agent, backends)
+            print(f"(haproxy -c count: {time.monotonic() - t:.0f} s)", flush=True)
             t = time.monotonic()
             cases = [scale_case(ctx, procs, agent, backends, 1)]
             print(f"(1 x 5: {time.monotonic() - t:.0f} s)", flush=True)
@@ -460,5 +361,10 @@ def run(ctx: Context) -> Section:
         "(`.venv/bin/python bench/run.py --only floor --out docs/benchmarks.md`).",
         load_note(load_at_start),
     )
-    tables = (propagation_table(prop, len(prop.runtime) + prop.missed), scale_table(cases), load_table)
-    return Section(TITLE, tables, method, targets(prop, cases, load))
+    tables = (
+        propagation_table(prop, len(prop.runtime) + prop.missed),
+        checks_table(checks),
+        scale_table(cases),
+        load_table,
+    )
+    return Section(TITLE, tables, method, targets(prop, cases, load, checks))
