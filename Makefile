@@ -12,7 +12,7 @@ IMAGE ?= basenode
 BASE_IMAGE := debian:bookworm-slim
 
 .PHONY: all deps venv system-deps zipapp test test-unit test-integration test-faults test-property test-docker lint \
-	bench soak demo clean clean-venv base-image image cluster-demo
+	bench bench-floor soak demo clean clean-venv base-image image cluster-demo
 
 all: zipapp
 
@@ -67,6 +67,10 @@ test-docker: deps zipapp
 
 bench: deps zipapp
 	$(PY) bench/run.py --out docs/benchmarks.md
+
+# Propagation beside its floor (issue 11) again, alone: about 5 minutes.
+bench-floor: deps zipapp
+	$(PY) bench/run.py --only floor --out docs/benchmarks.md
 
 # Not part of `make test`: about 11 minutes. A quick check: $(PY) bench/soak.py --changes 500
 soak: deps zipapp

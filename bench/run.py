@@ -36,7 +36,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable as a package
     sys.path.insert(0, str(ROOT))
 
-FAMILIES = ("supervisor", "discovery", "docker_cluster", "templates", "kv_signal", "watch_scale", "failover")
+FAMILIES = (
+    "supervisor",
+    "discovery",
+    "docker_cluster",
+    "templates",
+    "kv_signal",
+    "watch_scale",
+    "floor",
+    "dependencies",
+    "cluster",
+    "failover",
+)
 MAKE_BENCH = ".venv/bin/python bench/run.py --out docs/benchmarks.md"
 
 
