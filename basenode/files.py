@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600, owner: Optional[Tuple[int, int]] = None) -> None:
+def write_atomic(
+    path: Path, text: str, mode: int = 0o600, owner: Optional[Tuple[int, int]] = None, durable: bool = True
+) -> None:
     """Replace `path` with `text` so that readers see the old file or the new one, never a mix.
 
     `owner` is (uid, gid), -1 for "leave as is"; set before the rename, so the file never appears
-    with the wrong owner.
+    with the wrong owner. `durable`: on disk before this returns (fsync of the file and its
+    directory); without it the replacement is still atomic for every reader, only a power cut may
+    lose it, which is fine for a file that is rendered again at every start.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -24,19 +28,23 @@ def write_atomic(path: Path, text: str, mode: int = 0o600, owner: Optional[Tuple
                 os.fchown(f.fileno(), *owner)
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def promote(candidate: Path, live: Path) -> None:
-    """Rename a checked candidate over the live file (same directory: atomic), durably."""
+def promote(candidate: Path, live: Path, durable: bool = True) -> None:
+    """Rename a checked candidate over the live file (same directory: atomic); `durable` as in
+    write_atomic."""
     os.replace(candidate, live)
-    fsync_dir(live.parent)
+    if durable:
+        fsync_dir(live.parent)
 
 
 def fsync_dir(directory: Path) -> None:

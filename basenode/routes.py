@@ -182,8 +182,12 @@ def merge_routes(
 def route_queries(routes: Sequence[Route]) -> FrozenSet[Query]:
     """What HAProxy's routes depend on: the routes prefix and each routed service's health, in its
     own datacenter and in each failover datacenter."""
-    failover = (Query(SERVICE, r.service, dc) for r in routes for dc in r.failover)
+    failover = (q for r in routes for q in failover_queries(r))
     return frozenset([ROUTES_QUERY, *(primary_query(r) for r in routes), *failover])
+
+
+def failover_queries(route: Route) -> Tuple[Query, ...]:
+    return tuple(Query(SERVICE, route.service, dc) for dc in route.failover)
 
 
 def primary_query(route: Route) -> Query:
@@ -196,8 +200,8 @@ def route_state(route: Route, data: Mapping[Query, Any]) -> RouteState:
     datacenter that has any (a failover datacenter not read yet counts as having none)."""
     instances = passing_instances(data.get(primary_query(route), ()), route.tag)
     taken = {i.key for i in instances}
-    for dc in route.failover:
-        found = passing_instances(data.get(Query(SERVICE, route.service, dc), ()), route.tag)
+    for dc, query in zip(route.failover, failover_queries(route)):
+        found = passing_instances(data.get(query, ()), route.tag)
         backups = tuple(b for b in (replace(i, datacenter=dc) for i in found) if b.key not in taken)
         if backups:
             return RouteState(route, instances, backups, dc)
@@ -247,6 +251,8 @@ class Discovery:
         self._probe = probe
         self._probed: Dict[Route, Optional[str]] = {}  # a KV route (its key's value) -> bind error
         self._warnings = WarnOnce(log)
+        # route -> (the values its state was computed from, the state): see _state
+        self._states: Dict[Route, Tuple[Tuple[Any, ...], RouteState]] = {}
 
     def routes(self, data: Mapping[Query, Any]) -> Optional[Tuple[Route, ...]]:
         """Static + KV routes, or None while the routes prefix has not been read."""
@@ -282,13 +288,27 @@ class Discovery:
         if routes is None:
             return None
         previous = {state.route: state for state in (self.last.routes if self.last else ())}
-        known = [r for r in routes if primary_query(r) in data]
+        known = {r for r in routes if primary_query(r) in data}
         if self.last is None and len(known) < len(routes):
             return None
-        states = list(build_snapshot(known, data).routes)
+        states = [self._state(r, data) for r in known]
         states += [previous[r] for r in routes if r not in known and r in previous]
         self.last = Snapshot(routes=tuple(sorted(states, key=lambda s: s.route.service)))
+        self._states = {r: entry for r, entry in self._states.items() if r in known}
         return self.last
+
+    def _state(self, route: Route, data: Mapping[Query, Any]) -> RouteState:
+        """route_state, computed again only when one of the route's values was replaced: the watch
+        stores a new object for a changed value, so a change to one service revalidates that one."""
+        inputs = tuple(data.get(q) for q in (primary_query(route), *failover_queries(route)))
+        cached = self._states.get(route)
+        # `is`, not ==: the same objects (held here, so no id is reused), not an equal comparison
+        # of every instance of every route on each change
+        if cached is not None and all(a is b for a, b in zip(cached[0], inputs)):
+            return cached[1]
+        state = route_state(route, data)
+        self._states[route] = (inputs, state)
+        return state
 
     @staticmethod
     def instance_totals(data: Mapping[Query, Any]) -> Dict[str, int]:

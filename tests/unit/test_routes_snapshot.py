@@ -200,3 +200,19 @@ def test_each_distinct_warning_is_logged_once_while_it_persists(caplog):
         once.report(["a"])
         once.report(["a", "b"])
     assert [r.getMessage() for r in caplog.records] == ["a", "b", "b"]
+
+
+def test_discovery_reads_a_changed_service_again_and_reuses_the_routes_whose_values_stayed():
+    discovery = Discovery(Settings(routes=(Route("web", 9000), Route("db", 9001))))
+    data, _ = data_for({"web": [entry("w1")], "db": [entry("d1", service="db")]})
+    first = discovery.snapshot({ROUTES_QUERY: (), **data})
+    changed, _ = data_for({"web": [entry("w1"), entry("w2", port=8081)]})
+    second = discovery.snapshot({ROUTES_QUERY: (), **data, **changed})
+    assert first is not None and second is not None
+    by_name = {r.route.service: r for r in second.routes}
+    assert [i.id for i in by_name["web"].instances] == ["w1", "w2"]
+    # db's value is the same object: its state is the one computed before, not validated again
+    assert by_name["db"] is {r.route.service: r for r in first.routes}["db"]
+    # a value replaced by an equal new object is read again and gives the same state
+    again, _ = data_for({"web": [entry("w1"), entry("w2", port=8081)], "db": [entry("d1", service="db")]})
+    assert discovery.snapshot({ROUTES_QUERY: (), **again}) == second

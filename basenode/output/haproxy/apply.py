@@ -61,18 +61,24 @@ class ApplyResult:
     reason: str = ""  # why a reload or restart happened
 
 
+# HAProxy's config is derived state: the sync loop renders it again before HAProxy starts, at every
+# start of basenode. So it is written atomically but not fsync'd: three fsyncs were most of a
+# runtime apply's time (docs/benchmarks.md), on the path every instance change takes.
+DURABLE = False
+
+
 def _write(path: Path, text: str) -> None:
     """write_atomic, its OSError (a full or read-only state dir) an ApplyError: nothing changed, the
     running config stays, and the caller retries as for any failed apply."""
     try:
-        write_atomic(path, text)
+        write_atomic(path, text, durable=DURABLE)
     except OSError as e:
         raise ApplyError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _promote(candidate: Path, live: Path) -> None:
     try:
-        promote(candidate, live)
+        promote(candidate, live, durable=DURABLE)
     except OSError as e:
         raise ApplyError(f"cannot replace {live}: {e.strerror or e}") from None
 
