@@ -303,12 +303,12 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
         old = current["settings"]
         try:
             new = config.load(flags, os.environ)
+            programs = all_programs(new, flags, first_start=False)
         except config.ConfigError as e:
             logger.error("reload refused, the running config stays: %s", e)
             return None
         logger.info("SIGHUP: config reloaded from %s", new.config_file or "flags and environment")
         current["settings"] = new
-        programs = all_programs(new, flags, first_start=False)
         if new.agent != old.agent and new.run_consul and old.run_consul:
             supervisor.restart_program("consul")
         if new.run_sync and (new != old or not old.run_sync):
@@ -332,7 +332,10 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
     )
     server = None
     try:
-        prepare_state_dir(settings.state_dir)
+        prepare_state_dir(settings.state_dir)  # a state dir not ours: ConfigError, nothing started
+    except OSError as e:
+        logger.warning("cannot create the state dir %s: %s", settings.state_dir, e)
+    try:
         server = control.ControlServer(supervisor, settings.state_dir)
     except OSError as e:
         logger.warning("no control socket in %s: %s (status shows no programs)", settings.state_dir, e)
@@ -450,8 +453,14 @@ def builtin_programs(
 
 
 def prepare_state_dir(path: Path) -> None:
-    """State dir: created 0700 if missing; sockets and rendered files live here."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """State dir: created 0700 if missing, else ours alone and made 0700 (trust.prepare_private_dir);
+    sockets, ready files and rendered configs live here. ConfigError when it is not ours."""
+    from . import trust
+
+    try:
+        trust.prepare_private_dir(path)
+    except trust.UntrustedPath as e:
+        raise config.ConfigError("", "", str(e)) from None
 
 
 def cmd_sync(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
