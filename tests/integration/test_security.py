@@ -5,18 +5,23 @@ the fix it checks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import socket
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
 from tests.conftest import ZIPAPP
+from tests.support import procs
 from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -94,3 +99,70 @@ def test_a_state_dir_that_is_a_symlink_is_refused(tmp_path):
     assert done.returncode == 2
     assert f"state dir {state} is a symlink" in done.stderr, done.stderr
     assert not (target / "control.sock").exists()
+
+
+# --- 3. the status endpoint's bounds -----------------------------------------------------------
+
+
+def sync_pid(node) -> int:
+    found = [p for p in node.status()["programs"] if p["name"] == "sync"]
+    assert found and found[0]["pid"], node.status()["programs"]
+    return found[0]["pid"]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def open_idle(host: str, port: int, count: int) -> List[socket.socket]:
+    held = []
+    for _ in range(count):
+        s = socket.create_connection((host, port), timeout=10)
+        held.append(s)
+    return held
+
+
+def test_500_idle_connections_and_endless_headers_leave_health_answering_and_the_sync_process_bounded(
+    consul_agent, backends, start_basenode
+):
+    a = backends.start("a")
+    consul_agent.register("web", a.port, service_id="web-a")
+    node = start_basenode(f"web:{free_port()}/http")
+    eventually(node.healthy, timeout=60, what="/health 200")
+    pid = sync_pid(node)
+    threads_before, rss_before = procs.threads(pid), rss_kib(pid)
+    host, port = node.status_addr.rsplit(":", 1)
+
+    held = open_idle(host, int(port), 500)
+
+    def endless_header(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            s.sendall(b"GET /health HTTP/1.1\r\nX-Filler: ")
+            for _ in range(256):  # 4 MiB of one header that never ends
+                s.sendall(b"a" * 16384)
+
+    slow = open_idle(host, int(port), 40)
+    senders = [threading.Thread(target=endless_header, args=(s,), daemon=True) for s in slow]
+    try:
+        for t in senders:
+            t.start()
+        code, health = node.health()  # answered while all of them are held
+        assert code == 200, health
+        assert procs.threads(pid) <= threads_before + 2, "a thread per connection"
+        for t in senders:
+            t.join(timeout=30)
+        assert rss_kib(pid) - rss_before < 30 * 1024, "the endless headers were kept in memory"
+        assert procs.threads(pid) <= threads_before + 2
+    finally:
+        for s in held + slow:
+            s.close()
+    assert node.health()[0] == 200
+    assert node.proc.poll() is None
+
+
+def test_a_status_addr_that_is_not_loopback_is_warned_about(consul_agent, start_basenode):
+    port = free_port()
+    other = start_basenode(f"web:{free_port()}", "--status-addr", f"0.0.0.0:{port}")
+    eventually(lambda: "is not loopback" in other.output(), timeout=60, what="the warning")
+    assert f"0.0.0.0:{port} is not loopback" in other.output()
