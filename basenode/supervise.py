@@ -470,6 +470,8 @@ class Supervisor:
         self._wake_r = -1
         self._terminal: Optional[terminal.Terminal] = None  # basenode's stdin, while the app may hold it
         self._tracked: Dict[int, Callable[[int], None]] = {}  # readiness commands' pids -> on exit
+        self._tickers: List[Callable[[float], Optional[float]]] = []
+        self._tick_at: Optional[float] = None
 
     def states(self) -> Tuple[ProgramState, ...]:
         return self._states
@@ -479,6 +481,39 @@ class Supervisor:
         self._readers.append((fd, callback))
         if self._selector is not None:
             self._selector.register(fd, selectors.EVENT_READ, _Reader(callback))
+
+    # --- other users of the loop (the control socket's connections): fds that come and go, and timers
+
+    def unwatch_fd(self, fd: int) -> None:
+        """Stop watching `fd` (added by watch_fd); the caller closes it."""
+        self._readers = [(f, c) for f, c in self._readers if f != fd]
+        if self._selector is not None and fd in self._selector.get_map():
+            self._selector.unregister(fd)
+
+    def add_ticker(self, tick: Callable[[float], Optional[float]]) -> None:
+        """Call `tick(now)` (monotonic) on every turn of the loop; it returns when it next wants to be
+        called (a monotonic time) or None, and the loop wakes up by then."""
+        self._tickers.append(tick)
+
+    def _run_tickers(self, now: float) -> None:
+        wanted = []
+        for tick in self._tickers:
+            try:
+                when = tick(now)
+            except Exception:
+                log.exception("loop ticker failed")
+                continue
+            if when is not None:
+                wanted.append(when)
+        self._tick_at = min(wanted) if wanted else None
+
+    def _with_tickers(self, now: float, timeout: Optional[float]) -> Optional[float]:
+        if self._tick_at is None:
+            return timeout
+        left = max(0.0, self._tick_at - now)
+        return left if timeout is None else min(timeout, left)
+
+    # ---
 
     def signal_program(self, name: str, sig: int, if_running: bool = False) -> bool:
         """Send `sig` to a running program's pid; True when sent. ValueError naming why not.
@@ -632,11 +667,12 @@ class Supervisor:
                 self._take_signals()
                 now = time.monotonic()
                 self._step(now)
+                self._run_tickers(now)
                 if self._dirty:
                     self._publish()
                 if self._stopping and not self._stop_queue:
                     break
-                for key, _ in self._selector.select(self._timeout(now)):
+                for key, _ in self._selector.select(self._with_tickers(now, self._timeout(now))):
                     if key.data is None:
                         self._drain_wakeup()
                     elif isinstance(key.data, _Reader):

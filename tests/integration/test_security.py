@@ -6,8 +6,10 @@ the fix it checks.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
+import signal
 import socket
 import stat
 import subprocess
@@ -18,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 
+from basenode import control
 from tests.conftest import ZIPAPP
 from tests.support import procs
 from tests.support.ports import free_port
@@ -166,3 +169,82 @@ def test_a_status_addr_that_is_not_loopback_is_warned_about(consul_agent, start_
     other = start_basenode(f"web:{free_port()}", "--status-addr", f"0.0.0.0:{port}")
     eventually(lambda: "is not loopback" in other.output(), timeout=60, what="the warning")
     assert f"0.0.0.0:{port} is not loopback" in other.output()
+
+
+# --- 7. the control socket --------------------------------------------------------------------
+
+# On HUP it leaves an orphan behind (the sleep, its shell gone), re-parented to basenode.
+HUP_APP = """
+trap 'sh -c "sleep 1 & echo \\$! > {marker}.orphan"; echo hup >> {marker}' HUP
+echo started > {marker}
+while true; do sleep 0.1; done
+"""
+
+
+def start_hup_app(state: Path, marker: Path) -> subprocess.Popen:
+    """`basenode run -- sh HUP_APP`; its stderr is a pipe (read it with communicate())."""
+    return subprocess.Popen(
+        run_argv(state, command=("sh", "-c", HUP_APP.format(marker=marker))),
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_a_client_trickling_bytes_to_the_control_socket_holds_up_neither_reaping_nor_signals(tmp_path):
+    state, marker = tmp_path / "state", tmp_path / "marker"
+    node = start_hup_app(state, marker)
+    try:
+        eventually(lambda: marker.exists() and (state / "control.sock").exists(), timeout=30, what="the app")
+        trickler = socket.socket(socket.AF_UNIX)
+        trickler.connect(str(state / "control.sock"))
+        cut_off = threading.Event()
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte every 0.3 s, never a whole line
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.3):
+                    trickler.send(b" ")
+                return
+            cut_off.set()
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            # While it trickles: PID 1 answers others, forwards a signal and reaps an orphan.
+            assert control.request(state, {"op": "programs"})["ok"] is True
+            node.send_signal(signal.SIGHUP)
+            eventually(lambda: "hup" in marker.read_text(), timeout=5, what="the HUP forwarded")
+            orphan_pid = int(Path(f"{marker}.orphan").read_text())
+            assert f"PPid:\t{node.pid}\n" in Path(f"/proc/{orphan_pid}/status").read_text()
+            eventually(lambda: not os.path.exists(f"/proc/{orphan_pid}"), timeout=5, what="the orphan reaped")
+            assert not stop.is_set() and thread.is_alive(), "the trickle ended before the checks"
+            eventually(cut_off.is_set, timeout=10, what="the trickling client cut off by its deadline")
+            assert b"no whole line" in trickler.recv(4096)
+        finally:
+            stop.set()
+            trickler.close()
+        assert node.poll() is None
+    finally:
+        node.terminate()
+        node.communicate(timeout=30)
+
+
+def test_deeply_nested_or_oversized_json_on_the_control_socket_gets_an_error_reply(tmp_path):
+    state, marker = tmp_path / "state", tmp_path / "marker"
+    node = start_hup_app(state, marker)
+    try:
+        eventually(lambda: (state / "control.sock").exists(), timeout=30, what="the control socket")
+        for line, why in ((b"[" * 4000 + b"\n", b"nested deeper"), (b'"' + b"a" * 10000, b"longer than")):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(str(state / "control.sock"))
+                with contextlib.suppress(OSError):
+                    s.sendall(line)
+                reply = json.loads(s.recv(4096))
+            assert reply["ok"] is False and why.decode() in reply["error"], reply
+        assert control.request(state, {"op": "programs"})["ok"] is True
+    finally:
+        node.terminate()
+        _, err = node.communicate(timeout=30)
+    assert b"Traceback" not in err, err.decode(errors="replace")[-2000:]
