@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Set, Tuple
 
-from . import __version__, config, log
+from . import __version__, childenv, config, log
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="the application's stdout/stderr: its own (inherit, default), or prefixed or JSON-wrapped "
         "by basenode (env BASENODE_APP_OUTPUT)",
     )
+    add(
+        "--app-user",
+        metavar="USER",
+        help="run COMMAND as this user (env BASENODE_APP_USER; default: basenode's)",
+    )
+    add("--app-group", metavar="GROUP", help="COMMAND's group (env BASENODE_APP_GROUP; default: the user's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +188,8 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         plugins_dir=args.plugins_dir,
         app_output=args.app_output,
         command=tuple(command),
+        app_user=args.app_user,
+        app_group=args.app_group,
     )
 
 
@@ -368,6 +376,9 @@ def all_programs(settings: config.Settings, flags: config.Flags, first_start: bo
                 output=settings.app_output,
                 # After the first renders (sync), so that its config files are in place.
                 depends_on=tuple(p.name for p in programs if p.name in ("consul", "sync", "haproxy")),
+                user=settings.app_user,
+                group=settings.app_group,
+                pass_env=settings.app_pass_env,
             )
         )
     if settings.services:
@@ -397,6 +408,7 @@ def register_program(settings: config.Settings, flags: config.Flags) -> config.P
     after = ("app",) if settings.command else (("consul",) if settings.run_consul else ())
     return config.Program(
         name="register",
+        pass_env=tuple(childenv.SECRET_ENV),  # it talks to Consul as basenode does
         command=(*child_command(settings, flags, "register"), *(["--leave"] if settings.run_consul else [])),
         autorestart="always",
         startsecs=0,
@@ -425,12 +437,15 @@ def builtin_programs(
         from . import agent
 
         agent.write_agent_config(settings)
-        programs.append(agent.agent_program(settings))
+        programs.append(
+            dataclasses.replace(agent.agent_program(settings), pass_env=tuple(childenv.SECRET_ENV))
+        )
     if settings.run_sync:
         programs.append(
             config.Program(
                 name="sync",
                 command=child_command(settings, flags, "sync"),
+                pass_env=tuple(childenv.SECRET_ENV),  # it reads Consul with them
                 # Three threads, none allocating much at the same time: glibc's per-thread arenas would
                 # only keep fragments of the big renders (measured: ~4 MB at 1,000 routes).
                 environment=(("MALLOC_ARENA_MAX", "2"),),

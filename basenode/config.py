@@ -16,7 +16,7 @@ import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from .route_options import OptionError, RouteOptions, parse_options, show, split_words
@@ -26,6 +26,8 @@ try:  # Python 3.11+
     import tomllib as _toml
 except ImportError:  # 3.9, 3.10: the bundled tomli
     import tomli as _toml  # type: ignore[no-redef]
+
+from . import childenv
 
 DEFAULT_CONFIG = Path("/etc/basenode/basenode.toml")
 DEFAULT_STATE_DIR = Path("/run/basenode")
@@ -103,6 +105,9 @@ class Program:
     # json: through basenode, as `NAME | line` or a JSON log object; None: prefix, or json with
     # --log-format json.
     output: Optional[str] = None
+    # --- hostile neighbours (issue 12): who the program runs as, which of basenode's secrets it keeps
+    group: Optional[str] = None  # primary group (default: the user's)
+    pass_env: Tuple[str, ...] = ()  # secret variables (childenv.SECRET_ENV) it inherits all the same
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,7 @@ class TemplateSpec:
     restart_program: Optional[str] = None  # a supervised program that is restarted
     reload_command: Tuple[str, ...] = ()  # same form as check
     plugins: Tuple[str, ...] = ()  # <plugins_dir>/<name>.py whose context() this template sees
+    pass_env: Tuple[str, ...] = ()  # secret variables its check and reload_command inherit (issue 12)
     origin: str = ""  # where it was defined, for messages: "basenode.toml:12", "--template-spec"
 
 
@@ -279,6 +285,10 @@ class Settings:
     kv_route_limit: int = DEFAULT_KV_ROUTE_LIMIT
     app_output: str = "inherit"  # one of APP_OUTPUTS
     app: App = App()  # the [app] table: when the application counts as up
+    # --- hostile neighbours (issue 12): see load_hardening
+    app_user: Optional[str] = None  # the application COMMAND runs as this user (default: basenode's)
+    app_group: Optional[str] = None
+    app_pass_env: Tuple[str, ...] = ()  # secret variables the application inherits all the same
 
     @property
     def run_sync(self) -> bool:
@@ -496,6 +506,8 @@ class Flags:
     plugins_dir: Optional[str] = None
     app_output: Optional[str] = None  # inherit | prefix | json
     command: Tuple[str, ...] = ()
+    app_user: Optional[str] = None  # --app-user
+    app_group: Optional[str] = None  # --app-group
 
 
 class FileValues:
@@ -730,13 +742,12 @@ def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], e
     if directory is not None and not os.path.isdir(directory):
         raise t.fail("directory", f"no such directory {_show(directory)}")
     user = t.get("user", "text")
-    if user is not None:
-        import pwd
-
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            raise t.fail("user", f"no such user {_show(user)}") from None
+    group = t.get("group", "text")
+    for key, value in (("user", user), ("group", group)):
+        problem = account_problem(key, value)
+        if problem:
+            raise t.fail(key, problem)
+    pass_env = _pass_env(t, "pass_env")
     autorestart = t.get("autorestart", "text", "on-failure")
     if autorestart not in AUTORESTART:
         raise t.fail("autorestart", f"expected always, on-failure or never, got {_show(autorestart)}")
@@ -757,6 +768,8 @@ def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], e
         required=t.get("required", "flag", False),
         forward_signals=t.get("forward_signals", "signal_list", ()),
         **_readiness(t, environ),
+        group=group,
+        pass_env=pass_env,
     )
     t.check_unknown()
     return program
@@ -940,6 +953,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
     supervised = [p.name for p in programs] + [APP_PROGRAM]
     templates = _load_templates(flags, file, top.table("templates"), Path(plugins_dir), supervised)
     check_destinations(templates, Path(state_dir) / "haproxy.cfg" if run_haproxy else None)
+    hardening = load_hardening(flags, environ, top)
     top.check_unknown()
 
     run_sync = run_haproxy or bool(templates)
@@ -999,6 +1013,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
         plugins_dir=Path(plugins_dir),
         app_output=app_output,
         app=app,
+        **hardening,
     )
 
 
@@ -1336,7 +1351,7 @@ def load_consul_http(environ: Environ) -> ConsulHTTP:
 
 TEMPLATE_KEYS = (
     "source", "destination", "mode", "owner", "check", "shell", "reload_program", "reload_signal",
-    "restart_program", "reload_command", "plugins",
+    "restart_program", "reload_command", "plugins", "pass_env",
 )  # fmt: skip
 
 
@@ -1484,6 +1499,7 @@ def _template(
         restart_program=t.get("restart_program", "text"),
         reload_command=commands["reload_command"],
         plugins=plugins,
+        pass_env=_pass_env(t, "pass_env"),
         origin=origin,
     )
 
@@ -1532,3 +1548,58 @@ def check_destinations(templates: Sequence[TemplateSpec], haproxy_cfg: Optional[
                 "is HAProxy's own config, which basenode renders from --template",
             )
         seen[spec.destination] = spec
+
+
+# --- hostile neighbours (issue 12): the application's user, and which secrets children keep --------
+
+
+def account_problem(kind: str, name: Optional[str]) -> Optional[str]:
+    """Why `name` is no user (kind "user") or group here, or None (also for None)."""
+    if name is None:
+        return None
+    import grp
+    import pwd
+
+    try:
+        if kind == "user":
+            pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        else:
+            grp.getgrgid(int(name)) if name.isdigit() else grp.getgrnam(name)
+    except KeyError:
+        return f"no such {kind} {_show(name)}"
+    return None
+
+
+def _pass_env(t: _Table, key: str) -> Tuple[str, ...]:
+    names = t.get(key, "text_list", ())
+    try:
+        childenv.check_names(names)
+    except ValueError as e:
+        raise t.fail(key, str(e)) from None
+    return names
+
+
+def load_hardening(flags: Flags, environ: Environ, top: _Table) -> Dict[str, Any]:
+    """Settings fields of issue 12: app_user, app_group (flag > BASENODE_APP_* > file key > none),
+    app_pass_env (BASENODE_APP_PASS_ENV, comma-separated, > the file's app_pass_env list)."""
+    found: Dict[str, Any] = {}
+    for kind, flag in (("user", flags.app_user), ("group", flags.app_group)):
+        env_name = f"BASENODE_APP_{kind.upper()}"
+        value, source = _choose(
+            (flag, f"--app-{kind}"),
+            (environ.get(env_name) or None, env_name),
+            (top.get(f"app_{kind}", "text"), top.source(f"app_{kind}")),
+        )
+        problem = account_problem(kind, value)
+        if problem:
+            raise ConfigError(source, f"app_{kind}", problem)
+        found[f"app_{kind}"] = value
+    found["app_pass_env"] = _pass_env(top, "app_pass_env")
+    if environ.get("BASENODE_APP_PASS_ENV"):
+        names = tuple(n.strip() for n in environ["BASENODE_APP_PASS_ENV"].split(",") if n.strip())
+        try:
+            childenv.check_names(names)
+        except ValueError as e:
+            raise ConfigError("BASENODE_APP_PASS_ENV", "", str(e)) from None
+        found["app_pass_env"] = names
+    return found

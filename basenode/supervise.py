@@ -70,7 +70,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import config, ready, terminal
+from . import childenv, config, ready, terminal
 from .log import iso_time
 
 log = logging.getLogger(__name__)
@@ -375,19 +375,27 @@ def _become_subreaper() -> None:
         log.debug("cannot become a child subreaper: %s", e)
 
 
-def _user_args(user: Optional[str]) -> Tuple[dict, Dict[str, str]]:
-    """Popen arguments to run as `user` (name or uid) with its groups, and the HOME/USER/LOGNAME it
-    gets (as gosu and su-exec set them). KeyError when the user does not exist."""
-    if not user:
+def _user_args(user: Optional[str], group: Optional[str] = None) -> Tuple[dict, Dict[str, str]]:
+    """Popen arguments to run as `user` (name or uid) with its groups (`group`, when given, as the
+    primary one), and the HOME/USER/LOGNAME it gets (as gosu and su-exec set them). KeyError when
+    the user or group does not exist."""
+    if not user and not group:
         return {}, {}
-    import pwd  # only when a program asks for a user
+    import grp  # only when a program asks for a user
+    import pwd
 
+    gid = None
+    if group:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    if not user:
+        return ({} if os.getegid() == gid else {"group": gid, "extra_groups": [gid]}), {}
     pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    gid = pw.pw_gid if gid is None else gid
     env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
-    if os.geteuid() == pw.pw_uid and os.getegid() == pw.pw_gid:
+    if os.geteuid() == pw.pw_uid and os.getegid() == gid:
         return {}, env  # already that user; a non-root basenode could not call setgroups anyway
-    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}, env
+    groups = os.getgrouplist(pw.pw_name, gid)
+    return {"user": pw.pw_uid, "group": gid, "extra_groups": groups}, env
 
 
 def _unresolvable(programs: Sequence[config.Program]) -> Dict[str, str]:
@@ -934,8 +942,8 @@ class Supervisor:
         p.drop_probe()
         fds: List[int] = []
         try:
-            user_kwargs, user_env = _user_args(prog.user)
-            env = dict(os.environ)
+            user_kwargs, user_env = _user_args(prog.user, prog.group)
+            env = childenv.inherited(os.environ, prog.pass_env)  # no secrets unless it asks
             env.update(user_env)
             env.update(dict(prog.environment))
             inherit = prog.output == "inherit"
@@ -968,7 +976,9 @@ class Supervisor:
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             for fd in fds:
                 os.close(fd)
-            why = f"user {prog.user!r} not found" if isinstance(e, KeyError) else str(e)
+            why = (
+                f"user {prog.user!r} or group {prog.group!r} not found" if isinstance(e, KeyError) else str(e)
+            )
             self._spawn_failed(p, e, why, now)
             return
         p.popen = popen

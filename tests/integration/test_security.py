@@ -248,3 +248,99 @@ def test_deeply_nested_or_oversized_json_on_the_control_socket_gets_an_error_rep
         node.terminate()
         _, err = node.communicate(timeout=30)
     assert b"Traceback" not in err, err.decode(errors="replace")[-2000:]
+
+
+# --- 2. children do not inherit basenode's secrets ---------------------------------------------
+
+SECRETS = {
+    "CONSUL_HTTP_TOKEN": "tok-3f1e9a-secret",
+    "CONSUL_HTTP_AUTH": "user:pass-secret",
+    "CONSUL_ENCRYPT": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=",
+}
+
+
+def secret_env(tmp_path: Path, **extra: str) -> Dict[str, str]:
+    token_file, key_file = tmp_path / "token", tmp_path / "client.key"
+    token_file.write_text(SECRETS["CONSUL_HTTP_TOKEN"])
+    key_file.write_text("-----BEGIN PRIVATE KEY-----\n")
+    return clean_env(
+        **SECRETS, CONSUL_HTTP_TOKEN_FILE=str(token_file), CONSUL_CLIENT_KEY=str(key_file), **extra
+    )
+
+
+class Node:
+    """`basenode run` in the background, its output in a file."""
+
+    def __init__(self, argv: list, env: Dict[str, str], log: Path) -> None:
+        self.log = log
+        self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, env=env, stdout=self.out, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def lines(self, program: str) -> List[str]:
+        prefix = f"{program} | "
+        return [line[len(prefix) :] for line in self.output().splitlines() if line.startswith(prefix)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.out.close()
+
+
+PEEK = ["sh", "-c", "id -u; env; echo done"]
+
+
+def test_the_app_and_programs_get_none_of_basenodes_secrets_unless_they_opt_in(tmp_path):
+    cfg = tmp_path / "basenode.toml"
+    cfg.write_text(
+        '[programs.peek]\nuser = "nobody"\nautorestart = "never"\nstartsecs = 0\n'
+        f"command = {json.dumps(PEEK)}\n"
+        '[programs.optin]\nautorestart = "never"\nstartsecs = 0\npass_env = ["CONSUL_HTTP_TOKEN"]\n'
+        f"command = {json.dumps(PEEK)}\n"
+    )
+    app = ("sh", "-c", "id -u; id -g; env; echo done; exec sleep 100")
+    node = Node(
+        run_argv(tmp_path / "state", "--config", str(cfg), "--app-user", "nobody", "--app-group", "daemon",
+                 command=app),
+        secret_env(tmp_path),
+        tmp_path / "out.log",
+    )  # fmt: skip
+    try:
+        eventually(
+            lambda: all("done" in node.lines(p) for p in ("app", "peek", "optin")), timeout=30, what="output"
+        )
+        app_lines, peek, optin = node.lines("app"), node.lines("peek"), node.lines("optin")
+        assert app_lines[:2] == [str(NOBODY.pw_uid), str(pwd.getpwnam("daemon").pw_gid)], app_lines
+        assert peek[0] == str(NOBODY.pw_uid)
+        for name in (*SECRETS, "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CLIENT_KEY"):
+            assert not any(line.startswith(name + "=") for line in app_lines + peek), name
+            assert (name == "CONSUL_HTTP_TOKEN") == any(line.startswith(name + "=") for line in optin), name
+        for value in SECRETS.values():
+            assert value not in "\n".join(app_lines + peek)
+        assert any(line.startswith("PATH=") for line in app_lines), "the rest of the environment is kept"
+    finally:
+        node.stop()
+
+
+def test_template_check_and_reload_commands_get_none_of_basenodes_secrets(consul_agent, tmp_path):
+    source, dest = tmp_path / "t.j2", tmp_path / "out" / "t.txt"
+    dest.parent.mkdir()
+    source.write_text("{{ kv('app/x', 'none') }}\n")
+    spec = f"{source}:{dest}:sh -c 'env > {tmp_path}/check.env':sh -c 'env > {tmp_path}/reload.env'"
+    node = Node(
+        run_argv(tmp_path / "state", "--template-spec", spec, command=("sleep", "100")),
+        secret_env(tmp_path, CONSUL_HTTP_ADDR=consul_agent.http_addr),
+        tmp_path / "out.log",
+    )
+    try:
+        eventually(lambda: (tmp_path / "reload.env").exists(), timeout=30, what="the first render's reload")
+        for name in ("check.env", "reload.env"):
+            text = (tmp_path / name).read_text()
+            assert "PATH=" in text
+            for secret in (*SECRETS, "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CLIENT_KEY"):
+                assert f"\n{secret}=" not in "\n" + text, (name, secret)
+    finally:
+        node.stop()
