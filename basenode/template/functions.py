@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 import jinja2
 
@@ -64,6 +64,9 @@ class Rendered:
     used: FrozenSet[Query]
     missing: FrozenSet[Query]
     error: Optional[render.RenderError] = None
+    # (text, where from) of every KV and env() value the render got: what `redact` takes out of the
+    # messages about it (its check's output, say), so that no such value reaches a log or /health.
+    given: Tuple[Tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -93,6 +96,11 @@ class Recorder:
         self.environ = environ
         self.used: Set[Query] = set()
         self.missing: Set[Query] = set()
+        self.given: Dict[str, str] = {}  # text -> where from (Rendered.given)
+
+    def _give(self, text: str, source: str) -> render.Sourced:
+        self.given.setdefault(text, source)
+        return render.Sourced(text, source)
 
     def functions(self) -> Dict[str, Callable[..., Any]]:
         return {
@@ -147,7 +155,7 @@ class Recorder:
         if not known:
             return default if default is not None else ""
         if value is not None:
-            return value
+            return self._give(value, f"kv key {query.name!r}")
         if default is not None:
             return default
         return jinja2.StrictUndefined(
@@ -159,14 +167,15 @@ class Recorder:
         known, value = self._value(query)
         if not known:
             return {}
-        return self.shared.get((query,), lambda: dict(tree(query.name, value)))
+        found = self.shared.get((query,), lambda: dict(tree(query.name, value)))
+        return {k: self._give(v, f"kv key {query.name + k!r}") for k, v in found.items()}
 
     def env(self, name: str, default: Optional[str] = None) -> Any:
         if name in WITHHELD_ENV:
             raise ValueError(f"env({name!r}): basenode's secrets are not given to templates")
         value = self.environ.get(name)
         if value is not None:
-            return value
+            return self._give(value, f"environment variable {name!r}")
         if default is not None:
             return default
         return jinja2.StrictUndefined(
@@ -214,10 +223,31 @@ def render_template(
         text = render.render_context(template, values)
     except render.RenderError as e:
         error = e
+    given = tuple(recorder.given.items())
+    if error is not None:
+        error = render.RenderError(error.file, error.line, redact(error.message, given))
     missing = frozenset(recorder.missing) if not partial else frozenset()
     return Rendered(
         text=None if missing else text,
         used=frozenset(recorder.used),
         missing=missing,
         error=None if missing else error,
+        given=given,
     )
+
+
+REDACT_MIN = 3  # shorter values ("1", "on") are too common to take out of a message, and too short to matter
+
+
+def redact(message: str, given: Sequence[Tuple[str, str]]) -> str:
+    """`message` with each KV or env() value in `given` (as it is, stripped, or as repr shows it)
+    replaced by `<kv key '...'>`: an error never carries a value, whatever raised it."""
+    forms = []
+    for text, source in given:
+        for form in {text, text.strip(), repr(text)[1:-1]}:
+            if len(form) >= REDACT_MIN:
+                forms.append((form, source))
+    for form, source in sorted(forms, key=lambda f: -len(f[0])):
+        if form in message:
+            message = message.replace(form, f"<{source}>")
+    return message

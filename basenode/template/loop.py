@@ -28,7 +28,7 @@ from ..snapshot import Snapshot
 from ..watch import Watcher
 from . import functions as templates
 from . import render
-from .functions import Data
+from .functions import Data, redact
 from .plugins import PluginError, Plugins
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class TemplateSet:
         self.status = {spec.name: TemplateStatus(destination=str(spec.destination)) for spec in self.specs}
         self._used: Dict[str, FrozenSet[Query]] = {}
         self._missing: Dict[str, FrozenSet[Query]] = {}
+        self._given: Dict[str, Tuple[Tuple[str, str], ...]] = {}  # the last render's KV and env() values
         self._stamps: Dict[str, Tuple[Any, ...]] = {}  # template and plugin files at the last render
         self._reload_pending: Set[str] = set()  # written, but the reload failed: the program runs the old
         self._uncompiled: Set[str] = set()  # the template file as it is now does not compile
@@ -175,6 +176,7 @@ class TemplateSet:
         result = templates.render_template(self.sources[spec.name].template, data, extra, shared)
         self._used[spec.name] = result.used
         self._missing[spec.name] = result.missing
+        self._given[spec.name] = result.given  # what _apply takes out of its errors (functions.redact)
         status.waiting_for = sorted(str(q) for q in result.missing)
         if result.missing:
             log.debug("template %s: waiting for %s", spec.name, ", ".join(status.waiting_for))
@@ -193,18 +195,21 @@ class TemplateSet:
                 outputs.reload(spec, self.settings.state_dir)  # the file is in place, its reload was not
                 log.info("template %s: reloaded %s (retried)", spec.name, spec.destination)
         except outputs.CheckFailed as e:
-            raise OutputFailed("check_failures", f"check rejected the new file: {e}", retry=True) from None
+            # Its output may quote the file, and so a KV value: taken out (functions.redact).
+            why = redact(str(e), self._given.get(spec.name, ()))
+            raise OutputFailed("check_failures", f"check rejected the new file: {why}", retry=True) from None
         except outputs.ReloadFailed as e:
             self._reload_pending.add(spec.name)
+            why = redact(str(e), self._given.get(spec.name, ()))
             written = how is None  # else the file was in place already: a retry of the reload alone
             every = f"retrying every {RETRY_SECONDS:.0f} s"
             headline = (
-                f"{spec.destination} written, but its reload failed ({every}): {e}"
+                f"{spec.destination} written, but its reload failed ({every}): {why}"
                 if written
-                else f"reload: {e}"
+                else f"reload: {why}"
             )
             raise OutputFailed(
-                "reload_failures", f"reload: {e}", headline=headline, retry=True, applied=written
+                "reload_failures", f"reload: {why}", headline=headline, retry=True, applied=written
             ) from None
         except outputs.OutputError as e:
             raise OutputFailed("output_errors", str(e), retry=True) from None

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 
 from basenode import control
-from tests.conftest import ZIPAPP
+from tests.conftest import ROOT, ZIPAPP
 from tests.support import procs
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
@@ -344,3 +344,48 @@ def test_template_check_and_reload_commands_get_none_of_basenodes_secrets(consul
                 assert f"\n{secret}=" not in "\n" + text, (name, secret)
     finally:
         node.stop()
+
+
+# --- 5. no KV or env value in any error ----------------------------------------------------------
+
+SECRET_VALUE = "s3cr3t-Value-9f2c"
+
+
+def test_a_kv_value_that_breaks_haproxys_template_is_named_by_its_key_never_shown(
+    consul_agent, start_basenode, tmp_path
+):
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text(
+        (ROOT / "templates" / "haproxy.cfg.j2").read_text() + '\n# build {{ kv("app/build", "none") }}\n'
+    )
+    line = len(template.read_text().splitlines())
+    consul_agent.kv_put("app/build", SECRET_VALUE + "\n")
+    node = start_basenode(f"web:{free_port()}", "--template", str(template))
+    eventually(lambda: node.problems("render: "), timeout=60, what="the render failure in /health")
+    problem = node.problems("render: ")[0]
+    assert f"haproxy.cfg.j2:{line}:" in problem and "kv key 'app/build'" in problem, problem
+    assert "line break U+000A at character 18 of 18" in problem, problem
+    for text in (node.get("/health")[1].decode(), node.get("/status")[1].decode(), node.output()):
+        assert SECRET_VALUE not in text
+
+
+def test_a_check_that_quotes_the_rendered_file_has_the_kv_value_taken_out_of_its_error(
+    consul_agent, start_basenode, tmp_path
+):
+    source, dest = tmp_path / "app.j2", tmp_path / "out" / "app.conf"
+    dest.parent.mkdir()
+    source.write_text('password = {{ kv("app/password") }}\n')
+    consul_agent.kv_put("app/password", SECRET_VALUE)
+    spec = f"{source}:{dest}:sh -c 'cat {{candidate}}; exit 1'"
+    node = start_basenode(f"web:{free_port()}", "--template-spec", spec)
+
+    def template_error():
+        try:
+            return node.status()["templates"].get("spec1", {}).get("last_error")
+        except OSError:
+            return None  # not listening yet
+
+    eventually(template_error, timeout=60, what="the check failure")
+    assert "password = <kv key 'app/password'>" in template_error(), template_error()
+    for text in (node.get("/health")[1].decode(), node.get("/status")[1].decode(), node.output()):
+        assert SECRET_VALUE not in text
