@@ -845,6 +845,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
     )
     config_path = Path(config_value) if config_value else DEFAULT_CONFIG
     file = read_file(config_path, explicit=config_value is not None, source=config_source)
+    if file is not None:
+        check_trusted(file.path, "config file", config_source, "")
     top = _Table(file, "", file.data if file else {})
 
     def pick(flag: Optional[Any], env_name: Optional[str], file_key: Optional[str], kind: str, default: Any):
@@ -866,6 +868,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
     template, template_src = pick(flags.template, "BASENODE_TEMPLATE", "template", "text", None)
     if template is not None and not os.path.isfile(template):
         raise ConfigError(template_src, "template", f"no such file {_show(template)}")
+    if template is not None:
+        check_trusted(Path(template), "template", template_src, "template")
     status_text, status_src = pick(
         flags.status_addr, "BASENODE_STATUS_ADDR", "status_addr", "text", DEFAULT_STATUS_ADDR
     )
@@ -1437,6 +1441,7 @@ def _template(
         raise t.fail("source", "required: the template file")
     if not os.path.isfile(source):
         raise t.fail("source", f"no such file {_show(source)}")
+    check_trusted(Path(source), "template", t.source("source"), t.key("source"))
     destination = t.get("destination", "text")
     if not destination:
         raise t.fail("destination", "required: the file to write")
@@ -1485,6 +1490,7 @@ def _template(
             raise t.fail("plugins", f"plugin name must be a Python identifier, got {_show(plugin)}")
         if not (plugins_dir / f"{plugin}.py").is_file():
             raise t.fail("plugins", f"no plugin {_show(plugin)}: {plugins_dir / (plugin + '.py')} not found")
+        check_trusted(plugins_dir / f"{plugin}.py", "plugin", t.source("plugins"), t.key("plugins"))
     return TemplateSpec(
         name=name,
         source=Path(source).absolute(),
@@ -1603,3 +1609,16 @@ def load_hardening(flags: Flags, environ: Environ, top: _Table) -> Dict[str, Any
             raise ConfigError("BASENODE_APP_PASS_ENV", "", str(e)) from None
         found["app_pass_env"] = names
     return found
+
+
+def check_trusted(path: Path, what: str, source: str, key: str) -> None:
+    """ConfigError unless `path` (and the directories above it) pass trust.check_trusted_file: owned
+    by root or basenode's user, writable by nobody else. /dev/null (an empty config) is no file."""
+    from . import trust
+
+    if os.path.exists(path) and not os.path.isfile(path):
+        return  # a device such as /dev/null: nothing in it to trust or not
+    try:
+        trust.check_trusted_file(path, what)
+    except trust.UntrustedPath as e:
+        raise ConfigError(source, key, str(e)) from None

@@ -33,6 +33,10 @@ def _check_one(path: Path, what: str, sticky_ok: bool) -> None:
         info = os.stat(path)
     except OSError as e:
         raise UntrustedPath(f"{what} {path}: cannot stat: {e.strerror}") from None
+    _check_info(path, info, what, sticky_ok)
+
+
+def _check_info(path: Path, info: os.stat_result, what: str, sticky_ok: bool) -> None:
     mode = stat.S_IMODE(info.st_mode)
     if not _trusted_owner(info.st_uid):
         raise UntrustedPath(
@@ -65,6 +69,18 @@ def check_trusted_file(path: Path, what: str) -> None:
     if real != path:
         _check_one(path.parent, f"{what}'s directory", sticky_ok=True)
     check_trusted(real, what)
+
+
+def read_trusted(path: Path, what: str) -> bytes:
+    """The bytes of `path`, read from the very file that was checked (no swap between check and
+    read): UntrustedPath as check_trusted_file, OSError when it cannot be read."""
+    real = Path(os.path.realpath(os.path.abspath(path)))
+    if real != Path(os.path.abspath(path)):
+        _check_one(Path(os.path.abspath(path)).parent, f"{what}'s directory", sticky_ok=True)
+    check_trusted(real.parent, f"{what}'s directory")
+    with open(real, "rb") as f:
+        _check_info(real, os.fstat(f.fileno()), what, sticky_ok=False)
+        return f.read()
 
 
 def prepare_private_dir(path: Path, what: str = "state dir") -> None:

@@ -79,6 +79,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .. import trust
 from ..config import Settings
 from ..snapshot import Instance, RouteState, Snapshot
 
@@ -168,6 +169,11 @@ def load_template(path: Path, single_line: bool = False) -> jinja2.Template:
     `single_line`: every `{{ value }}` must print without line breaks or control characters (HAProxy's
     config, where one line is one directive); breaking the rule fails the render, naming the line."""
     path = Path(path).absolute()
+    try:  # HAProxy's master runs as root, and its config can start programs: nobody else writes it
+        if path.exists():
+            trust.check_trusted_file(path, "template")
+    except trust.UntrustedPath as e:
+        raise RenderError(str(path), None, f"refused: {e}") from None
     env = _environment(path.parent, single_line)
     try:
         return env.get_template(path.name)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -389,3 +389,81 @@ def test_a_check_that_quotes_the_rendered_file_has_the_kv_value_taken_out_of_its
     assert "password = <kv key 'app/password'>" in template_error(), template_error()
     for text in (node.get("/health")[1].decode(), node.get("/status")[1].decode(), node.output()):
         assert SECRET_VALUE not in text
+
+
+# --- 4. StrictModes: files basenode runs or renders as root -------------------------------------
+
+PLUGIN = "def context(snapshot):\n    return {'greeting': 'hello'}\n"
+
+
+def plugin_setup(tmp_path: Path) -> Tuple[Path, Path, Path]:
+    """(plugins dir, template, config file): one template that uses plugin `extra`."""
+    plugins, source, dest = tmp_path / "plugins", tmp_path / "t.j2", tmp_path / "out" / "t.txt"
+    plugins.mkdir(mode=0o755)
+    dest.parent.mkdir()
+    (plugins / "extra.py").write_text(PLUGIN)
+    source.write_text("{{ greeting }}\n")
+    cfg = tmp_path / "basenode.toml"
+    cfg.write_text(
+        f'plugins_dir = "{plugins}"\n[templates.t]\nsource = "{source}"\ndestination = "{dest}"\n'
+        'plugins = ["extra"]\n'
+    )
+    return plugins, source, cfg
+
+
+@pytest.mark.parametrize(
+    "target, change, expected",
+    [
+        ("plugins", lambda p: os.chmod(p, 0o777), "plugin's directory {path} (owner uid 0, mode 0777)"),
+        ("plugin", lambda p: os.chmod(p, 0o666), "plugin {path} (owner uid 0, mode 0666)"),
+        ("plugin", lambda p: os.chown(p, NOBODY.pw_uid, -1), "plugin {path} (owner uid 65534, mode 0644)"),
+        ("template", lambda p: os.chmod(p, 0o664), "template {path} (owner uid 0, mode 0664)"),
+        ("config", lambda p: os.chown(p, NOBODY.pw_uid, -1), "config file {path} (owner uid 65534"),
+    ],
+)
+def test_a_plugin_template_or_config_file_others_can_write_is_refused_at_start(
+    tmp_path, target, change, expected
+):
+    plugins, source, cfg = plugin_setup(tmp_path)
+    path = {"plugins": plugins, "plugin": plugins / "extra.py", "template": source, "config": cfg}[target]
+    change(path)
+    marker = tmp_path / "app-ran"
+    done = run_once(tmp_path / "state", "--config", str(cfg), command=("touch", str(marker)))
+    assert done.returncode == 2, done.stderr
+    assert expected.format(path=path) in done.stderr, done.stderr
+    assert not marker.exists()
+
+
+def test_haproxys_template_writable_by_others_is_refused(tmp_path):
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text((ROOT / "templates" / "haproxy.cfg.j2").read_text())
+    os.chmod(template, 0o646)
+    done = run_once(tmp_path / "state", "--template", str(template))
+    assert done.returncode == 2
+    assert f"--template: template {template} (owner uid 0, mode 0646) is writable by users other" in (
+        done.stderr
+    ), done.stderr
+
+
+def test_a_plugin_that_another_user_takes_over_while_running_is_not_run(consul_agent, tmp_path):
+    plugins, _, cfg = plugin_setup(tmp_path)
+    dest, pwned = tmp_path / "out" / "t.txt", tmp_path / "pwned"
+    node = Node(
+        run_argv(tmp_path / "state", "--config", str(cfg), command=("sleep", "100")),
+        clean_env(CONSUL_HTTP_ADDR=consul_agent.http_addr),
+        tmp_path / "out.log",
+    )
+    try:
+        eventually(lambda: dest.exists() and dest.read_text() == "hello\n", timeout=60, what="first render")
+        plugin = plugins / "extra.py"
+        os.chown(plugin, NOBODY.pw_uid, NOBODY.pw_gid)  # say, a package that made it nobody's
+        # What nobody would write (the test's tmp dir is closed to nobody: root writes it, nobody owns it).
+        evil = f"import os\nopen({str(pwned)!r}, 'w').write(str(os.getuid()))\n"
+        plugin.write_text(evil + PLUGIN.replace("hello", "x"))
+        os.kill(node.proc.pid, signal.SIGHUP)  # look at the files now
+        eventually(lambda: "refused: plugin" in node.output(), timeout=30, what="the refusal in the log")
+        assert f"plugin {plugin} (owner uid {NOBODY.pw_uid}" in node.output()
+        assert not pwned.exists(), "the plugin ran as root"
+        assert dest.read_text() == "hello\n", "the last good file stays"
+    finally:
+        node.stop()
