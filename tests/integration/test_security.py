@@ -467,3 +467,28 @@ def test_a_plugin_that_another_user_takes_over_while_running_is_not_run(consul_a
         assert dest.read_text() == "hello\n", "the last good file stays"
     finally:
         node.stop()
+
+
+# --- 9. ~/.shiv -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda p: os.chmod(p, 0o777), "(owner uid 0, mode 0777)"),
+        (lambda p: os.chown(p, NOBODY.pw_uid, -1), f"(owner uid {NOBODY.pw_uid}, mode 0700)"),
+    ],
+)
+def test_a_shiv_dir_in_home_that_others_can_write_is_refused_before_anything_is_imported(
+    tmp_path, change, expected
+):
+    home = tmp_path / "home"
+    (home / ".shiv").mkdir(parents=True, mode=0o700)
+    change(home / ".shiv")
+    env = {k: v for k, v in clean_env(HOME=str(home)).items() if k != "SHIV_ROOT"}
+    done = subprocess.run(
+        [sys.executable, str(ZIPAPP), "version"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert f"basenode: {home / '.shiv'} is not a private directory owned by uid 0 {expected}" in done.stderr
+    assert list((home / ".shiv").iterdir()) == [], "packages were unpacked into it"
