@@ -233,6 +233,7 @@ class TemplateSpec:
     reload_command: Tuple[str, ...] = ()  # same form as check
     plugins: Tuple[str, ...] = ()  # <plugins_dir>/<name>.py whose context() this template sees
     pass_env: Tuple[str, ...] = ()  # secret variables its check and reload_command inherit (issue 12)
+    mode_given: bool = False  # `mode` was set: else 0644, or 0600 for text with KV or env() values
     origin: str = ""  # where it was defined, for messages: "basenode.toml:12", "--template-spec"
 
 
@@ -289,6 +290,7 @@ class Settings:
     app_user: Optional[str] = None  # the application COMMAND runs as this user (default: basenode's)
     app_group: Optional[str] = None
     app_pass_env: Tuple[str, ...] = ()  # secret variables the application inherits all the same
+    template_env: Tuple[str, ...] = ()  # the variables env() in templates may read
 
     @property
     def run_sync(self) -> bool:
@@ -1506,6 +1508,7 @@ def _template(
         reload_command=commands["reload_command"],
         plugins=plugins,
         pass_env=_pass_env(t, "pass_env"),
+        mode_given="mode" in t.values,
         origin=origin,
     )
 
@@ -1587,7 +1590,8 @@ def _pass_env(t: _Table, key: str) -> Tuple[str, ...]:
 
 def load_hardening(flags: Flags, environ: Environ, top: _Table) -> Dict[str, Any]:
     """Settings fields of issue 12: app_user, app_group (flag > BASENODE_APP_* > file key > none),
-    app_pass_env (BASENODE_APP_PASS_ENV, comma-separated, > the file's app_pass_env list)."""
+    app_pass_env and template_env (BASENODE_APP_PASS_ENV, BASENODE_TEMPLATE_ENV, comma-separated, > the
+    file's list of the same name > none)."""
     found: Dict[str, Any] = {}
     for kind, flag in (("user", flags.app_user), ("group", flags.app_group)):
         env_name = f"BASENODE_APP_{kind.upper()}"
@@ -1600,15 +1604,23 @@ def load_hardening(flags: Flags, environ: Environ, top: _Table) -> Dict[str, Any
         if problem:
             raise ConfigError(source, f"app_{kind}", problem)
         found[f"app_{kind}"] = value
+    found["template_env"] = _pass_env(top, "template_env")
+    if environ.get("BASENODE_TEMPLATE_ENV"):
+        found["template_env"] = _env_names(environ, "BASENODE_TEMPLATE_ENV")
     found["app_pass_env"] = _pass_env(top, "app_pass_env")
     if environ.get("BASENODE_APP_PASS_ENV"):
-        names = tuple(n.strip() for n in environ["BASENODE_APP_PASS_ENV"].split(",") if n.strip())
-        try:
-            childenv.check_names(names)
-        except ValueError as e:
-            raise ConfigError("BASENODE_APP_PASS_ENV", "", str(e)) from None
-        found["app_pass_env"] = names
+        found["app_pass_env"] = _env_names(environ, "BASENODE_APP_PASS_ENV")
     return found
+
+
+def _env_names(environ: Environ, name: str) -> Tuple[str, ...]:
+    """A comma list of variable names from variable `name`."""
+    names = tuple(n.strip() for n in environ[name].split(",") if n.strip())
+    try:
+        childenv.check_names(names)
+    except ValueError as e:
+        raise ConfigError(name, "", str(e)) from None
+    return names
 
 
 def check_trusted(path: Path, what: str, source: str, key: str) -> None:

@@ -56,21 +56,26 @@ def current_text(destination: Path) -> Optional[str]:
         return None
 
 
-def apply(spec: TemplateSpec, text: str, state_dir: Path) -> str:
-    """Put `text` in place for `spec`; "unchanged" or "written". CheckFailed, ReloadFailed, OutputError."""
+SENSITIVE_MODE = 0o600  # a destination that got KV or env() text, unless its spec says otherwise (issue 12)
+
+
+def apply(spec: TemplateSpec, text: str, state_dir: Path, sensitive: bool = False) -> str:
+    """Put `text` in place for `spec`; "unchanged" or "written". CheckFailed, ReloadFailed, OutputError.
+    `sensitive`: the text holds KV or env() values: written 0600 unless the spec gives a mode."""
     try:
-        return _apply(spec, text, state_dir)
+        return _apply(spec, text, state_dir, sensitive)
     except (OSError, LookupError) as e:  # a destination that is a directory, an owner that is gone, ...
         raise OutputError(f"{spec.destination}: {type(e).__name__}: {e}") from None
 
 
-def _apply(spec: TemplateSpec, text: str, state_dir: Path) -> str:
+def _apply(spec: TemplateSpec, text: str, state_dir: Path, sensitive: bool) -> str:
     destination = spec.destination
     if current_text(destination) == text:
         return "unchanged"
     candidate = candidate_path(destination)
     try:
-        write_atomic(candidate, text, mode=spec.mode, owner=owner_ids(spec))
+        mode = spec.mode if spec.mode_given or not sensitive else SENSITIVE_MODE
+        write_atomic(candidate, text, mode=mode, owner=owner_ids(spec))
     except OSError as e:
         raise OutputError(f"cannot write {candidate}: {e.strerror or e}") from None
     try:

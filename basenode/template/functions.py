@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 import jinja2
 
+from .. import childenv
 from ..config import DATACENTER_RE
 from ..dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
 from ..dependency.kv import tree
@@ -84,16 +85,19 @@ class Shared:
 
 # The ACL token and the gossip key: basenode keeps them out of logs and command lines, and a template
 # (whose output is often world-readable) does not get them either.
-WITHHELD_ENV = frozenset({"CONSUL_HTTP_TOKEN", "CONSUL_ENCRYPT", "CONSUL_CLIENT_KEY"})
+WITHHELD_ENV = childenv.SECRET_ENV
 
 
 class Recorder:
     """The template functions for one render: each records its query and reads the shared cache."""
 
-    def __init__(self, data: Data, shared: Shared, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, data: Data, shared: Shared, environ: Mapping[str, str], env_allowed: Optional[Collection[str]]
+    ) -> None:
         self.data = data
         self.shared = shared
         self.environ = environ
+        self.env_allowed = None if env_allowed is None else frozenset(env_allowed)  # None: any name
         self.used: Set[Query] = set()
         self.missing: Set[Query] = set()
         self.given: Dict[str, str] = {}  # text -> where from (Rendered.given)
@@ -173,6 +177,11 @@ class Recorder:
     def env(self, name: str, default: Optional[str] = None) -> Any:
         if name in WITHHELD_ENV:
             raise ValueError(f"env({name!r}): basenode's secrets are not given to templates")
+        if self.env_allowed is not None and name not in self.env_allowed:
+            raise ValueError(
+                f"env({name!r}): not in template_env (BASENODE_TEMPLATE_ENV), "
+                "the variables a template may read"
+            )
         value = self.environ.get(name)
         if value is not None:
             return self._give(value, f"environment variable {name!r}")
@@ -208,14 +217,20 @@ def render_template(
     shared: Optional[Shared] = None,
     environ: Optional[Mapping[str, str]] = None,
     partial: bool = False,
+    env_allowed: Optional[Collection[str]] = None,
 ) -> Rendered:
     """Render with the template functions over `data`, plus the `extra` context (e.g. plugins' keys).
 
     A template that fails with all its data present gives Rendered.error (file:line: message); a
     failure while data is missing only means "not yet" (the empty stand-ins may be what broke it).
     `partial` keeps the text rendered with the stand-ins (`basenode check` without a cluster).
+    env() reads the variables in `env_allowed` (Settings.template_env) of `environ` (default basenode's
+    own); a given `environ` with no `env_allowed` is all allowed (tests).
     """
-    recorder = Recorder(data, shared or Shared(), os.environ if environ is None else environ)
+    allowed = env_allowed
+    if environ is None:
+        environ, allowed = os.environ, env_allowed or ()
+    recorder = Recorder(data, shared or Shared(), environ, allowed)
     values = {**(extra or {}), **recorder.functions()}
     text: Optional[str] = None
     error: Optional[render.RenderError] = None

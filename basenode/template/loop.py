@@ -173,7 +173,9 @@ class TemplateSet:
                 extra.update(self.plugins.context(plugin, snapshot))
         except PluginError as e:
             raise OutputFailed("plugin_errors", f"plugin: {e}") from None
-        result = templates.render_template(self.sources[spec.name].template, data, extra, shared)
+        result = templates.render_template(
+            self.sources[spec.name].template, data, extra, shared, env_allowed=self.settings.template_env
+        )
         self._used[spec.name] = result.used
         self._missing[spec.name] = result.missing
         self._given[spec.name] = result.given  # what _apply takes out of its errors (functions.redact)
@@ -190,7 +192,8 @@ class TemplateSet:
         """Check, write and reload (outputs.apply); a reload that failed before is retried on its own."""
         how: Optional[str] = None
         try:
-            how = outputs.apply(spec, text, self.settings.state_dir)
+            sensitive = bool(self._given.get(spec.name))  # KV or env() text: 0600 unless `mode` says
+            how = outputs.apply(spec, text, self.settings.state_dir, sensitive=sensitive)
             if how == "unchanged" and spec.name in self._reload_pending:
                 outputs.reload(spec, self.settings.state_dir)  # the file is in place, its reload was not
                 log.info("template %s: reloaded %s (retried)", spec.name, spec.destination)
@@ -240,7 +243,7 @@ def render_now(
     """
     data: Dict[Query, Any] = {}
     for _ in range(MAX_PASSES):
-        rendered = templates.render_template(template, data, extra)
+        rendered = templates.render_template(template, data, extra, env_allowed=settings.template_env)
         if not rendered.missing:
             return rendered
         try:
@@ -250,7 +253,9 @@ def render_now(
         except READ_ERRORS:
             if not partial:
                 raise
-            return templates.render_template(template, data, extra, partial=True)
+            return templates.render_template(
+                template, data, extra, partial=True, env_allowed=settings.template_env
+            )
         for text in warnings:
             log.warning("%s", text)
         data.update(fetched)
@@ -309,7 +314,9 @@ class TemplateLoop:
         """HAProxy's config text with the template functions over `data`; None while their data is on
         its way (unless `partial`: the startup grace is over, stand-ins will do). RenderError as
         render.render."""
-        rendered = templates.render_template(template, data, context, partial=partial)
+        rendered = templates.render_template(
+            template, data, context, partial=partial, env_allowed=self.settings.template_env
+        )
         self.haproxy_used, self.haproxy_missing = rendered.used, rendered.missing
         self._want()
         if rendered.error is not None:

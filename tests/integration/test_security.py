@@ -492,3 +492,58 @@ def test_a_shiv_dir_in_home_that_others_can_write_is_refused_before_anything_is_
     assert done.returncode != 0
     assert f"basenode: {home / '.shiv'} is not a private directory owned by uid 0 {expected}" in done.stderr
     assert list((home / ".shiv").iterdir()) == [], "packages were unpacked into it"
+
+
+# --- 10. env() reads what the operator allows; files with KV or env text are 0600 ----------------
+
+
+def start_templates(consul_agent, tmp_path: Path, tables: Dict[str, str]) -> Node:
+    """`basenode run` rendering [templates.NAME] tables ({name: source text}) to tmp_path/out/NAME (a
+    name ending _0644 sets that mode), with APP_COLOUR=blue set and allowed to templates."""
+    (tmp_path / "out").mkdir(exist_ok=True)
+    text = ""
+    for name, body in tables.items():
+        (tmp_path / f"{name}.j2").write_text(body)
+        text += f'[templates.{name}]\nsource = "{tmp_path}/{name}.j2"\n'
+        text += f'destination = "{tmp_path}/out/{name}"\n' + (
+            'mode = "0644"\n' if name.endswith("_0644") else ""
+        )
+    cfg = tmp_path / "basenode.toml"
+    cfg.write_text(text)
+    env = clean_env(
+        CONSUL_HTTP_ADDR=consul_agent.http_addr, APP_COLOUR="blue", BASENODE_TEMPLATE_ENV="APP_COLOUR"
+    )
+    argv = run_argv(tmp_path / "state", "--config", str(cfg), command=("sleep", "100"))
+    return Node(argv, env, tmp_path / "out.log")
+
+
+def test_env_in_templates_reads_only_allowed_variables(consul_agent, tmp_path):
+    tables = {"allowed": "{{ env('APP_COLOUR') }}\n", "denied": "{{ env('HOME') }}\n"}
+    node = start_templates(consul_agent, tmp_path, tables)
+    try:
+        allowed = tmp_path / "out" / "allowed"
+        eventually(lambda: allowed.exists(), timeout=60, what="the allowed template written")
+        assert allowed.read_text() == "blue\n"
+        eventually(lambda: "env('HOME'): not in template_env" in node.output(), timeout=30, what="refusal")
+        assert not (tmp_path / "out" / "denied").exists()
+    finally:
+        node.stop()
+
+
+def test_destinations_that_get_kv_or_env_text_are_0600_unless_mode_says(consul_agent, tmp_path):
+    consul_agent.kv_put("app/db", "postgres://u:p@db/x")
+    tables = {
+        "plain": "no values here\n",
+        "kv": "{{ kv('app/db') }}\n",
+        "tree": "{% for k, v in kv_tree('app') | dictsort %}{{ v }}{% endfor %}\n",
+        "env": "{{ env('APP_COLOUR') }}\n",
+        "kv_0644": "{{ kv('app/db') }}\n",
+    }
+    node = start_templates(consul_agent, tmp_path, tables)
+    try:
+        out = tmp_path / "out"
+        eventually(lambda: all((out / n).exists() for n in tables), timeout=60, what="every template written")
+        modes = {n: stat.S_IMODE(os.stat(out / n).st_mode) for n in tables}
+        assert modes == {"plain": 0o644, "kv": 0o600, "tree": 0o600, "env": 0o600, "kv_0644": 0o644}
+    finally:
+        node.stop()
