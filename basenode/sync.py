@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from . import explain, files, status
+from . import explain, exposure, files, status
 from .config import Settings
 from .dependency import READ_ERRORS, Query
 from .output import haproxy
@@ -258,6 +258,7 @@ def run(settings: Settings, once: bool = False) -> int:
     loop = Loop(settings, watcher)
     loop.state.templates = loop.templates.templates.status
     server = status.serve(settings, loop.state, watcher)
+    exposure.warn_when_known(settings, stop)  # one line at start when the cluster is open to anyone
     loop.start()
     consumer = threading.Thread(target=watcher.run, args=(loop.on_change, stop), name="sync", daemon=True)
     consumer.start()

@@ -547,3 +547,23 @@ def test_destinations_that_get_kv_or_env_text_are_0600_unless_mode_says(consul_a
         assert modes == {"plain": 0o644, "kv": 0o600, "tree": 0o600, "env": 0o600, "kv_0644": 0o644}
     finally:
         node.stop()
+
+
+# --- 11. an open cluster is said so, once ----------------------------------------------------------
+
+
+def test_joining_a_cluster_without_a_gossip_key_or_acls_logs_one_warning_saying_what_is_open(
+    consul_agent, start_basenode
+):
+    node = start_basenode(f"web:{free_port()}", own_agent=True)  # joins the test's agent: no key, no ACLs
+    eventually(lambda: "gossip is not encrypted" in node.output(), timeout=90, what="the warning")
+    eventually(node.healthy, timeout=60, what="/health 200")
+    out = node.output()
+    assert out.count("gossip is not encrypted (no CONSUL_ENCRYPT) and the agent has no ACLs") == 1, out
+    assert "can join as a node and register services" in out and "can write basenode/routes/ keys" in out
+
+
+def test_a_single_agent_on_loopback_gets_no_such_warning(consul_agent, start_basenode):
+    node = start_basenode(f"web:{free_port()}")  # the test's agent: one node, bound to 127.0.0.1
+    eventually(node.healthy, timeout=60, what="/health 200")
+    assert "gossip is not encrypted" not in node.output() and "has no ACLs" not in node.output()
