@@ -32,6 +32,7 @@ from .output.record import RETRY_SECONDS, OutputFailed, attempt
 from .routes import ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from .snapshot import Snapshot
 from .template import render
+from .template.functions import redact
 from .template.loop import TemplateLoop, check_templates, render_now
 from .watch import Watcher
 
@@ -162,10 +163,11 @@ class Loop:
             try:
                 return haproxy.apply(self.settings, previous, snapshot, text).how
             except haproxy.CheckFailed as e:
+                why = redact(str(e), self.templates.haproxy_given)  # it may quote a line with a KV value
                 raise OutputFailed(
                     "check_failures",
-                    f"check: haproxy -c: {e}",
-                    headline=f"haproxy -c rejected the new config: {e}",
+                    f"check: haproxy -c: {why}",
+                    headline=f"haproxy -c rejected the new config: {why}",
                 ) from None
             except (haproxy.ApplyError, OSError) as e:
                 # Not the config's fault (a full disk, HAProxy between lives): the same one may work soon.

@@ -298,6 +298,7 @@ class TemplateLoop:
         self.snapshot = static_snapshot(settings)  # until discovery sends one (or for ever)
         self.haproxy_used: FrozenSet[Query] = frozenset()
         self.haproxy_missing: FrozenSet[Query] = frozenset()
+        self.haproxy_given: Tuple[Tuple[str, str], ...] = ()
 
     def round(self, data: Data, changed: Collection[Query] = (), snapshot: Optional[Snapshot] = None) -> int:
         if snapshot is not None:
@@ -318,6 +319,7 @@ class TemplateLoop:
             template, data, context, partial=partial, env_allowed=self.settings.template_env
         )
         self.haproxy_used, self.haproxy_missing = rendered.used, rendered.missing
+        self.haproxy_given = rendered.given  # taken out of haproxy -c's messages (functions.redact)
         self._want()
         if rendered.error is not None:
             raise rendered.error

@@ -567,3 +567,19 @@ def test_a_single_agent_on_loopback_gets_no_such_warning(consul_agent, start_bas
     node = start_basenode(f"web:{free_port()}")  # the test's agent: one node, bound to 127.0.0.1
     eventually(node.healthy, timeout=60, what="/health 200")
     assert "gossip is not encrypted" not in node.output() and "has no ACLs" not in node.output()
+
+
+def test_haproxys_check_quoting_a_kv_value_has_it_taken_out(consul_agent, start_basenode, tmp_path):
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text(
+        (ROOT / "templates" / "haproxy.cfg.j2").read_text()
+        + f"\nfrontend probe\n  bind 127.0.0.1:{free_port()}\n"
+        + '{% if kv("app/backend", "") %}  use_backend {{ kv("app/backend") }}\n{% endif %}'
+    )
+    consul_agent.kv_put("app/backend", SECRET_VALUE)
+    node = start_basenode(f"web:{free_port()}", "--template", str(template))
+    eventually(lambda: node.problems("check: "), timeout=60, what="haproxy -c's refusal in /health")
+    problem = node.problems("check: ")[0]
+    assert "use_backend: '<kv key 'app/backend'>'" in problem, problem
+    for text in (node.get("/health")[1].decode(), node.get("/status")[1].decode(), node.output()):
+        assert SECRET_VALUE not in text
