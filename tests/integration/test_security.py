@@ -300,11 +300,13 @@ def test_the_app_and_programs_get_none_of_basenodes_secrets_unless_they_opt_in(t
         f"command = {json.dumps(PEEK)}\n"
         '[programs.optin]\nautorestart = "never"\nstartsecs = 0\npass_env = ["CONSUL_HTTP_TOKEN"]\n'
         f"command = {json.dumps(PEEK)}\n"
+        '[programs.probed]\ncommand = ["sleep", "100"]\n'
+        f"ready_command = {json.dumps(['sh', '-c', f'env > {tmp_path}/ready.env'])}\n"
     )
     app = ("sh", "-c", "id -u; id -g; env; echo done; exec sleep 100")
     node = Node(
         run_argv(tmp_path / "state", "--config", str(cfg), "--app-user", "nobody", "--app-group", "daemon",
-                 command=app),
+                 "--app-output", "prefix", command=app),
         secret_env(tmp_path),
         tmp_path / "out.log",
     )  # fmt: skip
@@ -315,11 +317,14 @@ def test_the_app_and_programs_get_none_of_basenodes_secrets_unless_they_opt_in(t
         app_lines, peek, optin = node.lines("app"), node.lines("peek"), node.lines("optin")
         assert app_lines[:2] == [str(NOBODY.pw_uid), str(pwd.getpwnam("daemon").pw_gid)], app_lines
         assert peek[0] == str(NOBODY.pw_uid)
+        ready_env = tmp_path / "ready.env"
+        eventually(lambda: ready_env.exists() and "PATH=" in ready_env.read_text(), timeout=30, what="ready")
+        ready = (tmp_path / "ready.env").read_text().splitlines()
         for name in (*SECRETS, "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CLIENT_KEY"):
-            assert not any(line.startswith(name + "=") for line in app_lines + peek), name
+            assert not any(line.startswith(name + "=") for line in app_lines + peek + ready), name
             assert (name == "CONSUL_HTTP_TOKEN") == any(line.startswith(name + "=") for line in optin), name
         for value in SECRETS.values():
-            assert value not in "\n".join(app_lines + peek)
+            assert value not in "\n".join(app_lines + peek + ready)
         assert any(line.startswith("PATH=") for line in app_lines), "the rest of the environment is kept"
     finally:
         node.stop()
