@@ -59,7 +59,7 @@ test-faults: deps zipapp
 	$(PY) -m pytest -q tests/faults
 
 # Hypothesis, deterministic: the same 500 examples on every run (tests/property/conftest.py).
-test-property: deps
+test-property: deps zipapp  # test_hostile_clients runs dist/basenode
 	$(PY) -m pytest -q tests/property
 
 test-docker: deps zipapp

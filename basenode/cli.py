@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Set, Tuple
 
-from . import __version__, config, log
+from . import __version__, childenv, config, log
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="the application's stdout/stderr: its own (inherit, default), or prefixed or JSON-wrapped "
         "by basenode (env BASENODE_APP_OUTPUT)",
     )
+    add(
+        "--app-user",
+        metavar="USER",
+        help="run COMMAND as this user (env BASENODE_APP_USER; default: basenode's)",
+    )
+    add("--app-group", metavar="GROUP", help="COMMAND's group (env BASENODE_APP_GROUP; default: the user's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +188,8 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         plugins_dir=args.plugins_dir,
         app_output=args.app_output,
         command=tuple(command),
+        app_user=args.app_user,
+        app_group=args.app_group,
     )
 
 
@@ -303,12 +311,12 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
         old = current["settings"]
         try:
             new = config.load(flags, os.environ)
+            programs = all_programs(new, flags, first_start=False)
         except config.ConfigError as e:
             logger.error("reload refused, the running config stays: %s", e)
             return None
         logger.info("SIGHUP: config reloaded from %s", new.config_file or "flags and environment")
         current["settings"] = new
-        programs = all_programs(new, flags, first_start=False)
         if new.agent != old.agent and new.run_consul and old.run_consul:
             supervisor.restart_program("consul")
         if new.run_sync and (new != old or not old.run_sync):
@@ -332,7 +340,10 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
     )
     server = None
     try:
-        prepare_state_dir(settings.state_dir)
+        prepare_state_dir(settings.state_dir)  # a state dir not ours: ConfigError, nothing started
+    except OSError as e:
+        logger.warning("cannot create the state dir %s: %s", settings.state_dir, e)
+    try:
         server = control.ControlServer(supervisor, settings.state_dir)
     except OSError as e:
         logger.warning("no control socket in %s: %s (status shows no programs)", settings.state_dir, e)
@@ -365,6 +376,9 @@ def all_programs(settings: config.Settings, flags: config.Flags, first_start: bo
                 output=settings.app_output,
                 # After the first renders (sync), so that its config files are in place.
                 depends_on=tuple(p.name for p in programs if p.name in ("consul", "sync", "haproxy")),
+                user=settings.app_user,
+                group=settings.app_group,
+                pass_env=settings.app_pass_env,
             )
         )
     if settings.services:
@@ -394,6 +408,7 @@ def register_program(settings: config.Settings, flags: config.Flags) -> config.P
     after = ("app",) if settings.command else (("consul",) if settings.run_consul else ())
     return config.Program(
         name="register",
+        pass_env=tuple(childenv.SECRET_ENV),  # it talks to Consul as basenode does
         command=(*child_command(settings, flags, "register"), *(["--leave"] if settings.run_consul else [])),
         autorestart="always",
         startsecs=0,
@@ -422,12 +437,15 @@ def builtin_programs(
         from . import agent
 
         agent.write_agent_config(settings)
-        programs.append(agent.agent_program(settings))
+        programs.append(
+            dataclasses.replace(agent.agent_program(settings), pass_env=tuple(childenv.SECRET_ENV))
+        )
     if settings.run_sync:
         programs.append(
             config.Program(
                 name="sync",
                 command=child_command(settings, flags, "sync"),
+                pass_env=tuple(childenv.SECRET_ENV),  # it reads Consul with them
                 # Three threads, none allocating much at the same time: glibc's per-thread arenas would
                 # only keep fragments of the big renders (measured: ~4 MB at 1,000 routes).
                 environment=(("MALLOC_ARENA_MAX", "2"),),
@@ -450,8 +468,14 @@ def builtin_programs(
 
 
 def prepare_state_dir(path: Path) -> None:
-    """State dir: created 0700 if missing; sockets and rendered files live here."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """State dir: created 0700 if missing, else ours alone and made 0700 (trust.prepare_private_dir);
+    sockets, ready files and rendered configs live here. ConfigError when it is not ours."""
+    from . import trust
+
+    try:
+        trust.prepare_private_dir(path)
+    except trust.UntrustedPath as e:
+        raise config.ConfigError("", "", str(e)) from None
 
 
 def cmd_sync(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:

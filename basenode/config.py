@@ -16,7 +16,7 @@ import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from .route_options import OptionError, RouteOptions, parse_options, show, split_words
@@ -26,6 +26,8 @@ try:  # Python 3.11+
     import tomllib as _toml
 except ImportError:  # 3.9, 3.10: the bundled tomli
     import tomli as _toml  # type: ignore[no-redef]
+
+from . import childenv
 
 DEFAULT_CONFIG = Path("/etc/basenode/basenode.toml")
 DEFAULT_STATE_DIR = Path("/run/basenode")
@@ -103,6 +105,9 @@ class Program:
     # json: through basenode, as `NAME | line` or a JSON log object; None: prefix, or json with
     # --log-format json.
     output: Optional[str] = None
+    # --- hostile neighbours (issue 12): who the program runs as, which of basenode's secrets it keeps
+    group: Optional[str] = None  # primary group (default: the user's)
+    pass_env: Tuple[str, ...] = ()  # secret variables (childenv.SECRET_ENV) it inherits all the same
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,8 @@ class TemplateSpec:
     restart_program: Optional[str] = None  # a supervised program that is restarted
     reload_command: Tuple[str, ...] = ()  # same form as check
     plugins: Tuple[str, ...] = ()  # <plugins_dir>/<name>.py whose context() this template sees
+    pass_env: Tuple[str, ...] = ()  # secret variables its check and reload_command inherit (issue 12)
+    mode_given: bool = False  # `mode` was set: else 0644, or 0600 for text with KV or env() values
     origin: str = ""  # where it was defined, for messages: "basenode.toml:12", "--template-spec"
 
 
@@ -279,6 +286,11 @@ class Settings:
     kv_route_limit: int = DEFAULT_KV_ROUTE_LIMIT
     app_output: str = "inherit"  # one of APP_OUTPUTS
     app: App = App()  # the [app] table: when the application counts as up
+    # --- hostile neighbours (issue 12): see load_hardening
+    app_user: Optional[str] = None  # the application COMMAND runs as this user (default: basenode's)
+    app_group: Optional[str] = None
+    app_pass_env: Tuple[str, ...] = ()  # secret variables the application inherits all the same
+    template_env: Tuple[str, ...] = ()  # the variables env() in templates may read
 
     @property
     def run_sync(self) -> bool:
@@ -496,6 +508,8 @@ class Flags:
     plugins_dir: Optional[str] = None
     app_output: Optional[str] = None  # inherit | prefix | json
     command: Tuple[str, ...] = ()
+    app_user: Optional[str] = None  # --app-user
+    app_group: Optional[str] = None  # --app-group
 
 
 class FileValues:
@@ -730,13 +744,12 @@ def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], e
     if directory is not None and not os.path.isdir(directory):
         raise t.fail("directory", f"no such directory {_show(directory)}")
     user = t.get("user", "text")
-    if user is not None:
-        import pwd
-
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            raise t.fail("user", f"no such user {_show(user)}") from None
+    group = t.get("group", "text")
+    for key, value in (("user", user), ("group", group)):
+        problem = account_problem(key, value)
+        if problem:
+            raise t.fail(key, problem)
+    pass_env = _pass_env(t, "pass_env")
     autorestart = t.get("autorestart", "text", "on-failure")
     if autorestart not in AUTORESTART:
         raise t.fail("autorestart", f"expected always, on-failure or never, got {_show(autorestart)}")
@@ -757,6 +770,8 @@ def _program(file: Optional[FileValues], name: str, values: Mapping[str, Any], e
         required=t.get("required", "flag", False),
         forward_signals=t.get("forward_signals", "signal_list", ()),
         **_readiness(t, environ),
+        group=group,
+        pass_env=pass_env,
     )
     t.check_unknown()
     return program
@@ -832,6 +847,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
     )
     config_path = Path(config_value) if config_value else DEFAULT_CONFIG
     file = read_file(config_path, explicit=config_value is not None, source=config_source)
+    if file is not None:
+        check_trusted(file.path, "config file", config_source, "")
     top = _Table(file, "", file.data if file else {})
 
     def pick(flag: Optional[Any], env_name: Optional[str], file_key: Optional[str], kind: str, default: Any):
@@ -853,6 +870,8 @@ def load(flags: Flags, environ: Environ) -> Settings:
     template, template_src = pick(flags.template, "BASENODE_TEMPLATE", "template", "text", None)
     if template is not None and not os.path.isfile(template):
         raise ConfigError(template_src, "template", f"no such file {_show(template)}")
+    if template is not None:
+        check_trusted(Path(template), "template", template_src, "template")
     status_text, status_src = pick(
         flags.status_addr, "BASENODE_STATUS_ADDR", "status_addr", "text", DEFAULT_STATUS_ADDR
     )
@@ -940,6 +959,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
     supervised = [p.name for p in programs] + [APP_PROGRAM]
     templates = _load_templates(flags, file, top.table("templates"), Path(plugins_dir), supervised)
     check_destinations(templates, Path(state_dir) / "haproxy.cfg" if run_haproxy else None)
+    hardening = load_hardening(flags, environ, top)
     top.check_unknown()
 
     run_sync = run_haproxy or bool(templates)
@@ -999,6 +1019,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
         plugins_dir=Path(plugins_dir),
         app_output=app_output,
         app=app,
+        **hardening,
     )
 
 
@@ -1336,7 +1357,7 @@ def load_consul_http(environ: Environ) -> ConsulHTTP:
 
 TEMPLATE_KEYS = (
     "source", "destination", "mode", "owner", "check", "shell", "reload_program", "reload_signal",
-    "restart_program", "reload_command", "plugins",
+    "restart_program", "reload_command", "plugins", "pass_env",
 )  # fmt: skip
 
 
@@ -1422,6 +1443,7 @@ def _template(
         raise t.fail("source", "required: the template file")
     if not os.path.isfile(source):
         raise t.fail("source", f"no such file {_show(source)}")
+    check_trusted(Path(source), "template", t.source("source"), t.key("source"))
     destination = t.get("destination", "text")
     if not destination:
         raise t.fail("destination", "required: the file to write")
@@ -1470,6 +1492,7 @@ def _template(
             raise t.fail("plugins", f"plugin name must be a Python identifier, got {_show(plugin)}")
         if not (plugins_dir / f"{plugin}.py").is_file():
             raise t.fail("plugins", f"no plugin {_show(plugin)}: {plugins_dir / (plugin + '.py')} not found")
+        check_trusted(plugins_dir / f"{plugin}.py", "plugin", t.source("plugins"), t.key("plugins"))
     return TemplateSpec(
         name=name,
         source=Path(source).absolute(),
@@ -1484,6 +1507,8 @@ def _template(
         restart_program=t.get("restart_program", "text"),
         reload_command=commands["reload_command"],
         plugins=plugins,
+        pass_env=_pass_env(t, "pass_env"),
+        mode_given="mode" in t.values,
         origin=origin,
     )
 
@@ -1532,3 +1557,80 @@ def check_destinations(templates: Sequence[TemplateSpec], haproxy_cfg: Optional[
                 "is HAProxy's own config, which basenode renders from --template",
             )
         seen[spec.destination] = spec
+
+
+# --- hostile neighbours (issue 12): the application's user, and which secrets children keep --------
+
+
+def account_problem(kind: str, name: Optional[str]) -> Optional[str]:
+    """Why `name` is no user (kind "user") or group here, or None (also for None)."""
+    if name is None:
+        return None
+    import grp
+    import pwd
+
+    try:
+        if kind == "user":
+            pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        else:
+            grp.getgrgid(int(name)) if name.isdigit() else grp.getgrnam(name)
+    except KeyError:
+        return f"no such {kind} {_show(name)}"
+    return None
+
+
+def _pass_env(t: _Table, key: str) -> Tuple[str, ...]:
+    names = t.get(key, "text_list", ())
+    try:
+        childenv.check_names(names)
+    except ValueError as e:
+        raise t.fail(key, str(e)) from None
+    return names
+
+
+def load_hardening(flags: Flags, environ: Environ, top: _Table) -> Dict[str, Any]:
+    """Settings fields of issue 12: app_user, app_group (flag > BASENODE_APP_* > file key > none),
+    app_pass_env and template_env (BASENODE_APP_PASS_ENV, BASENODE_TEMPLATE_ENV, comma-separated, > the
+    file's list of the same name > none)."""
+    found: Dict[str, Any] = {}
+    for kind, flag in (("user", flags.app_user), ("group", flags.app_group)):
+        env_name = f"BASENODE_APP_{kind.upper()}"
+        value, source = _choose(
+            (flag, f"--app-{kind}"),
+            (environ.get(env_name) or None, env_name),
+            (top.get(f"app_{kind}", "text"), top.source(f"app_{kind}")),
+        )
+        problem = account_problem(kind, value)
+        if problem:
+            raise ConfigError(source, f"app_{kind}", problem)
+        found[f"app_{kind}"] = value
+    found["template_env"] = _pass_env(top, "template_env")
+    if environ.get("BASENODE_TEMPLATE_ENV"):
+        found["template_env"] = _env_names(environ, "BASENODE_TEMPLATE_ENV")
+    found["app_pass_env"] = _pass_env(top, "app_pass_env")
+    if environ.get("BASENODE_APP_PASS_ENV"):
+        found["app_pass_env"] = _env_names(environ, "BASENODE_APP_PASS_ENV")
+    return found
+
+
+def _env_names(environ: Environ, name: str) -> Tuple[str, ...]:
+    """A comma list of variable names from variable `name`."""
+    names = tuple(n.strip() for n in environ[name].split(",") if n.strip())
+    try:
+        childenv.check_names(names)
+    except ValueError as e:
+        raise ConfigError(name, "", str(e)) from None
+    return names
+
+
+def check_trusted(path: Path, what: str, source: str, key: str) -> None:
+    """ConfigError unless `path` (and the directories above it) pass trust.check_trusted_file: owned
+    by root or basenode's user, writable by nobody else. /dev/null (an empty config) is no file."""
+    from . import trust
+
+    if os.path.exists(path) and not os.path.isfile(path):
+        return  # a device such as /dev/null: nothing in it to trust or not
+    try:
+        trust.check_trusted_file(path, what)
+    except trust.UntrustedPath as e:
+        raise ConfigError(source, key, str(e)) from None

@@ -13,13 +13,17 @@ The sync child reads program states through it (for /status, /health and /metric
 restarts a program after writing a template's file. The socket is 0600 and in the 0700 state dir:
 only basenode's own user can connect, as it can anyway signal basenode's children.
 
-The server side runs inside the supervisor's loop (PID 1 stays single-threaded): a connection gets
-SERVER_TIMEOUT to send its line, which only a local process of the same user can hold up.
+The server side runs inside the supervisor's loop (PID 1 stays single-threaded) and never waits
+on a client: connections are non-blocking and read as their bytes arrive, each has SERVER_TIMEOUT
+from accept to its whole line (then it is closed), at most MAX_CLIENTS are open (one more closes
+the oldest), and a line is at most MAX_REQUEST bytes of JSON nested MAX_DEPTH deep. A client that
+trickles bytes costs PID 1 a few microseconds per byte: reaping and signal forwarding go on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,9 +37,11 @@ from .supervise import ProgramState, Supervisor
 
 log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
-SERVER_TIMEOUT = 0.5
+SERVER_TIMEOUT = 2.0  # from accept to the whole request line
 CLIENT_TIMEOUT = 5.0
 MAX_REQUEST = 4096
+MAX_DEPTH = 8  # the requests are flat objects; json's recursion limit is far away
+MAX_CLIENTS = 16
 
 
 class ControlError(Exception):
@@ -77,28 +83,85 @@ class ControlServer:
         self.inode = self.path.stat().st_ino
         self.sock.listen(16)
         self.sock.setblocking(False)
+        self.clients: Dict[int, _Client] = {}  # fd -> client; insertion order is accept order
         supervisor.watch_fd(self.sock.fileno(), self._accept)
+        supervisor.add_ticker(self._expire)
 
     def close(self) -> None:
+        for client in list(self.clients.values()):
+            self._close(client)
         self.sock.close()
         with contextlib.suppress(OSError):
             if self.path.stat().st_ino == self.inode:  # not a newer basenode's socket
                 self.path.unlink()
 
+    # --- connections: non-blocking, in the supervisor's loop (see the module docstring)
+
     def _accept(self) -> None:
-        while True:
+        for _ in range(MAX_CLIENTS):
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            with conn:
-                conn.settimeout(SERVER_TIMEOUT)
-                try:
-                    reply = self.answer(_read_line(conn))
-                except (OSError, ValueError) as e:
-                    reply = {"ok": False, "error": f"bad request: {e}"}
-                with contextlib.suppress(OSError):
-                    conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError as e:  # EMFILE and the like: the oldest goes, the rest wait in the backlog
+                log.warning("control socket: cannot accept: %s", e)
+                self._close_oldest()
+                return
+            if len(self.clients) >= MAX_CLIENTS:
+                self._close_oldest()
+            conn.setblocking(False)
+            client = _Client(conn, time.monotonic() + SERVER_TIMEOUT)
+            self.clients[conn.fileno()] = client
+            self.supervisor.watch_fd(conn.fileno(), functools.partial(self._read, client))
+
+    def _close_oldest(self) -> None:
+        if self.clients:
+            self._close(next(iter(self.clients.values())))
+
+    def _close(self, client: _Client) -> None:
+        if client.closed:
+            return
+        client.closed = True
+        fd = client.conn.fileno()
+        self.clients.pop(fd, None)
+        self.supervisor.unwatch_fd(fd)
+        client.conn.close()
+
+    def _expire(self, now: float) -> Optional[float]:
+        """Close clients past their deadline; when the next one's comes (the loop's ticker)."""
+        while self.clients:
+            oldest = next(iter(self.clients.values()))
+            if oldest.deadline > now:
+                return oldest.deadline
+            self._reply(oldest, {"ok": False, "error": f"bad request: no whole line in {SERVER_TIMEOUT:g} s"})
+        return None
+
+    def _read(self, client: _Client) -> None:
+        if client.closed:
+            return  # closed earlier in the same turn of the loop
+        try:
+            chunk = client.conn.recv(MAX_REQUEST + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(client)
+            return
+        client.data += chunk
+        if b"\n" not in client.data and chunk and len(client.data) <= MAX_REQUEST:
+            return  # more to come
+        try:
+            reply = self.answer(parse_request(client.data))
+        except ValueError as e:
+            reply = {"ok": False, "error": f"bad request: {e}"}
+        self._reply(client, reply)
+
+    def _reply(self, client: _Client, reply: Dict[str, Any]) -> None:
+        """Send without waiting (a reply fits the socket's buffer many times over), then close."""
+        with contextlib.suppress(OSError):
+            client.conn.send(json.dumps(reply).encode() + b"\n")
+        self._close(client)
+
+    # ---
 
     def answer(self, request: Any) -> Dict[str, Any]:
         if not isinstance(request, dict):
@@ -130,6 +193,48 @@ def _signal(name: Any) -> int:
     if sig is None:
         raise ValueError(f"unknown signal {name!r}")
     return int(sig)
+
+
+class _Client:
+    __slots__ = ("closed", "conn", "data", "deadline")
+
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn = conn
+        self.data = b""
+        self.deadline = deadline
+        self.closed = False
+
+
+def nesting(data: bytes) -> int:
+    """How deep JSON text nests arrays and objects (strings skipped), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def parse_request(data: bytes) -> Any:
+    """The first line of `data` as JSON; ValueError when too long, too deep or not JSON."""
+    line = data.split(b"\n", 1)[0]
+    if len(line) > MAX_REQUEST:
+        raise ValueError(f"request longer than {MAX_REQUEST} bytes")
+    if nesting(line) > MAX_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH}")
+    return json.loads(line or b"null")
 
 
 def _read_line(conn: socket.socket) -> Any:

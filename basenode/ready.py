@@ -28,7 +28,7 @@ import subprocess
 import time
 from typing import Callable, Dict, Optional
 
-from . import config
+from . import childenv, config
 
 # How often a condition that does not hold yet is tried again, by kind.
 INTERVALS = {"file": 0.05, "tcp": 0.1, "http": 0.25, "command": 0.5}
@@ -201,7 +201,11 @@ class CommandProbe(Probe):
             return False
         if now < self.next_at:
             return False
-        env: Dict[str, str] = {**os.environ, **dict(self.program.environment)}
+        # The program's own environment: without basenode's secrets unless it lists them (childenv).
+        env: Dict[str, str] = {
+            **childenv.inherited(os.environ, self.program.pass_env),
+            **dict(self.program.environment),
+        }
         try:
             popen = subprocess.Popen(
                 self.program.ready_command,

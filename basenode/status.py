@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, control, supervisor_status
@@ -28,7 +26,7 @@ from .config import Settings
 from .output.record import OutputRecord
 
 if TYPE_CHECKING:
-    from . import watch
+    from . import httpserve, watch
 
 # The sync loop's side (collect, serve) imports consul, haproxy and routes where it needs them:
 # `basenode health`, which a HEALTHCHECK runs every few seconds, only reads a document.
@@ -315,80 +313,68 @@ def metrics_text(doc: Dict[str, Any], state: SyncState) -> bytes:
 # The HTTP server (a thread of the sync process)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.0"
+def respond(
+    settings: Settings, state: SyncState, watcher: Optional[watch.Watcher], target: str
+) -> Tuple[int, str, bytes]:
+    """The answer to GET `target` (path and query): (status code, content type, body)."""
+    path = target.split("?", 1)[0]
+    if path == "/explain":
+        from . import explain
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/explain":
-            from . import explain
-
-            code, answer = explain.endpoint(self.server.settings, self.server.state, self.path)
-            self._send(
-                code, "application/json", json.dumps(answer, indent=1, sort_keys=True).encode() + b"\n"
-            )
-            return
-        if path not in ("/health", "/status", "/metrics"):
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /health, /status or /metrics\n")
-            return
-        try:
-            doc = self.server.collect()
-        except Exception:
-            log.exception("status: cannot collect")
-            self._send(500, "text/plain; charset=utf-8", b"internal error; see basenode's log\n")
-            return
-        if path == "/metrics":
-            body = metrics_text(doc, self.server.state)
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", body)
-            return
-        if path == "/health":
-            doc = {"healthy": doc["healthy"], "problems": doc["problems"], "warnings": doc["warnings"]}
-        code = 200 if path == "/status" or doc["healthy"] else 503
-        self._send(code, "application/json", json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
-
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # a scrape every 15 s is not news
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, settings: Settings, state: SyncState, watcher: Optional[watch.Watcher]) -> None:
-        host, port = settings.status_addr
-        if ":" in host:
-            import socket
-
-            self.address_family = socket.AF_INET6
-        self.settings = settings
-        self.state = state
-        self.watcher = watcher
-        super().__init__((host, port), _Handler)
-
-    def collect(self) -> Dict[str, Any]:
-        return collect(self.settings, self.state, self.watcher)
+        code, answer = explain.endpoint(settings, state, target)
+        return code, "application/json", json.dumps(answer, indent=1, sort_keys=True).encode() + b"\n"
+    if path not in ("/health", "/status", "/metrics"):
+        return 404, "text/plain; charset=utf-8", b"not found: try /health, /status or /metrics\n"
+    try:
+        doc = collect(settings, state, watcher)
+    except Exception:
+        log.exception("status: cannot collect")
+        return 500, "text/plain; charset=utf-8", b"internal error; see basenode's log\n"
+    if path == "/metrics":
+        return 200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(doc, state)
+    if path == "/health":
+        doc = {"healthy": doc["healthy"], "problems": doc["problems"], "warnings": doc["warnings"]}
+    code = 200 if path == "/status" or doc["healthy"] else 503
+    return code, "application/json", json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
 
 
 def serve(
     settings: Settings, state: SyncState, watcher: Optional[watch.Watcher]
-) -> Optional[ThreadingHTTPServer]:
-    """Start the endpoint in a daemon thread; None (logged) when its address cannot be bound."""
+) -> Optional[httpserve.BoundedHTTPServer]:
+    """Start the endpoint (a reader thread and a few workers, httpserve's bounds); None (logged) when
+    its address cannot be bound."""
+    from . import httpserve
+
+    host, port = settings.status_addr
+    _warn_unless_loopback(host, port)
     try:
-        server = _Server(settings, state, watcher)
+        server = httpserve.BoundedHTTPServer(
+            (host, port),
+            lambda _method, path: respond(settings, state, watcher, path),
+            name="basenode-status",
+        )
     except OSError as e:
-        host, port = settings.status_addr
         log.error("status endpoint: cannot listen on %s:%d: %s (routing goes on without it)", host, port, e)
         return None
-    threading.Thread(target=server.serve_forever, name="basenode-status", daemon=True).start()
-    log.info("status endpoint on http://%s:%d/ (health, status, metrics)", *settings.status_addr)
+    server.start()
+    log.info("status endpoint on http://%s:%d/ (health, status, metrics)", host, port)
     return server
+
+
+def _warn_unless_loopback(host: str, port: int) -> None:
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        log.warning(
+            "status endpoint on %s:%d is not loopback: anyone who reaches it reads the routes, the programs "
+            "and the errors of this node (it changes nothing); bind 127.0.0.1 unless that is meant",
+            host,
+            port,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import config, ready, terminal
+from . import childenv, config, ready, terminal
 from .log import iso_time
 
 log = logging.getLogger(__name__)
@@ -375,19 +375,27 @@ def _become_subreaper() -> None:
         log.debug("cannot become a child subreaper: %s", e)
 
 
-def _user_args(user: Optional[str]) -> Tuple[dict, Dict[str, str]]:
-    """Popen arguments to run as `user` (name or uid) with its groups, and the HOME/USER/LOGNAME it
-    gets (as gosu and su-exec set them). KeyError when the user does not exist."""
-    if not user:
+def _user_args(user: Optional[str], group: Optional[str] = None) -> Tuple[dict, Dict[str, str]]:
+    """Popen arguments to run as `user` (name or uid) with its groups (`group`, when given, as the
+    primary one), and the HOME/USER/LOGNAME it gets (as gosu and su-exec set them). KeyError when
+    the user or group does not exist."""
+    if not user and not group:
         return {}, {}
-    import pwd  # only when a program asks for a user
+    import grp  # only when a program asks for a user
+    import pwd
 
+    gid = None
+    if group:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    if not user:
+        return ({} if os.getegid() == gid else {"group": gid, "extra_groups": [gid]}), {}
     pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    gid = pw.pw_gid if gid is None else gid
     env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
-    if os.geteuid() == pw.pw_uid and os.getegid() == pw.pw_gid:
+    if os.geteuid() == pw.pw_uid and os.getegid() == gid:
         return {}, env  # already that user; a non-root basenode could not call setgroups anyway
-    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}, env
+    groups = os.getgrouplist(pw.pw_name, gid)
+    return {"user": pw.pw_uid, "group": gid, "extra_groups": groups}, env
 
 
 def _unresolvable(programs: Sequence[config.Program]) -> Dict[str, str]:
@@ -470,6 +478,8 @@ class Supervisor:
         self._wake_r = -1
         self._terminal: Optional[terminal.Terminal] = None  # basenode's stdin, while the app may hold it
         self._tracked: Dict[int, Callable[[int], None]] = {}  # readiness commands' pids -> on exit
+        self._tickers: List[Callable[[float], Optional[float]]] = []
+        self._tick_at: Optional[float] = None
 
     def states(self) -> Tuple[ProgramState, ...]:
         return self._states
@@ -479,6 +489,39 @@ class Supervisor:
         self._readers.append((fd, callback))
         if self._selector is not None:
             self._selector.register(fd, selectors.EVENT_READ, _Reader(callback))
+
+    # --- other users of the loop (the control socket's connections): fds that come and go, and timers
+
+    def unwatch_fd(self, fd: int) -> None:
+        """Stop watching `fd` (added by watch_fd); the caller closes it."""
+        self._readers = [(f, c) for f, c in self._readers if f != fd]
+        if self._selector is not None and fd in self._selector.get_map():
+            self._selector.unregister(fd)
+
+    def add_ticker(self, tick: Callable[[float], Optional[float]]) -> None:
+        """Call `tick(now)` (monotonic) on every turn of the loop; it returns when it next wants to be
+        called (a monotonic time) or None, and the loop wakes up by then."""
+        self._tickers.append(tick)
+
+    def _run_tickers(self, now: float) -> None:
+        wanted = []
+        for tick in self._tickers:
+            try:
+                when = tick(now)
+            except Exception:
+                log.exception("loop ticker failed")
+                continue
+            if when is not None:
+                wanted.append(when)
+        self._tick_at = min(wanted) if wanted else None
+
+    def _with_tickers(self, now: float, timeout: Optional[float]) -> Optional[float]:
+        if self._tick_at is None:
+            return timeout
+        left = max(0.0, self._tick_at - now)
+        return left if timeout is None else min(timeout, left)
+
+    # ---
 
     def signal_program(self, name: str, sig: int, if_running: bool = False) -> bool:
         """Send `sig` to a running program's pid; True when sent. ValueError naming why not.
@@ -632,11 +675,12 @@ class Supervisor:
                 self._take_signals()
                 now = time.monotonic()
                 self._step(now)
+                self._run_tickers(now)
                 if self._dirty:
                     self._publish()
                 if self._stopping and not self._stop_queue:
                     break
-                for key, _ in self._selector.select(self._timeout(now)):
+                for key, _ in self._selector.select(self._with_tickers(now, self._timeout(now))):
                     if key.data is None:
                         self._drain_wakeup()
                     elif isinstance(key.data, _Reader):
@@ -898,8 +942,8 @@ class Supervisor:
         p.drop_probe()
         fds: List[int] = []
         try:
-            user_kwargs, user_env = _user_args(prog.user)
-            env = dict(os.environ)
+            user_kwargs, user_env = _user_args(prog.user, prog.group)
+            env = childenv.inherited(os.environ, prog.pass_env)  # no secrets unless it asks
             env.update(user_env)
             env.update(dict(prog.environment))
             inherit = prog.output == "inherit"
@@ -932,7 +976,9 @@ class Supervisor:
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             for fd in fds:
                 os.close(fd)
-            why = f"user {prog.user!r} not found" if isinstance(e, KeyError) else str(e)
+            why = (
+                f"user {prog.user!r} or group {prog.group!r} not found" if isinstance(e, KeyError) else str(e)
+            )
             self._spawn_failed(p, e, why, now)
             return
         p.popen = popen

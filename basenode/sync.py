@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from . import explain, files, status
+from . import explain, exposure, files, status
 from .config import Settings
 from .dependency import READ_ERRORS, Query
 from .output import haproxy
@@ -32,6 +32,7 @@ from .output.record import RETRY_SECONDS, OutputFailed, attempt
 from .routes import ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from .snapshot import Snapshot
 from .template import render
+from .template.functions import redact
 from .template.loop import TemplateLoop, check_templates, render_now
 from .watch import Watcher
 
@@ -162,10 +163,11 @@ class Loop:
             try:
                 return haproxy.apply(self.settings, previous, snapshot, text).how
             except haproxy.CheckFailed as e:
+                why = redact(str(e), self.templates.haproxy_given)  # it may quote a line with a KV value
                 raise OutputFailed(
                     "check_failures",
-                    f"check: haproxy -c: {e}",
-                    headline=f"haproxy -c rejected the new config: {e}",
+                    f"check: haproxy -c: {why}",
+                    headline=f"haproxy -c rejected the new config: {why}",
                 ) from None
             except (haproxy.ApplyError, OSError) as e:
                 # Not the config's fault (a full disk, HAProxy between lives): the same one may work soon.
@@ -258,6 +260,7 @@ def run(settings: Settings, once: bool = False) -> int:
     loop = Loop(settings, watcher)
     loop.state.templates = loop.templates.templates.status
     server = status.serve(settings, loop.state, watcher)
+    exposure.warn_when_known(settings, stop)  # one line at start when the cluster is open to anyone
     loop.start()
     consumer = threading.Thread(target=watcher.run, args=(loop.on_change, stop), name="sync", daemon=True)
     consumer.start()

@@ -18,21 +18,29 @@ def _writable_dir(path):
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def _check_private(path):
+    # The bundled packages are imported from here, as root often: only from a directory we own
+    # and nobody else can write, or another user could plant code that we would then import.
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        sys.exit(
+            f"basenode: {path} is not a private directory owned by uid {os.getuid()} (owner uid "
+            f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); fix it or set SHIV_ROOT"
+        )
+    return path
+
+
 def _private_temp_root():
-    # A shared temp dir is writable by everyone: only use a directory we own and nobody
-    # else can write, or another user could plant code that we would then import.
+    # A shared temp dir is writable by everyone: the directory must be ours alone.
     path = os.path.join(tempfile.gettempdir(), f"basenode-shiv-{os.getuid()}")
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        sys.exit(f"basenode: {path} is not a private directory owned by uid {os.getuid()}; set SHIV_ROOT")
-    return path
+    return _check_private(path)
 
 
 if not os.environ.get("SHIV_ROOT"):
     home_root = os.path.expanduser("~/.shiv")
-    os.environ["SHIV_ROOT"] = home_root if _writable_dir(home_root) else _private_temp_root()
+    os.environ["SHIV_ROOT"] = _check_private(home_root) if _writable_dir(home_root) else _private_temp_root()
 
 
 def _extracted_site_packages():

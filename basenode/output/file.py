@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import os
 import pwd
 import shlex
 import signal
@@ -23,6 +24,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from .. import childenv
 from ..config import TemplateSpec
 from ..files import promote, write_atomic
 
@@ -54,26 +56,31 @@ def current_text(destination: Path) -> Optional[str]:
         return None
 
 
-def apply(spec: TemplateSpec, text: str, state_dir: Path) -> str:
-    """Put `text` in place for `spec`; "unchanged" or "written". CheckFailed, ReloadFailed, OutputError."""
+SENSITIVE_MODE = 0o600  # a destination that got KV or env() text, unless its spec says otherwise (issue 12)
+
+
+def apply(spec: TemplateSpec, text: str, state_dir: Path, sensitive: bool = False) -> str:
+    """Put `text` in place for `spec`; "unchanged" or "written". CheckFailed, ReloadFailed, OutputError.
+    `sensitive`: the text holds KV or env() values: written 0600 unless the spec gives a mode."""
     try:
-        return _apply(spec, text, state_dir)
+        return _apply(spec, text, state_dir, sensitive)
     except (OSError, LookupError) as e:  # a destination that is a directory, an owner that is gone, ...
         raise OutputError(f"{spec.destination}: {type(e).__name__}: {e}") from None
 
 
-def _apply(spec: TemplateSpec, text: str, state_dir: Path) -> str:
+def _apply(spec: TemplateSpec, text: str, state_dir: Path, sensitive: bool) -> str:
     destination = spec.destination
     if current_text(destination) == text:
         return "unchanged"
     candidate = candidate_path(destination)
     try:
-        write_atomic(candidate, text, mode=spec.mode, owner=owner_ids(spec))
+        mode = spec.mode if spec.mode_given or not sensitive else SENSITIVE_MODE
+        write_atomic(candidate, text, mode=mode, owner=owner_ids(spec))
     except OSError as e:
         raise OutputError(f"cannot write {candidate}: {e.strerror or e}") from None
     try:
         if spec.check:
-            run_command(spec.check, spec.shell, candidate, destination, CheckFailed)
+            run_command(spec.check, spec.shell, candidate, destination, CheckFailed, spec.pass_env)
         promote(candidate, destination)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -104,9 +111,15 @@ def substitute(command: Sequence[str], shell: bool, candidate: Path, destination
 
 
 def run_command(
-    command: Sequence[str], shell: bool, candidate: Path, destination: Path, error: type = OutputError
+    command: Sequence[str],
+    shell: bool,
+    candidate: Path,
+    destination: Path,
+    error: type = OutputError,
+    pass_env: Sequence[str] = (),
 ) -> None:
-    """Run a check or reload command; `error` with its status and output unless it exits 0."""
+    """Run a check or reload command; `error` with its status and output unless it exits 0. It
+    inherits basenode's environment without the secrets (but those in `pass_env`)."""
     argv = substitute(command, shell, candidate, destination)
     shown = command[0] if shell else shlex.join(argv)
     try:
@@ -115,6 +128,7 @@ def run_command(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=childenv.inherited(os.environ, pass_env),
             timeout=COMMAND_TIMEOUT,
         )
     except FileNotFoundError:
@@ -131,7 +145,9 @@ def run_command(
 def reload(spec: TemplateSpec, state_dir: Path) -> None:
     """The spec's action after a write (if any); ReloadFailed when it did not happen."""
     if spec.reload_command:
-        run_command(spec.reload_command, spec.shell, spec.destination, spec.destination, ReloadFailed)
+        run_command(
+            spec.reload_command, spec.shell, spec.destination, spec.destination, ReloadFailed, spec.pass_env
+        )
     elif spec.reload_program:
         name = signal.Signals(spec.reload_signal).name[3:]  # SIGHUP -> HUP
         # A program not running yet (it waits for this file, or backs off) reads the file as it starts.

@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 import jinja2
 
+from .. import childenv
 from ..config import DATACENTER_RE
 from ..dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
 from ..dependency.kv import tree
@@ -64,6 +65,9 @@ class Rendered:
     used: FrozenSet[Query]
     missing: FrozenSet[Query]
     error: Optional[render.RenderError] = None
+    # (text, where from) of every KV and env() value the render got: what `redact` takes out of the
+    # messages about it (its check's output, say), so that no such value reaches a log or /health.
+    given: Tuple[Tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -81,18 +85,26 @@ class Shared:
 
 # The ACL token and the gossip key: basenode keeps them out of logs and command lines, and a template
 # (whose output is often world-readable) does not get them either.
-WITHHELD_ENV = frozenset({"CONSUL_HTTP_TOKEN", "CONSUL_ENCRYPT", "CONSUL_CLIENT_KEY"})
+WITHHELD_ENV = childenv.SECRET_ENV
 
 
 class Recorder:
     """The template functions for one render: each records its query and reads the shared cache."""
 
-    def __init__(self, data: Data, shared: Shared, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, data: Data, shared: Shared, environ: Mapping[str, str], env_allowed: Optional[Collection[str]]
+    ) -> None:
         self.data = data
         self.shared = shared
         self.environ = environ
+        self.env_allowed = None if env_allowed is None else frozenset(env_allowed)  # None: any name
         self.used: Set[Query] = set()
         self.missing: Set[Query] = set()
+        self.given: Dict[str, str] = {}  # text -> where from (Rendered.given)
+
+    def _give(self, text: str, source: str) -> render.Sourced:
+        self.given.setdefault(text, source)
+        return render.Sourced(text, source)
 
     def functions(self) -> Dict[str, Callable[..., Any]]:
         return {
@@ -147,7 +159,7 @@ class Recorder:
         if not known:
             return default if default is not None else ""
         if value is not None:
-            return value
+            return self._give(value, f"kv key {query.name!r}")
         if default is not None:
             return default
         return jinja2.StrictUndefined(
@@ -159,14 +171,20 @@ class Recorder:
         known, value = self._value(query)
         if not known:
             return {}
-        return self.shared.get((query,), lambda: dict(tree(query.name, value)))
+        found = self.shared.get((query,), lambda: dict(tree(query.name, value)))
+        return {k: self._give(v, f"kv key {query.name + k!r}") for k, v in found.items()}
 
     def env(self, name: str, default: Optional[str] = None) -> Any:
         if name in WITHHELD_ENV:
             raise ValueError(f"env({name!r}): basenode's secrets are not given to templates")
+        if self.env_allowed is not None and name not in self.env_allowed:
+            raise ValueError(
+                f"env({name!r}): not in template_env (BASENODE_TEMPLATE_ENV), "
+                "the variables a template may read"
+            )
         value = self.environ.get(name)
         if value is not None:
-            return value
+            return self._give(value, f"environment variable {name!r}")
         if default is not None:
             return default
         return jinja2.StrictUndefined(
@@ -199,14 +217,20 @@ def render_template(
     shared: Optional[Shared] = None,
     environ: Optional[Mapping[str, str]] = None,
     partial: bool = False,
+    env_allowed: Optional[Collection[str]] = None,
 ) -> Rendered:
     """Render with the template functions over `data`, plus the `extra` context (e.g. plugins' keys).
 
     A template that fails with all its data present gives Rendered.error (file:line: message); a
     failure while data is missing only means "not yet" (the empty stand-ins may be what broke it).
     `partial` keeps the text rendered with the stand-ins (`basenode check` without a cluster).
+    env() reads the variables in `env_allowed` (Settings.template_env) of `environ` (default basenode's
+    own); a given `environ` with no `env_allowed` is all allowed (tests).
     """
-    recorder = Recorder(data, shared or Shared(), os.environ if environ is None else environ)
+    allowed = env_allowed
+    if environ is None:
+        environ, allowed = os.environ, env_allowed or ()
+    recorder = Recorder(data, shared or Shared(), environ, allowed)
     values = {**(extra or {}), **recorder.functions()}
     text: Optional[str] = None
     error: Optional[render.RenderError] = None
@@ -214,10 +238,31 @@ def render_template(
         text = render.render_context(template, values)
     except render.RenderError as e:
         error = e
+    given = tuple(recorder.given.items())
+    if error is not None:
+        error = render.RenderError(error.file, error.line, redact(error.message, given))
     missing = frozenset(recorder.missing) if not partial else frozenset()
     return Rendered(
         text=None if missing else text,
         used=frozenset(recorder.used),
         missing=missing,
         error=None if missing else error,
+        given=given,
     )
+
+
+REDACT_MIN = 3  # shorter values ("1", "on") are too common to take out of a message, and too short to matter
+
+
+def redact(message: str, given: Sequence[Tuple[str, str]]) -> str:
+    """`message` with each KV or env() value in `given` (as it is, stripped, or as repr shows it)
+    replaced by `<kv key '...'>`: an error never carries a value, whatever raised it."""
+    forms = []
+    for text, source in given:
+        for form in {text, text.strip(), repr(text)[1:-1]}:
+            if len(form) >= REDACT_MIN:
+                forms.append((form, source))
+    for form, source in sorted(forms, key=lambda f: -len(f[0])):
+        if form in message:
+            message = message.replace(form, f"<{source}>")
+    return message

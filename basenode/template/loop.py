@@ -28,7 +28,7 @@ from ..snapshot import Snapshot
 from ..watch import Watcher
 from . import functions as templates
 from . import render
-from .functions import Data
+from .functions import Data, redact
 from .plugins import PluginError, Plugins
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class TemplateSet:
         self.status = {spec.name: TemplateStatus(destination=str(spec.destination)) for spec in self.specs}
         self._used: Dict[str, FrozenSet[Query]] = {}
         self._missing: Dict[str, FrozenSet[Query]] = {}
+        self._given: Dict[str, Tuple[Tuple[str, str], ...]] = {}  # the last render's KV and env() values
         self._stamps: Dict[str, Tuple[Any, ...]] = {}  # template and plugin files at the last render
         self._reload_pending: Set[str] = set()  # written, but the reload failed: the program runs the old
         self._uncompiled: Set[str] = set()  # the template file as it is now does not compile
@@ -172,9 +173,12 @@ class TemplateSet:
                 extra.update(self.plugins.context(plugin, snapshot))
         except PluginError as e:
             raise OutputFailed("plugin_errors", f"plugin: {e}") from None
-        result = templates.render_template(self.sources[spec.name].template, data, extra, shared)
+        result = templates.render_template(
+            self.sources[spec.name].template, data, extra, shared, env_allowed=self.settings.template_env
+        )
         self._used[spec.name] = result.used
         self._missing[spec.name] = result.missing
+        self._given[spec.name] = result.given  # what _apply takes out of its errors (functions.redact)
         status.waiting_for = sorted(str(q) for q in result.missing)
         if result.missing:
             log.debug("template %s: waiting for %s", spec.name, ", ".join(status.waiting_for))
@@ -188,23 +192,27 @@ class TemplateSet:
         """Check, write and reload (outputs.apply); a reload that failed before is retried on its own."""
         how: Optional[str] = None
         try:
-            how = outputs.apply(spec, text, self.settings.state_dir)
+            sensitive = bool(self._given.get(spec.name))  # KV or env() text: 0600 unless `mode` says
+            how = outputs.apply(spec, text, self.settings.state_dir, sensitive=sensitive)
             if how == "unchanged" and spec.name in self._reload_pending:
                 outputs.reload(spec, self.settings.state_dir)  # the file is in place, its reload was not
                 log.info("template %s: reloaded %s (retried)", spec.name, spec.destination)
         except outputs.CheckFailed as e:
-            raise OutputFailed("check_failures", f"check rejected the new file: {e}", retry=True) from None
+            # Its output may quote the file, and so a KV value: taken out (functions.redact).
+            why = redact(str(e), self._given.get(spec.name, ()))
+            raise OutputFailed("check_failures", f"check rejected the new file: {why}", retry=True) from None
         except outputs.ReloadFailed as e:
             self._reload_pending.add(spec.name)
+            why = redact(str(e), self._given.get(spec.name, ()))
             written = how is None  # else the file was in place already: a retry of the reload alone
             every = f"retrying every {RETRY_SECONDS:.0f} s"
             headline = (
-                f"{spec.destination} written, but its reload failed ({every}): {e}"
+                f"{spec.destination} written, but its reload failed ({every}): {why}"
                 if written
-                else f"reload: {e}"
+                else f"reload: {why}"
             )
             raise OutputFailed(
-                "reload_failures", f"reload: {e}", headline=headline, retry=True, applied=written
+                "reload_failures", f"reload: {why}", headline=headline, retry=True, applied=written
             ) from None
         except outputs.OutputError as e:
             raise OutputFailed("output_errors", str(e), retry=True) from None
@@ -235,7 +243,7 @@ def render_now(
     """
     data: Dict[Query, Any] = {}
     for _ in range(MAX_PASSES):
-        rendered = templates.render_template(template, data, extra)
+        rendered = templates.render_template(template, data, extra, env_allowed=settings.template_env)
         if not rendered.missing:
             return rendered
         try:
@@ -245,7 +253,9 @@ def render_now(
         except READ_ERRORS:
             if not partial:
                 raise
-            return templates.render_template(template, data, extra, partial=True)
+            return templates.render_template(
+                template, data, extra, partial=True, env_allowed=settings.template_env
+            )
         for text in warnings:
             log.warning("%s", text)
         data.update(fetched)
@@ -288,6 +298,7 @@ class TemplateLoop:
         self.snapshot = static_snapshot(settings)  # until discovery sends one (or for ever)
         self.haproxy_used: FrozenSet[Query] = frozenset()
         self.haproxy_missing: FrozenSet[Query] = frozenset()
+        self.haproxy_given: Tuple[Tuple[str, str], ...] = ()
 
     def round(self, data: Data, changed: Collection[Query] = (), snapshot: Optional[Snapshot] = None) -> int:
         if snapshot is not None:
@@ -304,8 +315,11 @@ class TemplateLoop:
         """HAProxy's config text with the template functions over `data`; None while their data is on
         its way (unless `partial`: the startup grace is over, stand-ins will do). RenderError as
         render.render."""
-        rendered = templates.render_template(template, data, context, partial=partial)
+        rendered = templates.render_template(
+            template, data, context, partial=partial, env_allowed=self.settings.template_env
+        )
         self.haproxy_used, self.haproxy_missing = rendered.used, rendered.missing
+        self.haproxy_given = rendered.given  # taken out of haproxy -c's messages (functions.redact)
         self._want()
         if rendered.error is not None:
             raise rendered.error

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Collection, Dict, Optional, Tuple
 
+from .. import trust
 from ..snapshot import Snapshot
 
 
@@ -85,7 +86,13 @@ class Plugins:
         module = ModuleType(f"basenode_plugin_{name}")
         module.__file__ = str(path)
         try:
-            code = compile(path.read_bytes(), str(path), "exec")
+            source = trust.read_trusted(path, "plugin")  # run as basenode's user: root, often
+        except trust.UntrustedPath as e:
+            raise PluginError(str(path), None, f"refused: {e}") from None
+        except OSError as e:
+            raise PluginError(str(path), None, f"cannot read: {e.strerror}") from None
+        try:
+            code = compile(source, str(path), "exec")
             exec(code, module.__dict__)
         except SyntaxError as e:
             raise PluginError(str(path), e.lineno, f"SyntaxError: {e.msg}") from None

@@ -79,6 +79,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .. import trust
 from ..config import Settings
 from ..snapshot import Instance, RouteState, Snapshot
 
@@ -115,12 +116,36 @@ class RenderedPart(str):
     """A route's part, already rendered with the single-line rule: printed as it is, newlines and all."""
 
 
+class Sourced(str):
+    """Text from Consul KV or the environment that knows where it came from (`source`, e.g. "kv key
+    'app/db'"): an error about it names that, never the text, which may be a secret."""
+
+    source: str
+
+    def __new__(cls, text: str, source: str) -> Sourced:
+        made = super().__new__(cls, text)
+        made.source = source
+        return made
+
+
+def describe_breaking(value: str) -> str:
+    """What is wrong with a value LINE_BREAKING_RE finds in, without any of its text."""
+    m = LINE_BREAKING_RE.search(value)
+    assert m is not None
+    char = m.group(0)
+    kind = "line break" if char in "\n\r\x0b\x0c\x85\u2028\u2029" else "control character"
+    return f"{kind} U+{ord(char):04X} at character {m.start() + 1} of {len(value)}"
+
+
 def _single_line(value: Any) -> Any:
     if isinstance(value, RenderedPart):
         return value
     if isinstance(value, str) and LINE_BREAKING_RE.search(value):
+        source = getattr(value, "source", None)
+        what = f"the value of {source}" if source else "a value"
         raise ValueError(
-            f"a value with a line break or control character cannot be printed here: {value[:80]!r}"
+            f"{what} holds a line break or control character ({describe_breaking(value)}): "
+            "it cannot be printed here"
         )
     return value
 
@@ -144,6 +169,11 @@ def load_template(path: Path, single_line: bool = False) -> jinja2.Template:
     `single_line`: every `{{ value }}` must print without line breaks or control characters (HAProxy's
     config, where one line is one directive); breaking the rule fails the render, naming the line."""
     path = Path(path).absolute()
+    try:  # HAProxy's master runs as root, and its config can start programs: nobody else writes it
+        if path.exists():
+            trust.check_trusted_file(path, "template")
+    except trust.UntrustedPath as e:
+        raise RenderError(str(path), None, f"refused: {e}") from None
     env = _environment(path.parent, single_line)
     try:
         return env.get_template(path.name)
