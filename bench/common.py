@@ -493,7 +493,12 @@ class ConsulDev(ConsulClient):
     through `Processes`, with a keep-alive HTTP client for the benchmark's own catalog writes."""
 
     def __init__(
-        self, procs: Processes, workdir: Path, binary: Optional[str] = None, datacenter: str = "dc1"
+        self,
+        procs: Processes,
+        workdir: Path,
+        binary: Optional[str] = None,
+        datacenter: str = "dc1",
+        hcl: Sequence[str] = (),
     ) -> None:
         binary = binary or consul_binary()
         if not binary:
@@ -514,6 +519,7 @@ class ConsulDev(ConsulClient):
             f"-data-dir={workdir / 'data'}",
             *(f"-{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()),
             "-log-level=warn",
+            *(f"-hcl={text}" for text in hcl),
         ]
         self.proc = procs.start(argv, env=clean_env(), log=self.log)
         wait_for(self._ready, 30, 0.05, f"consul agent on {self.http_addr}")

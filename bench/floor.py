@@ -204,11 +204,24 @@ def checks_table(c: Checks) -> Table:
 class Scale:
     routes: int
     timings: Timings
+    label: str  # how the routes' services are read
     started: float  # s from basenode's start until the changed route's servers were all in HAProxy
 
 
+DEFAULT_BUDGET_LABEL = ", default budget"
+DIRECT_LABEL = ", a query per route"
+DIRECT_MAX_CONNS = 1100
+DIRECT_AGENT_LIMIT = 4096
+
+
 def scale_case(
-    ctx: Context, procs: Processes, agent: ConsulDev, backends: Mapping[str, int], routes: int
+    ctx: Context,
+    procs: Processes,
+    agent: ConsulDev,
+    backends: Mapping[str, int],
+    routes: int,
+    flags: Sequence[str] = (),
+    label: str = "",
 ) -> Scale:
     """`routes` services x 5 instances, all routed; changes on the one in the middle."""
     services = [f"svc{n:04d}" for n in range(routes)]
@@ -218,7 +231,7 @@ def scale_case(
     ports = dict(zip(services, common.free_ports(routes)))
     t0 = time.monotonic()
     workdir = ctx.scratch / f"floor-scale-{routes}"
-    subject, seen_by = start_routed(ctx, procs, agent, workdir, ports, target, base)
+    subject, seen_by = start_routed(ctx, procs, agent, workdir, ports, target, base, flags)
     started = time.monotonic() - t0
     try:
         time.sleep(2.0)  # past start-up
@@ -227,7 +240,7 @@ def scale_case(
         )
     finally:
         stop_all(procs, subject, seen_by)
-    return Scale(routes, timings, started)
+    return Scale(routes, timings, label, started)
 
 
 def scale_table(cases: Sequence[Scale]) -> Table:
@@ -237,7 +250,7 @@ def scale_table(cases: Sequence[Scale]) -> Table:
         t = case.timings
         rows.append(
             (
-                f"{case.routes:,} x {len(POOL)}",
+                f"{case.routes:,} x {len(POOL)}{case.label}",
                 *floor_and_runtime(t),
                 pct(t.logged, 50),
                 pct(t.logged, 99, min_samples=100),
@@ -253,7 +266,13 @@ def scale_table(cases: Sequence[Scale]) -> Table:
         "written with catalog transactions); each change is the propagation table's agent registration "
         f"of a 6th instance of one service (or its deregistration), at random moments "
         f"{SCALE_GAP[0]:g}-{SCALE_GAP[1]:g} s apart. 1 x 5 runs on the propagation table's agent "
-        f"(a small catalog), {cases[-1].routes:,} x 5 on an agent of its own.",
+        f"(a small catalog), each {cases[-1].routes:,} x 5 on an agent of its own.",
+        f"{DEFAULT_BUDGET_LABEL}: the default watch.max_conns (100) leaves most routed services, the "
+        "changed one among them, on the one catalog-wide watch (a summary of every service read on "
+        "each catalog change: its cost grows with the catalog by design); "
+        f"{DIRECT_LABEL}: `--watch-max-conns {DIRECT_MAX_CONNS}` and the agent's "
+        f"http_max_conns_per_client raised to {DIRECT_AGENT_LIMIT}, so every route has a blocking query "
+        "of its own.",
         "floor and runtime state as in the propagation table; applied: basenode's own "
         "`applied by runtime in X ms` (render done -> runtime API applied and verified, `haproxy -c` "
         "included where it runs); traffic: probes through the changed route's frontend, 6 servers in "
@@ -261,8 +280,8 @@ def scale_table(cases: Sequence[Scale]) -> Table:
         "Target (issue 11): at 1,000 x 5 within 2x of the same change with 1 service (the columns "
         "`vs 1 x 5`).",
         *(
-            f"{c.routes:,} x 5: basenode had every server of the changed route in HAProxy {c.started:.1f} s "
-            "after it started"
+            f"{c.routes:,} x 5{c.label}: basenode had every server of the changed route in HAProxy "
+            f"{c.started:.1f} s after it started"
             + (f"; {c.timings.reloads} applies were reloads" if c.timings.reloads else "")
             + "."
             for c in cases
@@ -298,9 +317,17 @@ def targets(
 
     f50, f99 = percentile(prop.floor, 50), percentile(prop.floor, 99)
     r50, r99 = percentile(prop.runtime, 50), percentile(prop.runtime, 99)
-    one, big = cases[0].timings, cases[-1].timings
-    b50, o50 = percentile(big.runtime, 50), percentile(one.runtime, 50)
-    e50, oe50 = percentile(big.traffic, 50), percentile(one.traffic, 50)
+    one = cases[0].timings
+    o50, oe50 = percentile(one.runtime, 50), percentile(one.traffic, 50)
+
+    def scale_target(case: Scale) -> str:
+        b50, e50 = percentile(case.timings.runtime, 50), percentile(case.timings.traffic, 50)
+        return (
+            f"Target (issue 11): an instance change at {case.routes:,} x 5{case.label} within 2x of 1 x 5: "
+            f"{verdict(b50 <= 2 * o50 and e50 <= 2 * oe50)} (runtime state p50 {b50:.1f} vs {o50:.1f} ms, "
+            f"{b50 / o50:.2f}x; end to end p50 {e50:.1f} vs {oe50:.1f} ms, {e50 / oe50:.2f}x)."
+        )
+
     changes, wrk, _ = load[discovery.BASENODE]
     return (
         f"Target (issue 11): runtime state p50 <= 2x the floor's p50 + 2 ms: {verdict(r50 <= 2 * f50 + 2)} "
@@ -308,9 +335,7 @@ def targets(
         f"{len(prop.runtime)} changes).",
         f"Target (issue 11): runtime state p99 <= 3x the floor's p99 + 5 ms: {verdict(r99 <= 3 * f99 + 5)} "
         f"(basenode {r99:.1f} ms = {r99 / f99:.1f}x the floor's {f99:.1f} ms).",
-        f"Target (issue 11): an instance change at {cases[-1].routes:,} x 5 within 2x of 1 x 5: "
-        f"{verdict(b50 <= 2 * o50 and e50 <= 2 * oe50)} (runtime state p50 {b50:.1f} vs {o50:.1f} ms, "
-        f"{b50 / o50:.2f}x; end to end p50 {e50:.1f} vs {oe50:.1f} ms, {e50 / oe50:.2f}x).",
+        *(scale_target(case) for case in cases[1:]),
         f"Target (issue 11): 0 failed requests under load during {changes} changes: "
         f"{verdict(wrk.failed == 0)} ({wrk.failed} of {wrk.requests:,}).",
         f"Target (issue 11): a server-only change spawns no `haproxy -c`: {verdict(checks.checks == 0)} "
@@ -344,14 +369,23 @@ def run(ctx: Context) -> Section:
         finally:
             agent.close()
             procs.stop(agent.proc)
-        big = ConsulDev(procs, ctx.scratch / "floor-consul-scale")
-        try:
-            t = time.monotonic()
-            cases.append(scale_case(ctx, procs, big, backends, ctx.reps(1000, 100)))
-            print(f"(scale: {time.monotonic() - t:.0f} s)", flush=True)
-        finally:
-            big.close()
-            procs.stop(big.proc)
+        for name, hcl, flags, label in (
+            ("floor-consul-scale", (), (), DEFAULT_BUDGET_LABEL),
+            (
+                "floor-consul-direct",
+                (f"limits {{ http_max_conns_per_client = {DIRECT_AGENT_LIMIT} }}",),
+                ("--watch-max-conns", str(DIRECT_MAX_CONNS)),
+                DIRECT_LABEL,
+            ),
+        ):
+            big = ConsulDev(procs, ctx.scratch / name, hcl=hcl)
+            try:
+                t = time.monotonic()
+                cases.append(scale_case(ctx, procs, big, backends, ctx.reps(1000, 100), flags, label))
+                print(f"(scale{label}: {time.monotonic() - t:.0f} s)", flush=True)
+            finally:
+                big.close()
+                procs.stop(big.proc)
     method = (
         "One `consul agent -dev` (Consul 1.8.7, loopback) and one process of HTTP backends; basenode "
         f"runs as `{ctx.python} dist/basenode run --no-consul --routes SERVICE:PORT/http` with "
