@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 PROC_FILES = ("/proc/net/tcp", "/proc/net/tcp6")
-POLL_SECONDS = 0.02  # between readings: short, so that a brief connection is rarely missed
+# Between readings. A connection that opens and closes in between is not seen: a peer that still
+# routes here sends more than one, and a request refused after the drain is retried elsewhere.
+POLL_SECONDS = 0.01
 
 # TCP states as the kernel numbers them (include/net/tcp_states.h).
 ESTABLISHED, SYN_RECV, TIME_WAIT, CLOSE_WAIT, LISTEN = 0x01, 0x03, 0x06, 0x08, 0x0A
