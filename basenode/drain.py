@@ -5,11 +5,15 @@ a propagation time, and nothing in the cluster says when that has happened every
 application's own listening ports say it: peers that still route here open new connections to
 them, and a peer's HAProxy closes its (pooled) connections here once it has dropped the instance.
 So the drain watches the kernel's table of TCP sockets of this network namespace (/proc/net/tcp
-and /proc/net/tcp6, read as plain text) and ends as soon as
+and /proc/net/tcp6, read as plain text) and its count of accepted connections (PassiveOpens in
+/proc/net/snmp), and ends as soon as
 
-- no new connection has arrived for `quiet` seconds (a connection to a watched port whose
-  addresses were not in the previous reading, or one waiting in a listening socket's accept
-  queue), and
+- no new connection has arrived for `quiet` seconds: a connection to a watched port whose
+  addresses were not in the previous reading, one waiting in a listening socket's accept queue,
+  or any connection the namespace accepted since the previous reading (a peer's HAProxy may hold
+  a connection here for only the millisecond of one request and then reset it, leaving nothing
+  in the table for the next reading to see; the counter does not miss it, but it counts every
+  port of the namespace, so in a shared one, e.g. a host's, the drain rarely goes quiet), and
 - no connection to a watched port is open any more (established, half-open, or closed by the
   peer but not yet by the application),
 
@@ -28,8 +32,9 @@ from dataclasses import dataclass
 from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 PROC_FILES = ("/proc/net/tcp", "/proc/net/tcp6")
-# Between readings. A connection that opens and closes in between is not seen: a peer that still
-# routes here sends more than one, and a request refused after the drain is retried elsewhere.
+SNMP_FILE = "/proc/net/snmp"
+# Between readings. A reading itself takes a few to tens of milliseconds on a large machine: the
+# kernel walks its whole connection hash table, whatever the namespace holds.
 POLL_SECONDS = 0.01
 
 # TCP states as the kernel numbers them (include/net/tcp_states.h).
@@ -38,6 +43,7 @@ ESTABLISHED, SYN_RECV, TIME_WAIT, CLOSE_WAIT, LISTEN = 0x01, 0x03, 0x06, 0x08, 0
 # others (FIN_WAIT*, LAST_ACK, CLOSING, TIME_WAIT) are closed on the application's side.
 OPEN_STATES = frozenset((ESTABLISHED, SYN_RECV, CLOSE_WAIT))
 
+ADDRESSES_END = 110  # the addresses end before this column, in tcp6 lines too
 QUIET, FINISHED, BOUND = "quiet", "open connections finished", "upper bound reached"
 
 Address = Tuple[str, int]
@@ -66,10 +72,15 @@ def _address(text: str) -> Address:
     return str(mapped or address), int(port, 16)
 
 
-def parse(text: str) -> List[Socket]:
-    """The sockets of one /proc/net/tcp or tcp6 text; its header and malformed lines are skipped."""
+def parse(text: str, ports: Optional[FrozenSet[int]] = None) -> List[Socket]:
+    """The sockets of one /proc/net/tcp or tcp6 text (only those with one of `ports` at either end,
+    when given); its header and malformed lines are skipped."""
+    # A host's table can hold tens of thousands of lines: look for the ports before splitting.
+    needles = None if ports is None else tuple(f":{port:04X} " for port in ports)
     sockets = []
     for line in text.splitlines():
+        if needles is not None and not any(n in line[:ADDRESSES_END] for n in needles):
+            continue
         fields = line.split()
         if len(fields) < 5 or not fields[0].endswith(":"):
             continue
@@ -90,9 +101,11 @@ class View:
     connections: FrozenSet[Tuple[Address, Address]]  # (local, remote) of every connection to them
     open: int  # how many of those are still open (OPEN_STATES)
     backlog: int  # connections waiting in their listening sockets' accept queues
+    # The namespace's count of connections accepted so far (PassiveOpens), on any port: None unknown.
+    accepted: Optional[int] = None
 
 
-def view(sockets: Iterable[Socket], ports: FrozenSet[int]) -> View:
+def view(sockets: Iterable[Socket], ports: FrozenSet[int], accepted: Optional[int] = None) -> View:
     """The connections to `ports` (by local port: the application's side of them)."""
     connections, opened, backlog = set(), 0, 0
     for s in sockets:
@@ -103,7 +116,7 @@ def view(sockets: Iterable[Socket], ports: FrozenSet[int]) -> View:
             continue
         connections.add((s.local, s.remote))
         opened += s.state in OPEN_STATES
-    return View(frozenset(connections), opened, backlog)
+    return View(frozenset(connections), opened, backlog, accepted)
 
 
 @dataclass(frozen=True)
@@ -111,13 +124,14 @@ class State:
     started: float
     last_new: float  # when a new connection was last seen (the drain's start counts as one)
     previous: FrozenSet[Tuple[Address, Address]]  # the connections of the previous reading
+    accepted: Optional[int] = None  # the previous reading's PassiveOpens
     new: int = 0  # new connections seen during the drain
     waited_for_open: bool = False  # quiet came while connections were still open
 
 
 def start(first: View, now: float) -> State:
     """The connections open when the drain starts are not new: they are what it waits to finish."""
-    return State(started=now, last_new=now, previous=first.connections)
+    return State(started=now, last_new=now, previous=first.connections, accepted=first.accepted)
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,12 @@ def step(
     state: State, current: View, now: float, quiet: float, bound: float
 ) -> Tuple[State, Optional[Outcome]]:
     """One reading: the next state, and the outcome once the drain is over."""
-    arrived = len(current.connections - state.previous) + current.backlog
+    seen = len(current.connections - state.previous)
+    # Accepted anywhere in the namespace since the last reading: maybe on a watched port by a
+    # connection too short-lived for the readings to catch, so it counts as one that arrived.
+    known = current.accepted is not None and state.accepted is not None
+    accepted = max(0, current.accepted - state.accepted) if known else 0  # type: ignore[operator]
+    arrived = seen + accepted + current.backlog
     last_new = now if arrived else state.last_new
     is_quiet = now - last_new >= quiet
     still_open = current.open + current.backlog
@@ -141,7 +160,8 @@ def step(
         started=state.started,
         last_new=last_new,
         previous=current.connections,
-        new=state.new + len(current.connections - state.previous),
+        accepted=current.accepted if current.accepted is not None else state.accepted,
+        new=state.new + max(seen, accepted),
         waited_for_open=state.waited_for_open or (is_quiet and still_open > 0),
     )
     if is_quiet and still_open == 0:
@@ -153,9 +173,9 @@ def step(
     return state, Outcome(now - state.started, reason, state.new, still_open, now - last_new)
 
 
-def read(files: Sequence[str] = PROC_FILES) -> List[Socket]:
-    """Every TCP socket of this network namespace; a missing file (no IPv6) is no socket.
-    Raises OSError when none of the files can be read."""
+def read(ports: Optional[FrozenSet[int]] = None, files: Sequence[str] = PROC_FILES) -> List[Socket]:
+    """The TCP sockets of this network namespace (those with one of `ports` at either end, when
+    given); a missing file (no IPv6) is no socket. Raises OSError when none can be read."""
     sockets: List[Socket] = []
     readable = 0
     for path in files:
@@ -165,28 +185,45 @@ def read(files: Sequence[str] = PROC_FILES) -> List[Socket]:
         except FileNotFoundError:
             continue
         readable += 1
-        sockets += parse(text)
+        sockets += parse(text, ports)
     if not readable:
         raise OSError(f"none of {', '.join(files)} exists: cannot watch the application's connections")
     return sockets
+
+
+def passive_opens(path: str = SNMP_FILE) -> Optional[int]:
+    """The namespace's TCP PassiveOpens counter (connections accepted, any port); None if unreadable."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            rows = [line.split() for line in f if line.startswith("Tcp:")]
+        return int(rows[1][rows[0].index("PassiveOpens")])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def reading(ports: FrozenSet[int]) -> View:
+    """One reading of the kernel's tables for `ports`. Raises OSError as `read` does."""
+    accepted = passive_opens()  # first: a connection accepted meanwhile is then in the sockets
+    return view(read(ports), ports, accepted)
 
 
 def watch(
     ports: Iterable[int],
     quiet: float,
     bound: float,
-    reader: Callable[[], List[Socket]] = read,
+    reader: Optional[Callable[[], View]] = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], object] = time.sleep,
 ) -> Outcome:
     """Drain: read the sockets every POLL_SECONDS until `step` says it is over. Raises OSError when
     the sockets cannot be read at the start (the caller then waits the whole bound)."""
     watched = frozenset(ports)
-    state = start(view(reader(), watched), clock())
+    reader = reader or (lambda: reading(watched))
+    state = start(reader(), clock())
     while True:
         sleep(min(POLL_SECONDS, max(0.0, state.started + bound - clock())))
         try:
-            current = view(reader(), watched)
+            current = reader()
         except OSError:
             current = View(state.previous, len(state.previous), 0)  # unknown: nothing has ended
         state, outcome = step(state, current, clock(), quiet, bound)

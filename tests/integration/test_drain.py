@@ -1,6 +1,7 @@
 """The drain on stop: deregistered at once, the app stopped once its port went quiet and its
 connections finished, or at the `--drain` upper bound. Real Consul agent, real `basenode run`,
-the app a real TCP server on its SERVICE_PORT.
+the app a real TCP server on its SERVICE_PORT; all of them, and the test's own connections, in a
+network namespace of their own (tests/support/netns.py), as a container has one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from tests.conftest import ZIPAPP
 from tests.support.consul_agent import ConsulAgent
+from tests.support.netns import own_network_namespace
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
@@ -98,6 +100,13 @@ class Node:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def own_netns() -> Iterator[None]:
+    """First of this module's fixtures: the agent and everything else start inside."""
+    with own_network_namespace():
+        yield
 
 
 @pytest.fixture()

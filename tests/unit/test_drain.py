@@ -57,6 +57,15 @@ def test_ports_not_watched_are_ignored():
     assert drain.view(drain.parse(TCP), frozenset((18081,))) == drain.View(frozenset(), 0, 0)
 
 
+def test_parsing_for_some_ports_keeps_every_socket_with_them_at_either_end():
+    for text in (TCP, TCP6):
+        every = drain.parse(text)
+        wanted = [s for s in every if 18081 in (s.local[1], s.remote[1])]
+        assert drain.parse(text, frozenset((18081,))) == wanted
+    assert len(drain.parse(TCP, frozenset((18081,)))) == 1  # the IPv4 client's own side
+    assert drain.parse(TCP, frozenset((9,))) == []
+
+
 def test_malformed_lines_are_skipped_not_fatal():
     text = TCP.splitlines()[0] + "\n  0: garbage here 0A 00:00\n   1: 0100007F:ZZZZ 00000000:0000 0A 0:0\n"
     assert drain.parse(text) == []
@@ -115,6 +124,33 @@ def test_a_connection_in_the_accept_queue_counts_as_new_and_open():
     assert outcome.seconds == pytest.approx(0.8 + 0.5)
 
 
+def test_a_connection_the_namespace_accepted_between_readings_counts_as_new():
+    # Too short-lived to be in any reading, but PassiveOpens went up: at 0.3 s, then never again.
+    counts = [10, 10, 10, 11, 11]
+    readings = [drain.View(frozenset(), 0, 0, n) for n in counts]
+    outcome = run(readings)
+    assert outcome.reason == drain.QUIET
+    assert outcome.seconds == pytest.approx(0.3 + 0.5)
+    assert outcome.new == 1
+
+
+def test_an_unknown_accept_count_is_no_arrival():
+    readings = [drain.View(frozenset(), 0, 0, 5), drain.View(frozenset(), 0, 0, None)]
+    assert run(readings).seconds == pytest.approx(0.5)
+
+
+def test_the_accept_count_is_read_from_proc_net_snmp(tmp_path):
+    snmp = tmp_path / "snmp"
+    snmp.write_text(
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n"
+        "Tcp: 1 200 120000 -1 57 1234 3\n"
+    )
+    assert drain.passive_opens(str(snmp)) == 1234
+    assert drain.passive_opens(str(tmp_path / "none")) is None
+    assert isinstance(drain.passive_opens(), int)  # this machine's own
+
+
 def test_a_closed_connection_lingering_in_time_wait_is_not_open():
     outcome = run([reading(), reading(5, open_=0)])
     assert (outcome.reason, outcome.seconds, outcome.open) == (drain.QUIET, 0.6, 0)
@@ -136,7 +172,7 @@ def test_the_loop_reads_until_the_decision_and_reports_it():
         PORTS,
         quiet=3,
         bound=50,
-        reader=lambda: drain.parse(next(texts)),
+        reader=lambda: drain.view(drain.parse(next(texts)), PORTS),
         clock=lambda: float(next(clock)),
         sleep=lambda _s: None,
     )
@@ -146,7 +182,9 @@ def test_the_loop_reads_until_the_decision_and_reports_it():
 
 
 def test_an_unreadable_table_mid_drain_ends_nothing_before_the_bound():
-    calls = iter([lambda: drain.parse(TCP)] + [lambda: (_ for _ in ()).throw(OSError("gone"))] * 100)
+    calls = iter(
+        [lambda: drain.view(drain.parse(TCP), PORTS)] + [lambda: (_ for _ in ()).throw(OSError("gone"))] * 100
+    )
     clock = iter(range(0, 1000))
     outcome = drain.watch(
         PORTS,
@@ -161,7 +199,7 @@ def test_an_unreadable_table_mid_drain_ends_nothing_before_the_bound():
 
 def test_without_proc_files_reading_raises():
     with pytest.raises(OSError):
-        drain.read(("/nonexistent/tcp", "/nonexistent/tcp6"))
+        drain.read(files=("/nonexistent/tcp", "/nonexistent/tcp6"))
 
 
 def test_the_log_line_says_how_long_and_why():
