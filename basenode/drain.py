@@ -164,10 +164,10 @@ def step(
         new=state.new + max(seen, accepted),
         waited_for_open=state.waited_for_open or (is_quiet and still_open > 0),
     )
-    if is_quiet and still_open == 0:
-        reason = FINISHED if state.waited_for_open else QUIET
-    elif now - state.started >= bound:
+    if now - state.started >= bound:  # first: quiet at the bound is still the bound (a fixed drain)
         reason = BOUND
+    elif is_quiet and still_open == 0:
+        reason = FINISHED if state.waited_for_open else QUIET
     else:
         return state, None
     return state, Outcome(now - state.started, reason, state.new, still_open, now - last_new)

@@ -36,7 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable as a package
     sys.path.insert(0, str(ROOT))
 
-FAMILIES = ("supervisor", "discovery", "docker_cluster", "templates", "kv_signal", "watch_scale")
+FAMILIES = (
+    "supervisor",
+    "discovery",
+    "docker_cluster",
+    "docker_drain",
+    "templates",
+    "kv_signal",
+    "watch_scale",
+)
 MAKE_BENCH = ".venv/bin/python bench/run.py --out docs/benchmarks.md"
 
 

@@ -163,6 +163,8 @@ def test_the_upper_bound_always_wins():
     assert (busy.reason, busy.seconds) == (drain.BOUND, 2.0)
     short = run([reading()], quiet=5.0, bound=1.0)  # quiet longer than the bound: a fixed drain
     assert (short.reason, short.seconds) == (drain.BOUND, 1.0)
+    same = run([reading()], quiet=1.0, bound=1.0)  # quiet as long as the bound: still a fixed drain
+    assert (same.reason, same.seconds) == (drain.BOUND, 1.0)
 
 
 def test_the_loop_reads_until_the_decision_and_reports_it():
