@@ -150,8 +150,9 @@ def step(
     seen = len(current.connections - state.previous)
     # Accepted anywhere in the namespace since the last reading: maybe on a watched port by a
     # connection too short-lived for the readings to catch, so it counts as one that arrived.
-    known = current.accepted is not None and state.accepted is not None
-    accepted = max(0, current.accepted - state.accepted) if known else 0  # type: ignore[operator]
+    accepted = 0
+    if current.accepted is not None and state.accepted is not None:
+        accepted = max(0, current.accepted - state.accepted)
     arrived = seen + accepted + current.backlog
     last_new = now if arrived else state.last_new
     is_quiet = now - last_new >= quiet
