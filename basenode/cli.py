@@ -77,6 +77,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--drain", metavar="SECONDS", help="from deregistering to stopping the app (env BASENODE_DRAIN; 2)")
     add(
+        "--drain-quiet",
+        metavar="SECONDS",
+        help="the drain ends before --drain once no new connection to the app came for this long "
+        "and none is open (env BASENODE_DRAIN_QUIET; 0.5)",
+    )
+    add(
         "--health-max-age",
         metavar="SECONDS",
         help="/health fails when HAProxy was last confirmed in step longer ago (default 600)",
@@ -183,6 +189,7 @@ def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags
         kv_route_limit=args.kv_route_limit,
         apply_mode=args.apply_mode,
         drain=args.drain,
+        drain_quiet=args.drain_quiet,
         health_max_age=args.health_max_age,
         template_specs=tuple(args.template_spec),
         plugins_dir=args.plugins_dir,
@@ -212,6 +219,7 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
         "apply_mode",
         "status_addr",
         "drain",
+        "drain_quiet",
         "health_max_age",
     ):
         value = getattr(flags, name)

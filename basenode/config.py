@@ -33,6 +33,8 @@ DEFAULT_CONFIG = Path("/etc/basenode/basenode.toml")
 DEFAULT_STATE_DIR = Path("/run/basenode")
 DEFAULT_STATUS_ADDR = "127.0.0.1:8089"
 DEFAULT_HEALTH_MAX_AGE = 600.0
+# A few times the longest deregistration -> dropped everywhere seen in the Docker cluster (~0.1 s).
+DEFAULT_DRAIN_QUIET = 0.5
 DEFAULT_CONSUL_HTTP_ADDR = "127.0.0.1:8500"
 ROUTES_KV_PREFIX = "basenode/routes/"
 DEFAULT_PLUGINS_DIR = Path("/etc/basenode/plugins")
@@ -276,6 +278,8 @@ class Settings:
     command: Tuple[str, ...] = ()  # the application COMMAND after `--`
     services: Tuple[Service, ...] = ()  # registered while the application runs
     drain: float = 2.0  # seconds between deregistering and stopping the application
+    # The drain ends once no new connection to the app's ports has come for this long (and none is open).
+    drain_quiet: float = DEFAULT_DRAIN_QUIET
     # /health fails when HAProxy was last confirmed in step with Consul longer ago than this. A
     # quiet catalog still answers every blocking wait (5 min), so twice that is a stuck loop.
     health_max_age: float = DEFAULT_HEALTH_MAX_AGE
@@ -503,6 +507,7 @@ class Flags:
     kv_route_limit: Optional[str] = None
     apply_mode: Optional[str] = None
     drain: Optional[str] = None
+    drain_quiet: Optional[str] = None
     health_max_age: Optional[str] = None
     template_specs: Tuple[str, ...] = ()  # --template-spec, repeatable
     plugins_dir: Optional[str] = None
@@ -927,6 +932,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
             raise ConfigError(source, key, f"expected a number of seconds, got {_show(value)}") from None
 
     drain = seconds(flags.drain, "drain", 2.0)
+    drain_quiet = seconds(flags.drain_quiet, "drain_quiet", DEFAULT_DRAIN_QUIET)
     health_max_age = seconds(flags.health_max_age, "health_max_age", DEFAULT_HEALTH_MAX_AGE)
 
     program_tables = top.table("programs")
@@ -1014,6 +1020,7 @@ def load(flags: Flags, environ: Environ) -> Settings:
         command=tuple(flags.command),
         services=services,
         drain=drain,
+        drain_quiet=drain_quiet,
         health_max_age=health_max_age,
         templates=templates,
         plugins_dir=Path(plugins_dir),

@@ -5,8 +5,14 @@ check is passed by this loop, three times per TTL, for as long as it runs.
 
 Runs as the built-in program `register` under `basenode run`, started after the application and
 so stopped before it (supervise stops in reverse start order). On SIGTERM it deregisters first,
-then waits the drain period, so that every other node has dropped this instance from its routing
-before the application itself is asked to stop: no request is sent to an instance that is going.
+then drains (drain.py): it exits once no new connection has reached the application's ports for
+`drain_quiet` seconds and none is open any more, or after `drain` seconds at most, so that every
+other node has dropped this instance from its routing before the application itself is asked to
+stop: no request is sent to an instance that is going.
+
+It deregisters rather than putting the services in maintenance: a service in maintenance keeps
+its health check, which the local agent goes on running against the application's port, and
+those connections would keep the drain from ever going quiet.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 import time
 from typing import Any, Dict, Optional
 
-from . import consul, durations
+from . import consul, drain, durations
 from .config import Service, Settings
 
 log = logging.getLogger(__name__)
@@ -137,11 +143,30 @@ def run(settings: Settings, leave: bool = False) -> int:
     if leaving is not None:
         leaving.start()
     if settings.drain > 0:
-        log.info("draining for %.1f s before the application stops", settings.drain)
-        time.sleep(settings.drain)
+        drain_connections(settings)
     if leaving is not None:
         leaving.join(timeout=LEAVE_WAIT_SECONDS)
     return 0
+
+
+def drain_connections(settings: Settings) -> None:
+    """Wait until the application's ports have gone quiet and their connections have finished
+    (at most `drain` seconds), and log how long that took and why it ended."""
+    ports = sorted({service.port for service in settings.services})
+    log.info(
+        "draining: ports %s, until no new connection for %g s and none open, at most %g s",
+        ", ".join(map(str, ports)) or "(none)",
+        settings.drain_quiet,
+        settings.drain,
+    )
+    started = time.monotonic()
+    try:
+        outcome = drain.watch(ports, settings.drain_quiet, settings.drain)
+    except OSError as e:
+        log.warning("%s; draining the whole %g s", e, settings.drain)
+        time.sleep(max(0.0, started + settings.drain - time.monotonic()))
+        return
+    log.info("%s", drain.describe(outcome, settings.drain_quiet))
 
 
 def _leave(client: Any) -> None:

@@ -40,6 +40,7 @@ FAMILIES = (
     "supervisor",
     "discovery",
     "docker_cluster",
+    "docker_drain",
     "templates",
     "kv_signal",
     "watch_scale",

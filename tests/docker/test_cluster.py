@@ -9,12 +9,14 @@ docs/benchmarks.md; no test asserts on them.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
+import re
 import subprocess
 import time
 from collections import Counter
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -26,6 +28,12 @@ pytestmark = pytest.mark.docker
 ROUTE_URL = "http://127.0.0.1:9302/"
 APPS = ("app1", "app2")
 FIGURES = dh.ROOT / "build" / "docker-figures.json"
+# app1's drain: an upper bound far above what a drain needs here, so that one ending before it is
+# one that ended because the node went quiet.
+DRAIN_BOUND = 10
+DRAIN_LINE = re.compile(
+    r"drain ended after ([0-9.]+) s: (quiet|open connections finished|upper bound reached)"
+)
 
 # Runs inside the client container: requests on fresh connections until its stdin closes
 # (bounded by a request count and a deadline too), then one JSON line with the answers.
@@ -106,6 +114,7 @@ def cluster(basenode_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
     override = tmp_path_factory.mktemp("compose") / "network.yml"
     override.write_text(
         'version: "3.8"\n'
+        f'services:\n  app1:\n    environment:\n      BASENODE_DRAIN: "{DRAIN_BOUND}"\n'
         "networks:\n  default:\n    ipam:\n      config:\n"
         f"        - subnet: {dh.free_subnet()}\n"
     )
@@ -138,11 +147,15 @@ def test_the_client_reaches_every_app_through_its_own_localhost(cluster: dh.Comp
     assert set(seen) == set(APPS)
 
 
-def test_stopping_an_app_node_drains_it_and_no_client_request_fails(steady: dh.Compose) -> None:
-    cluster = steady
+def stop_under_load(
+    cluster: dh.Compose, meanwhile: Optional[Callable[[], None]] = None
+) -> Tuple[str, float, float]:
+    """`docker stop` app1 while the client sends steady load through its HAProxy (and runs
+    `meanwhile` during the stop); every request must succeed. The drain's reason, its length and
+    the wall-clock time it ended, from app1's log."""
     client, app1, server = (cluster.container(s) for s in ("client", "app1", "server"))
     load = subprocess.Popen(
-        ["docker", "exec", "-i", client, "python3", "-c", LOAD, ROUTE_URL, "20000", "60"],
+        ["docker", "exec", "-i", client, "python3", "-c", LOAD, ROUTE_URL, "20000", "90"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -150,12 +163,17 @@ def test_stopping_an_app_node_drains_it_and_no_client_request_fails(steady: dh.C
     )
     try:
         assert load.stdout is not None and load.stdout.readline().strip() == "started"
-        # drain (2 s) + 3 s: if basenode has not exited by then, docker kills it (status 137).
+        # drain bound + 10 s: if basenode has not exited by then, docker kills it (status 137).
         started = time.monotonic()
-        dh.docker("stop", "-t", "5", app1, timeout=30)
+        stop = subprocess.Popen(
+            ["docker", "stop", "-t", str(DRAIN_BOUND + 10), app1], stdout=subprocess.DEVNULL
+        )
+        if meanwhile is not None:
+            meanwhile()
+        assert stop.wait(timeout=60) == 0
         record_figure("docker stop of an app node (s)", time.monotonic() - started)
         assert dh.docker("inspect", "-f", "{{.State.ExitCode}}", app1).stdout.strip() == "0"
-        out, err = load.communicate(input="", timeout=90)
+        out, err = load.communicate(input="", timeout=120)
     finally:
         if load.poll() is None:
             load.kill()
@@ -163,10 +181,84 @@ def test_stopping_an_app_node_drains_it_and_no_client_request_fails(steady: dh.C
     assert result["failed"] == [], err
     assert result["ok"].get("app1", 0) > 0 and result["ok"].get("app2", 0) > 0
     assert "app1" not in hello_nodes(server)
+    logs = dh.docker("logs", "-t", app1, check=False)
+    drains = [(line, DRAIN_LINE.search(line)) for line in (logs.stdout + logs.stderr).splitlines()]
+    drains = [(line, m) for line, m in drains if m]
+    assert drains, (logs.stdout + logs.stderr)[-3000:]
+    line, found = max(drains, key=lambda d: d[0])  # the latest: the container's log holds earlier runs
+    return found.group(2), float(found.group(1)), stamp_seconds(line.split(" ", 1)[0])
+
+
+def stamp_seconds(stamp: str) -> float:
+    """`docker logs -t`'s RFC 3339 stamp (nanoseconds) -> epoch seconds; the host shares the clock."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    t = datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return t.timestamp() + float("0." + (fraction or "0"))
+
+
+def test_stopping_an_app_node_drains_it_and_no_client_request_fails(steady: dh.Compose) -> None:
+    cluster = steady
+    reason, took, _ = stop_under_load(cluster)
+    # Every node dropped app1 within moments: the drain ended as soon as its port went quiet.
+    assert reason in ("quiet", "open connections finished") and took < DRAIN_BOUND
+    record_figure("drain of an app node under load (s)", took)
 
     # Started again, it rejoins and takes traffic.
-    dh.docker("start", app1)
+    dh.docker("start", cluster.container("app1"))
+    wait_until(
+        lambda: routed_hosts(cluster.container("client")) >= set(APPS), 60, "app1 to be routed again", cluster
+    )
+
+
+SLOW_PEER_SECONDS = 3.0
+
+
+def test_a_slow_peer_makes_the_drain_wait_for_it_and_no_client_request_fails(steady: dh.Compose) -> None:
+    """The client's sync loop is stopped (SIGSTOP) from just before app1 stops until 3 s later: the
+    client's HAProxy keeps sending to app1 until the loop runs again and applies the deregistration."""
+    cluster = steady
+    client = cluster.container("client")
+    sync_pid = dh.exec_in(client, "python3", "-c", FIND_SYNC).stdout.strip()
+    assert sync_pid.isdigit(), f"no `basenode sync` process in the client: {sync_pid!r}"
+    resumed: List[float] = []
+
+    def slow_peer() -> None:
+        try:
+            time.sleep(SLOW_PEER_SECONDS)
+        finally:
+            resumed.append(time.time())
+            signal_in(client, "CONT", sync_pid)
+
+    assert signal_in(client, "STOP", sync_pid).returncode == 0
+    try:
+        reason, took, ended = stop_under_load(cluster, slow_peer)
+    finally:
+        signal_in(client, "CONT", sync_pid)
+    # It could not end while the client still routed to app1, and it ended once the client caught up.
+    assert ended >= resumed[0], (reason, took, ended - resumed[0])
+    assert reason in ("quiet", "open connections finished") and took < DRAIN_BOUND
+    record_figure("drain of an app node whose peer is stopped for 3 s (s)", took)
+
+    dh.docker("start", cluster.container("app1"))
     wait_until(lambda: routed_hosts(client) >= set(APPS), 60, "app1 to be routed again", cluster)
+
+
+def signal_in(container: str, name: str, pid: str) -> subprocess.CompletedProcess:
+    return dh.exec_in(container, "sh", "-c", f"kill -{name} {pid}")  # the shell's kill: no procps here
+
+
+# The pid of `basenode sync` in a container, from /proc (the image has no pgrep).
+FIND_SYNC = r"""
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if b"sync" in argv and any(a.endswith(b"basenode") for a in argv):
+        print(pid)
+        break
+"""
 
 
 def test_a_new_app_node_receives_traffic(steady: dh.Compose) -> None:
