@@ -192,20 +192,21 @@ def measure(
     """`reps` failovers and failbacks through `port`, under load."""
     result = Result()
     with Load(port) as load:
+
+        def timed(event: Callable[[], None], answerer: str, into: List[float]) -> None:
+            t0 = time.monotonic()
+            event()
+            took = until_answered_by(port, answerer, t0)
+            if took is None:
+                result.missed += 1
+            else:
+                into.append(took)
+            time.sleep(0.3)
+
         for _ in range(reps):
             settle()
-            t0 = time.monotonic()
-            fail()
-            took = until_answered_by(port, "b", t0)
-            result.failover.append(took) if took is not None else None
-            result.missed += took is None
-            time.sleep(0.3)
-            t0 = time.monotonic()
-            back()
-            took = until_answered_by(port, "a", t0)
-            result.failback.append(took) if took is not None else None
-            result.missed += took is None
-            time.sleep(0.3)
+            timed(fail, "b", result.failover)
+            timed(back, "a", result.failback)
     result.requests, result.failed = load.ok + load.failed, load.failed
     return result
 
