@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
+from .frozen import cached_hash
 from .route_options import OptionError, RouteOptions, parse_options, show, split_words
 from .tokens import SAFE_TOKEN_RE
 
@@ -126,6 +127,8 @@ class Route:
     datacenter: Optional[str] = None  # where its instances come from; None: the local agent's
     # Datacenters whose healthy instances are the backup servers, first one first (see routes.py).
     failover: Tuple[str, ...] = ()
+
+    __hash__ = cached_hash
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from Consul, the sync loop and HAProxy in, the document out (its keys are docume
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import urllib.parse
@@ -36,8 +37,13 @@ class Applied:
 
 def applied(snapshot: Snapshot, indexes: Mapping[Query, int]) -> Applied:
     routes = tuple(state.route for state in snapshot.routes)
-    wanted = {Query(SERVICE, r.service): r.service for r in routes}
-    return Applied(routes, {name: indexes[q] for q, name in wanted.items() if indexes.get(q)})
+    found = ((r.service, indexes.get(_local_service(r.service))) for r in routes)
+    return Applied(routes, {name: index for name, index in found if index})
+
+
+@functools.lru_cache(maxsize=16384)  # on every change, for every route: made once per service
+def _local_service(name: str) -> Query:
+    return Query(SERVICE, name)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ has one level of backups): when dc2 has no healthy instance left, dc3's replace 
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import re
 import socket
 from dataclasses import dataclass, field, replace
@@ -186,10 +188,14 @@ def route_queries(routes: Sequence[Route]) -> FrozenSet[Query]:
     return frozenset([ROUTES_QUERY, *(primary_query(r) for r in routes), *failover])
 
 
+# A route's queries are asked for on every change, a few times for each of thousands of routes:
+# made once per route (a route hashes once, see frozen.py). Sized for 5,000 routes and their churn.
+@functools.lru_cache(maxsize=16384)
 def failover_queries(route: Route) -> Tuple[Query, ...]:
     return tuple(Query(SERVICE, route.service, dc) for dc in route.failover)
 
 
+@functools.lru_cache(maxsize=16384)
 def primary_query(route: Route) -> Query:
     """The read of the route's own instances (its datacenter's, by default the local one's)."""
     return Query(SERVICE, route.service, route.datacenter or "")
@@ -215,6 +221,10 @@ def build_snapshot(routes: Sequence[Route], data: Mapping[Query, Any]) -> Snapsh
 
 
 # --- over the watch -------------------------------------------------------------------------------
+
+
+def _by_service(state: RouteState) -> str:
+    return state.route.service
 
 
 def bind_error(host: str, port: int) -> Optional[str]:
@@ -253,16 +263,26 @@ class Discovery:
         self._warnings = WarnOnce(log)
         # route -> (the values its state was computed from, the state): see _state
         self._states: Dict[Route, Tuple[Tuple[Any, ...], RouteState]] = {}
+        self._routes: Optional[Tuple[Any, Tuple[Route, ...]]] = None  # (the routes prefix's value, routes)
+        self._queries: Tuple[Tuple[Route, ...], FrozenSet[Query]] = ((), route_queries(()))
 
     def routes(self, data: Mapping[Query, Any]) -> Optional[Tuple[Route, ...]]:
-        """Static + KV routes, or None while the routes prefix has not been read."""
+        """Static + KV routes, or None while the routes prefix has not been read.
+
+        Worked out again only when the routes prefix's value was replaced (the watch stores a new
+        object for a changed value): an instance change, the common one, leaves the routes as they were.
+        """
         if ROUTES_QUERY not in data:
             return None
-        merged = merge_kv_routes(self.settings.routes, dict(data[ROUTES_QUERY]), policy=self.policy)
+        kv = data[ROUTES_QUERY]
+        if self._routes is not None and self._routes[0] is kv:
+            return self._routes[1]
+        merged = merge_kv_routes(self.settings.routes, dict(kv), policy=self.policy)
         routes = self._bindable(merged.routes)
         unbindable = [f"skipped route: {KV_SOURCE} {k}: {why}" for k, why in self.refused.items()]
         self._warnings.report([*merged.warnings, *unbindable])
         self.refused.update(merged.bad_values)
+        self._routes = (kv, routes)
         return routes
 
     def _bindable(self, routes: Tuple[Route, ...]) -> Tuple[Route, ...]:
@@ -280,31 +300,43 @@ class Discovery:
 
     def wanted(self, data: Mapping[Query, Any]) -> FrozenSet[Query]:
         routes = self.routes(data)
-        return route_queries(self.settings.routes if routes is None else routes)
+        routes = self.settings.routes if routes is None else routes
+        if self._queries[0] is not routes:
+            self._queries = (routes, route_queries(routes))
+        return self._queries[1]
 
     def snapshot(self, data: Mapping[Query, Any]) -> Optional[Snapshot]:
         """The snapshot of what is known now (see the module docstring); None before the first one."""
         routes = self.routes(data)
         if routes is None:
             return None
-        previous = {state.route: state for state in (self.last.routes if self.last else ())}
-        known = {r for r in routes if primary_query(r) in data}
-        if self.last is None and len(known) < len(routes):
-            return None
-        states = [self._state(r, data) for r in known]
-        states += [previous[r] for r in routes if r not in known and r in previous]
-        self.last = Snapshot(routes=tuple(sorted(states, key=lambda s: s.route.service)))
-        self._states = {r: entry for r, entry in self._states.items() if r in known}
+        states, unread = [], []
+        for route in routes:
+            if primary_query(route) in data:
+                states.append(self._state(route, data))
+            else:
+                unread.append(route)
+        if unread:  # a route added a moment ago: its service is being read
+            if self.last is None:
+                return None
+            previous = {state.route: state for state in self.last.routes}
+            states += [previous[r] for r in unread if r in previous]
+        self.last = Snapshot(routes=tuple(sorted(states, key=_by_service)))
+        if len(self._states) > len(states):
+            known = {state.route for state in states}
+            self._states = {r: entry for r, entry in self._states.items() if r in known}
         return self.last
 
     def _state(self, route: Route, data: Mapping[Query, Any]) -> RouteState:
         """route_state, computed again only when one of the route's values was replaced: the watch
         stores a new object for a changed value, so a change to one service revalidates that one."""
-        inputs = tuple(data.get(q) for q in (primary_query(route), *failover_queries(route)))
+        failover = failover_queries(route)
+        primary = data.get(primary_query(route))
+        inputs = (primary, *[data.get(q) for q in failover]) if failover else (primary,)
         cached = self._states.get(route)
         # `is`, not ==: the same objects (held here, so no id is reused), not an equal comparison
         # of every instance of every route on each change
-        if cached is not None and all(a is b for a, b in zip(cached[0], inputs)):
+        if cached is not None and all(map(operator.is_, cached[0], inputs)):
             return cached[1]
         state = route_state(route, data)
         self._states[route] = (inputs, state)

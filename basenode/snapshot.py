@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from .config import SERVICE_NAME_RE, Route
+from .frozen import cached_hash
 from .tokens import HOSTNAME_RE, SAFE_TOKEN_RE
 
 MAX_WEIGHT = 256
@@ -65,6 +66,8 @@ class RouteState:
     # The backup servers: the healthy instances of the first failover datacenter that has any.
     backups: Tuple[Instance, ...] = ()
     backup_datacenter: Optional[str] = None
+
+    __hash__ = cached_hash
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,7 @@ def test_the_context_has_the_documented_fields_and_no_secrets(tmp_path):
         "haproxy_group",
         "haproxy_log",
         "route_part",
+        "route_parts",
     }
     web = ctx["routes"][1]
     assert set(web) == {
