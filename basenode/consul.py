@@ -119,26 +119,6 @@ def make_client(http: ConsulHTTP, timeout: float = DEFAULT_TIMEOUT) -> Client:
 # --- agent ----------------------------------------------------------------------------------------
 
 
-def agent_reachable(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> str:
-    """The leader's address when the agent answers and the cluster has a leader; else AgentUnavailable."""
-    client = make_client(settings.consul_http, timeout=timeout)
-    try:
-        found = leader(client)
-    except ERRORS as e:
-        raise AgentUnavailable(
-            f"cannot read Consul at {settings.consul_http.addr}: {type(e).__name__}: {e}"[:500]
-        ) from e
-    if not found:
-        raise AgentUnavailable(
-            f"the agent at {settings.consul_http.addr} answers but the cluster has no leader"
-        )
-    return found
-
-
-class AgentUnavailable(Exception):
-    """The agent did not answer, or has no leader; str() says which (never the token)."""
-
-
 def leader(client: pyconsul.Consul) -> str:
     """The cluster leader's address, or '' while there is none."""
     answer = client.status.leader()
