@@ -15,7 +15,8 @@ from .state import SyncState
 if TYPE_CHECKING:
     from .. import watch
 
-log = logging.getLogger(__name__)
+# Its log lines keep the component `status` (log.py names a line by the logger's last part).
+log = logging.getLogger(__package__)
 
 
 def respond(
