@@ -512,9 +512,9 @@ def cmd_join(settings: config.Settings, args: argparse.Namespace, flags: config.
 
 
 def cmd_status(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
-    from . import status
+    from .status import commands
 
-    return status.status_command(settings, as_json=args.json)
+    return commands.status_command(settings, as_json=args.json)
 
 
 def cmd_register(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
@@ -535,9 +535,9 @@ def cmd_explain(settings: config.Settings, args: argparse.Namespace, flags: conf
 
 
 def cmd_health(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
-    from . import status
+    from .status import commands
 
-    return status.health_command(settings)
+    return commands.health_command(settings)
 
 
 COMMANDS = {

@@ -15,7 +15,6 @@ import json
 import logging
 import random
 import sys
-import threading
 import time
 import warnings
 from typing import Any, Dict, Mapping, Sequence, Tuple
@@ -39,20 +38,16 @@ DEFAULT_TIMEOUT = 10.0  # seconds, for every request that is not a blocking quer
 ERRORS = (pyconsul.ConsulException, requests.RequestException, OSError, ValueError)
 
 
-class CountingHTTPClient(consul.std.HTTPClient):
-    """py-consul's requests-based client with a read timeout and a request counter (for status and bench)."""
+class TimedHTTPClient(consul.std.HTTPClient):
+    """py-consul's requests-based client with a read timeout on every request."""
 
     def __init__(self, *args: Any, timeout: float = DEFAULT_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timeout = timeout
-        self.requests = 0
-        self._lock = threading.Lock()
 
     def _send(
         self, method: str, callback: Any, path: str, params: Any, headers: Any, data: Any = None
     ) -> Any:
-        with self._lock:
-            self.requests += 1
         timeout = self.timeout
         response = self.session.request(
             method,
@@ -94,10 +89,10 @@ class CountingHTTPClient(consul.std.HTTPClient):
 class Client(consul.std.Consul):
     """py-consul's Consul with the HTTP client above. Build it with make_client()."""
 
-    http: CountingHTTPClient
+    http: TimedHTTPClient
 
     def http_connect(self, host: str, port: int, scheme, verify=True, cert=None):  # type: ignore[override]
-        return CountingHTTPClient(host, port, scheme, verify, cert)
+        return TimedHTTPClient(host, port, scheme, verify, cert)
 
 
 def make_client(http: ConsulHTTP, timeout: float = DEFAULT_TIMEOUT) -> Client:
@@ -117,26 +112,6 @@ def make_client(http: ConsulHTTP, timeout: float = DEFAULT_TIMEOUT) -> Client:
 
 
 # --- agent ----------------------------------------------------------------------------------------
-
-
-def agent_reachable(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> str:
-    """The leader's address when the agent answers and the cluster has a leader; else AgentUnavailable."""
-    client = make_client(settings.consul_http, timeout=timeout)
-    try:
-        found = leader(client)
-    except ERRORS as e:
-        raise AgentUnavailable(
-            f"cannot read Consul at {settings.consul_http.addr}: {type(e).__name__}: {e}"[:500]
-        ) from e
-    if not found:
-        raise AgentUnavailable(
-            f"the agent at {settings.consul_http.addr} answers but the cluster has no leader"
-        )
-    return found
-
-
-class AgentUnavailable(Exception):
-    """The agent did not answer, or has no leader; str() says which (never the token)."""
 
 
 def leader(client: pyconsul.Consul) -> str:

@@ -304,7 +304,7 @@ def explain(answers: Answers) -> Dict[str, Any]:
 
 def endpoint(settings: Settings, sync_state: Any, request_path: str) -> Tuple[int, Dict[str, Any]]:
     """GET /explain?service=NAME: (HTTP status, document); 400 for a bad name, 503 when Consul cannot
-    be read. `sync_state` is the sync loop's status.SyncState (its `applied`, `refused_routes`)."""
+    be read. `sync_state` is the sync loop's status.state.SyncState (its `applied`, `refused_routes`)."""
     from . import consul
 
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(request_path).query)
@@ -327,10 +327,10 @@ def endpoint(settings: Settings, sync_state: Any, request_path: str) -> Tuple[in
 
 def command(settings: Settings, service: str, as_json: bool = False) -> int:
     """0 with the explanation printed; 1 when no basenode answers or it could not explain."""
-    from . import status
+    from .status.commands import fetch
 
     try:
-        code, body = status.fetch(settings, "/explain?" + urllib.parse.urlencode({"service": service}))
+        code, body = fetch(settings, "/explain?" + urllib.parse.urlencode({"service": service}))
         doc = json.loads(body)
     except (OSError, ValueError) as e:
         host, port = settings.status_addr

@@ -9,18 +9,18 @@ from typing import Any, Dict
 
 from .config import Settings
 from .explain import Answers, Server
+from .output.haproxy.runtime import ADMIN_CMAINT, ADMIN_FDRAIN, ADMIN_FMAINT, ADMIN_RMAINT
 
 READ_TIMEOUT = 5.0  # each read of the agent
 SERVER_STATES = {0: "DOWN", 1: "STARTING", 2: "UP", 3: "STOPPING"}  # show servers state's srv_op_state
-ADMIN_MAINT = 0x01 | 0x04 | 0x20  # forced, from the config, no address (haproxy.ADMIN_*)
-ADMIN_DRAIN = 0x08
+ADMIN_MAINT = ADMIN_FMAINT | ADMIN_CMAINT | ADMIN_RMAINT  # forced, from the config, no address
 
 
 def server_state(op_state: int, admin_state: int) -> str:
     """`show servers state`'s numbers as the words HAProxy's stats page uses."""
     if admin_state & ADMIN_MAINT:
         return "MAINT"
-    if admin_state & ADMIN_DRAIN:
+    if admin_state & ADMIN_FDRAIN:
         return "DRAIN"
     return SERVER_STATES.get(op_state, f"op_state {op_state}")
 

@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from .config import SERVICE_NAME_RE, Route
 from .frozen import cached_hash
@@ -73,10 +73,6 @@ class RouteState:
 @dataclass(frozen=True)
 class Snapshot:
     routes: Tuple[RouteState, ...]  # sorted by service name
-
-    def structure(self) -> Tuple[Tuple[str, int, str, Optional[str]], ...]:
-        """What needs a reload to change: the routes themselves, not their servers."""
-        return tuple((r.route.service, r.route.port, r.route.mode, r.route.tag) for r in self.routes)
 
 
 class Rejected(ValueError):
@@ -153,25 +149,6 @@ def instance_from_health(entry: Mapping[str, Any]) -> Instance:
     return Instance(
         id=service_id, node=node_name, address=address, port=port, tags=tags, meta=meta, weight=weight
     )
-
-
-def instances_from_health(
-    service_name: str, entries: Iterable[Mapping[str, Any]], tag: Optional[str] = None
-) -> Tuple[Tuple[Instance, ...], List[str]]:
-    """Validated instances (sorted) and one warning line per rejected entry."""
-    instances = []
-    warnings = []
-    for entry in entries:
-        try:
-            instance = instance_from_health(entry)
-        except Rejected as e:
-            ident = (entry.get("Service") or {}).get("ID") if isinstance(entry, Mapping) else None
-            warnings.append(f"service {show(service_name)}: dropped instance {show(ident)}: {e}")
-            continue
-        if tag is None or tag in instance.tags:
-            instances.append(instance)
-    unique = {i.key: i for i in instances}
-    return tuple(sorted(unique.values(), key=lambda i: i.key)), warnings
 
 
 def valid_service_name(name: Any) -> bool:

@@ -7,7 +7,7 @@ render from the same values. HAProxy's config and every template are outputs tak
 (output.record.attempt: render -> check -> apply -> retry) into the same kind of record. Whatever
 fails (Consul, the template, HAProxy's check, a full disk), the last good config keeps serving, and
 the failure is logged, counted in the output's record (SyncState for HAProxy's) and shown by the
-status endpoint (status.py) this process serves. A failed apply (not a failed render or check, which
+status endpoint (the status package) this process serves. A failed apply (not a failed render or check, which
 would fail the same way again) is retried every RETRY_SECONDS until it works.
 """
 
@@ -24,13 +24,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from . import explain, exposure, files, status
+from . import explain, exposure, files
 from .config import Settings
 from .dependency import READ_ERRORS, Query
 from .output import haproxy
 from .output.record import RETRY_SECONDS, OutputFailed, attempt
 from .routes import ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from .snapshot import Snapshot
+from .status import server as status_server
+from .status.state import SyncState
 from .template import render
 from .template.functions import redact
 from .template.loop import TemplateLoop, check_templates, render_now
@@ -58,7 +60,7 @@ class Loop:
         self.parts = render.RouteParts()  # each route's text, rendered again only when it changed
         # HAProxy's config is one template among the others: same functions, same cache, its own apply.
         self.templates = TemplateLoop(settings, watcher)
-        self.state = status.SyncState()
+        self.state = SyncState()
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
         self.latest: Optional[Snapshot] = None  # newest from the watch (may have failed to apply)
         self.latest_indexes: Dict[Query, int] = {}  # the watch's indexes, read before latest's data
@@ -259,7 +261,7 @@ def run(settings: Settings, once: bool = False) -> int:
     watcher = Watcher(settings)
     loop = Loop(settings, watcher)
     loop.state.templates = loop.templates.templates.status
-    server = status.serve(settings, loop.state, watcher)
+    server = status_server.serve(settings, loop.state, watcher)
     exposure.warn_when_known(settings, stop)  # one line at start when the cluster is open to anyone
     loop.start()
     consumer = threading.Thread(target=watcher.run, args=(loop.on_change, stop), name="sync", daemon=True)

@@ -7,66 +7,8 @@ template cannot reach Python internals), undefined names are errors (a typo must
 not render an empty string into the config), and nothing is HTML-escaped. Block tags eat their
 own line (trim_blocks, lstrip_blocks), and a final newline is kept.
 
-The template context
---------------------
-routes         list of routes, sorted by service name; each has
-                 service    Consul service name, [A-Za-z0-9._-]{1,128} (also a valid HAProxy proxy name)
-                 port       local frontend port, 1-65535
-                 mode       "tcp" or "http"
-                 tag        the route's tag filter, or None
-                 options    the route's HAProxy options (basenode/route_options.py; README "Route
-                            options"), every key present, None (ssl: False) when not set:
-                   balance          "roundrobin" | "leastconn" | "first" | "random"
-                   timeout_connect  HAProxy durations, ready to print: "1500ms", "5s", "2m", "1h"
-                   timeout_server
-                   timeout_client
-                   maxconn          connections per server, an int
-                   retries          an int 0-100
-                   check            "tcp" or an HTTP path ("/health"): HAProxy's own active check;
-                                    set to "tcp" when observe is set without it
-                   check_interval   a duration (`inter`)
-                   observe          "layer4" | "layer7": passive check, with on-error mark-down
-                   error_limit      an int (consecutive errors before mark-down)
-                   cookie           sticky-session cookie name (http routes only)
-                   send_proxy       "v1" | "v2": PROXY protocol to the servers
-                   ssl              True: TLS to the servers
-                   verify           "required" | "none" when ssl
-                   ca_file          absolute path of an existing CA file, when ssl
-                   sni              a DNS host name, when ssl
-                 datacenter the datacenter its instances come from, or None (the local agent's)
-                 failover   list of datacenters to fail over to, first first ([] when none)
-                 backups    the healthy instances of the first failover datacenter that has any (the
-                            same fields as instances; key is "<datacenter>:<key>"): the default
-                            template writes them as `backup` servers, with `option allbackups`
-                 backup_datacenter  the datacenter of backups, or None
-                 instances  list of healthy, validated instances, sorted by key; each has
-                   id        Consul service ID
-                   node      Consul node name
-                   address   IP address (normalised) or host name
-                   hostname  True when address is a host name (resolved by HAProxy at start/reload)
-                   port      the instance's catalog port, 1-65535
-                   endpoint  "address:port", with [brackets] around an IPv6 address
-                   tags      list of tags
-                   meta      dict of service meta
-                   weight    0-256 (Consul's Weights.Passing; default 1)
-                   key       server name, unique in its backend and valid for HAProxy
-bind           the address frontends bind (--bind, default 127.0.0.1)
-bind_host      the same, with [brackets] when it is an IPv6 address, ready for "host:port"
-state_dir      the state directory (absolute path)
-stats_socket   the runtime-API socket path HAProxy must open (<state_dir>/haproxy.sock); basenode
-               applies server changes through it, so a template must keep it, with `level admin`
-master_socket  the master CLI socket (given to HAProxy with -S, not in the config)
-settings       bind, state_dir, stats_socket, master_socket, apply_mode, include_warning,
-               datacenter, node_name, haproxy_log
-haproxy_user   the user HAProxy's workers run as (None: stay as basenode's user)
-haproxy_group  that user's group (or None)
-route_part     {% call route_part(route) %}...{% endcall %}: the block, rendered once per distinct
-               route; the block may use only route, bind_host, haproxy_log
-route_parts    {% call(route) route_parts(routes) %}...{% endcall %}: the same for every route of a list
-               in one call (the default template's form: cheaper than a call block per route)
-haproxy_log    True when HAProxy's access log should reach basenode's output (haproxy_log,
-               --haproxy-log on|off, BASENODE_HAPROXY_LOG; default on): the bundled template then
-               gives each frontend `log stdout format raw local0`, which basenode prefixes `haproxy |`
+The context it gives HAProxy's template (`context()`) is described, name for name, in
+docs/templates.md; a unit test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -220,9 +162,9 @@ class RouteParts:
     """`{% call route_part(route) %}...{% endcall %}` for HAProxy's template: the block's text for one
     route, rendered again only when that route changed.
 
-    At 1,000 routes a whole render costs ~100 ms for a change to one of them; with parts the cost
-    follows the change. A part's key is everything the block may use: the RouteState (route with
-    its options, and instances, immutable), bind_host, haproxy_log, and the compiled block itself
+    A whole render costs in proportion to the number of routes, however small the change; with
+    parts the cost follows the change. A part's key is everything the block may use: the RouteState
+    (route with its options, and instances, immutable), bind_host, haproxy_log, and the compiled block itself
     (an edited template compiles to a new one). The cache holds the parts of the last render only,
     so it never outgrows the config. Route dicts are kept per RouteState too: an unchanged route is
     not converted again.
@@ -280,7 +222,7 @@ class RouteParts:
 
 
 def context(snapshot: Snapshot, settings: Settings, parts: Optional[RouteParts] = None) -> Dict[str, Any]:
-    """The documented template context (see the module docstring); plain data only, and route_part().
+    """The template context docs/templates.md describes; plain data only, and route_part().
 
     `parts` carries the rendered routes from one render to the next (sync keeps one); without it
     every route is rendered."""
@@ -353,7 +295,7 @@ def _route(state: RouteState) -> Dict[str, Any]:
 
 
 def instance_data(instance: Instance) -> Dict[str, Any]:
-    """One instance as templates see it (the fields listed in the module docstring)."""
+    """One instance as templates see it (docs/templates.md, "Each instance")."""
     return {
         "id": instance.id,
         "node": instance.node,

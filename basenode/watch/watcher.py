@@ -129,10 +129,6 @@ class Watcher:
     def counters(self) -> Counters:
         return self.pool.counters
 
-    def threads(self) -> int:
-        """Threads this watcher runs: the event loop's, whatever the number of queries."""
-        return 1 if self._thread is not None and self._thread.is_alive() else 0
-
     # -- the consumer (the caller's thread) -------------------------------------------------------
 
     def run(self, on_change: Callable[[FrozenSet[Query]], None], stop: threading.Event) -> None:

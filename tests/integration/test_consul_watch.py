@@ -13,13 +13,13 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from basenode import consul
 from basenode.agent import agent_config, agent_program
 from basenode.config import Agent, ConsulHTTP, Route, Settings, Watch
-from basenode.consul import AgentUnavailable, join_command
+from basenode.consul import join_command
 from basenode.dependency import KEY, SERVICE, Query, fetch_now
 from basenode.routes import ROUTES_QUERY, ConsulUnavailable, Discovery, fetch_snapshot, static_snapshot
 from basenode.snapshot import Snapshot
+from basenode.status.document import probe_agent
 from basenode.watch import SourceStatus, Watcher
 from tests.conftest import require_binary
 from tests.support import consul_agent as agents
@@ -276,8 +276,8 @@ def test_garbage_from_consul_is_an_error_and_the_last_good_state_stays(consul_ag
             assert rec.ids(web) == [f"{web}-1"] and rec.ids(cache) == []
             with pytest.raises(ConsulUnavailable):
                 fetch_snapshot(rec.settings)
-            with pytest.raises(AgentUnavailable):  # what /health asks
-                consul.agent_reachable(rec.settings)
+            reachable, leader, _ = probe_agent(rec.settings)  # what /health asks
+            assert not (reachable and leader)
             proxy.set_mode("pass")
             agent.register(web, 8081, service_id=f"{web}-2")
             rec.wait_ids(web, [f"{web}-1", f"{web}-2"], timeout=30)  # after a backoff of up to 10 s
@@ -343,14 +343,15 @@ def test_join_joins_the_local_agent_to_another_and_fails_clearly_on_a_dead_addre
         other.close()
 
 
-def test_agent_reachable_and_static_snapshot_for_check_and_health(consul_agent_session):
+def test_the_agent_probe_and_static_snapshot_for_check_and_health(consul_agent_session):
     settings = Settings(
         routes=(Route("web", 19050),), consul_http=ConsulHTTP(addr=consul_agent_session.http_addr)
     )
-    assert consul.agent_reachable(settings, timeout=2)
+    reachable, leader, _ = probe_agent(settings)
+    assert reachable and leader
     dead = Settings(consul_http=ConsulHTTP(addr=f"127.0.0.1:{free_port()}"))
-    with pytest.raises(AgentUnavailable, match="cannot read Consul"):
-        consul.agent_reachable(dead, timeout=2)
+    reachable, _, error = probe_agent(dead)
+    assert reachable is False and error.startswith(f"cannot read {dead.consul_http.addr}")
     with pytest.raises(ConsulUnavailable):
         fetch_snapshot(dead, timeout=2)
     assert [(s.route.service, s.instances) for s in static_snapshot(settings).routes] == [("web", ())]

@@ -13,8 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from basenode import control, status
+from basenode import control
 from basenode.config import ConsulHTTP, Settings
+from basenode.status import document
+from basenode.status.state import SyncState
 from tests.conftest import ZIPAPP
 from tests.support.basenode_run import serving
 from tests.support.ports import free_port
@@ -292,7 +294,7 @@ def test_a_status_request_leaves_no_connection_to_the_agent_open(consul_agent, t
     try:
         before = sockets_to_the_agent()
         for _ in range(5):
-            assert status.collect(settings, status.SyncState(), None)["consul"]["reachable"] is True
+            assert document.collect(settings, SyncState(), None)["consul"]["reachable"] is True
         after = sockets_to_the_agent()
     finally:
         gc.enable()

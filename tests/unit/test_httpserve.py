@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from basenode.httpserve import Limits, parse_head
+from basenode.status.httpserve import Limits, parse_head
 
 LIMITS = Limits(max_request_line=64, max_head=256, max_headers=4)
 

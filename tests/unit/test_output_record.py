@@ -8,7 +8,7 @@ from typing import List, Optional
 import pytest
 
 from basenode.output.record import RETRY_SECONDS, OutputFailed, OutputRecord, attempt
-from basenode.status import SyncState
+from basenode.status.state import SyncState
 from basenode.template.loop import TemplateStatus
 
 log = logging.getLogger("basenode.test.record")

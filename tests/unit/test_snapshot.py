@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from basenode.config import Route, Settings
-from basenode.snapshot import RouteState, Snapshot, instances_from_health, valid_service_name
+from basenode.dependency import health_service
+from basenode.snapshot import RouteState, Snapshot, valid_service_name
 from basenode.template import render
 from tests.conftest import require_binary
 
@@ -20,6 +21,12 @@ def entry(sid="web-1", node="node1", address="10.0.0.5", port=8080, tags=(), met
     if weight is not None:
         service["Weights"] = {"Passing": weight, "Warning": 1}
     return {"Node": {"Node": node, "Address": "10.0.0.1"}, "Service": service, "Checks": []}
+
+
+def routed_instances(service_name, entries, tag=None):
+    """The instances a route to `service_name` gets from these health entries, and the warnings."""
+    value, warnings = health_service.decode(service_name, list(entries), include_warning=False)
+    return health_service.passing_instances(value, tag), warnings
 
 
 HOSTILE = {
@@ -51,9 +58,9 @@ def rendered(instances, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("what", sorted(HOSTILE))
 def test_a_hostile_registration_is_dropped_with_one_warning_and_changes_nothing(what, tmp_path):
-    good, warnings = instances_from_health("web", [entry()])
+    good, warnings = routed_instances("web", [entry()])
     assert warnings == []
-    with_hostile, warnings = instances_from_health("web", [entry(), HOSTILE[what]])
+    with_hostile, warnings = routed_instances("web", [entry(), HOSTILE[what]])
     assert with_hostile == good
     assert len(warnings) == 1
     assert "service 'web': dropped instance" in warnings[0]
@@ -62,7 +69,7 @@ def test_a_hostile_registration_is_dropped_with_one_warning_and_changes_nothing(
 
 
 def test_every_hostile_registration_at_once_gives_one_warning_each():
-    instances, warnings = instances_from_health("web", [entry(), *HOSTILE.values()])
+    instances, warnings = routed_instances("web", [entry(), *HOSTILE.values()])
     assert [i.id for i in instances] == ["web-1"]
     assert len(warnings) == len(HOSTILE)
 
@@ -75,7 +82,7 @@ def test_a_hostile_service_name_is_not_a_valid_route():
 
 
 def test_addresses_are_normalised_and_host_names_accepted():
-    instances, warnings = instances_from_health(
+    instances, warnings = routed_instances(
         "web",
         [entry(sid="a", address="2001:DB8:0::1"), entry(sid="b", address="Db.Example.internal")],
     )
@@ -84,12 +91,12 @@ def test_addresses_are_normalised_and_host_names_accepted():
 
 
 def test_an_empty_service_address_falls_back_to_the_node_address():
-    (instance,), _ = instances_from_health("web", [entry(address="")])
+    (instance,), _ = routed_instances("web", [entry(address="")])
     assert instance.address == "10.0.0.1"
 
 
 def test_the_route_tag_keeps_only_instances_carrying_it():
-    instances, warnings = instances_from_health(
+    instances, warnings = routed_instances(
         "web", [entry(sid="a", tags=("primary",)), entry(sid="b", tags=("replica",))], tag="primary"
     )
     assert [i.id for i in instances] == ["a"]
@@ -100,7 +107,7 @@ def test_server_names_are_valid_for_haproxy_even_when_consul_ids_are_not(tmp_pat
     """IDs like `web/1` or `a@b` are fine for Consul but not for HAProxy; one such ID must not fail the
     whole config (which would block every later update)."""
     haproxy_bin = require_binary("haproxy")
-    instances, warnings = instances_from_health(
+    instances, warnings = routed_instances(
         "web",
         [entry(sid="web/1", port=8081), entry(sid="web@1", port=8082), entry(sid="web:1", port=8083)],
     )
@@ -121,7 +128,7 @@ def test_instances_whose_node_and_id_join_to_the_same_name_are_both_kept(tmp_pat
         entry(sid="a_b", node="n", address="10.0.0.5"),
         entry(sid="b", node="n_a", address="10.0.0.6"),
     )
-    instances, warnings = instances_from_health("web", [one, other])
+    instances, warnings = routed_instances("web", [one, other])
     assert warnings == []
     assert sorted((i.node, i.id) for i in instances) == [("n", "a_b"), ("n_a", "b")]
     assert len({i.key for i in instances}) == 2

@@ -8,7 +8,9 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from basenode import control, status
+from basenode import control
+from basenode.status import commands, document, health, metrics
+from basenode.status.state import SyncState
 from basenode.supervise import json_line
 
 HEALTHY = {
@@ -56,7 +58,7 @@ def doc_with(**changes):
 
 
 def test_a_healthy_document_has_no_problems():
-    assert status.problems(HEALTHY, max_age=600) == []
+    assert health.problems(HEALTHY, max_age=600) == []
 
 
 @pytest.mark.parametrize(
@@ -76,48 +78,48 @@ def test_a_healthy_document_has_no_problems():
     ],
 )
 def test_each_fault_is_one_problem_with_its_area(changes, prefix):
-    found = status.problems(doc_with(**changes), max_age=600)
+    found = health.problems(doc_with(**changes), max_age=600)
     assert len(found) == 1 and found[0].startswith(prefix), found
 
 
 def test_a_stopped_haproxy_program_is_named_by_its_state():
     doc = doc_with()
     doc["programs"][1]["state"] = "backoff"
-    assert status.problems(doc, max_age=600) == ["haproxy: the program is backoff"]
+    assert health.problems(doc, max_age=600) == ["haproxy: the program is backoff"]
 
 
 def test_no_haproxy_means_no_haproxy_problem():
-    assert status.problems(doc_with(haproxy__enabled=False, haproxy__running=False), max_age=600) == []
+    assert health.problems(doc_with(haproxy__enabled=False, haproxy__running=False), max_age=600) == []
 
 
 def test_confirmed_is_the_last_apply_or_the_oldest_source_answer_after_it():
-    state = status.SyncState(last_sync=100.0)
-    assert status._confirmed(state, [150.0, 130.0]) == 130.0
-    assert status._confirmed(state, [150.0, None]) == 100.0  # a source never answered
-    assert status._confirmed(state, [90.0]) == 100.0
+    state = SyncState(last_sync=100.0)
+    assert document._confirmed(state, [150.0, 130.0]) == 130.0
+    assert document._confirmed(state, [150.0, None]) == 100.0  # a source never answered
+    assert document._confirmed(state, [90.0]) == 100.0
     state.last_error = "apply: disk full"
-    assert status._confirmed(state, [150.0]) == 100.0  # HAProxy still runs the older config
+    assert document._confirmed(state, [150.0]) == 100.0  # HAProxy still runs the older config
 
 
 def test_the_table_fits_100_columns_even_with_long_names():
     doc = doc_with(last_error="check: " + "x" * 300)
     doc["routes"][0]["service"] = "s" * 128
     doc["programs"][0]["name"] = "p" * 64
-    doc["problems"] = status.problems(doc, 600)
+    doc["problems"] = health.problems(doc, 600)
     doc["healthy"] = False
-    table = status.format_table(doc)
+    table = commands.format_table(doc)
     assert max(len(line) for line in table.splitlines()) < 100
     assert table.startswith("basenode 0.1.0: UNHEALTHY")
 
 
 def test_metrics_parse_as_prometheus_text_and_match_the_document():
-    state = status.SyncState(syncs=3, last_sync=1234.5, check_failures=1)
+    state = SyncState(syncs=3, last_sync=1234.5, check_failures=1)
     for seconds in (0.004, 0.03, 3.0):
         state.observe(seconds)
     state.applies["runtime"] = 2
     doc = doc_with()
     doc["healthy"], doc["problems"] = True, []
-    families = {f.name: f for f in text_string_to_metric_families(status.metrics_text(doc, state).decode())}
+    families = {f.name: f for f in text_string_to_metric_families(metrics.metrics_text(doc, state).decode())}
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
     }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from basenode.dependency import KEY, NODE, PREFIX, SERVICE, SERVICES, Query
 from basenode.dependency.health_service import decode
 from basenode.template import render
-from basenode.template.functions import Shared, render_template
+from basenode.template.functions import Recorder, Shared, render_template
 
 
 def compile_text(tmp_path: Path, text: str):
@@ -130,3 +131,10 @@ def test_env_withholds_basenodes_secrets(tmp_path):
     failed = render_template(template, {}, environ={"CONSUL_HTTP_TOKEN": "s3cret"})
     assert failed.text is None and "secrets are not given" in str(failed.error)
     assert "s3cret" not in str(failed.error)
+
+
+def test_the_readmes_table_of_template_functions_names_exactly_the_functions_a_template_gets():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("Functions a template can call", 1)[1].split("\n\n", 2)[1]
+    documented = set(re.findall(r"^\| `(\w+)\(", table, flags=re.MULTILINE))
+    assert documented == set(Recorder({}, Shared(), {}, None).functions())
