@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from basenode import control, status
-from basenode.supervise import json_line
+from basenode.supervise.output import json_line
 
 HEALTHY = {
     "version": "0.1.0",
