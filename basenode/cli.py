@@ -7,16 +7,14 @@ Heavy modules (jinja2, py-consul) are imported inside the commands that need the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
-from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, List, Optional, Sequence
 
-from . import __version__, childenv, config, log
+from . import __version__, config, log, topology
 
 logger = logging.getLogger(__name__)
 
@@ -235,15 +233,6 @@ def flags_to_argv(flags: config.Flags) -> List[str]:
     return argv
 
 
-def self_command() -> List[str]:
-    """How to start this same basenode again (zipapp, console script or `python -m basenode`)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name == "basenode.__main__":
-        return [sys.executable, "-m", "basenode"]
-    return [sys.executable, os.path.abspath(sys.argv[0])]
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `docker run IMAGE version` arrives as `basenode run version` (ENTRYPOINT ["basenode", "run"]):
@@ -310,45 +299,18 @@ def cmd_version() -> int:
 
 
 def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
-    from . import control, supervise
+    from . import control, reload, supervise
 
-    current = {"settings": settings}
-
-    def reload() -> Optional[List[config.Program]]:
-        """SIGHUP: the config file again; what changed is started, stopped or restarted."""
-        old = current["settings"]
-        try:
-            new = config.load(flags, os.environ)
-            programs = all_programs(new, flags, first_start=False)
-        except config.ConfigError as e:
-            logger.error("reload refused, the running config stays: %s", e)
-            return None
-        logger.info("SIGHUP: config reloaded from %s", new.config_file or "flags and environment")
-        current["settings"] = new
-        if new.agent != old.agent and new.run_consul and old.run_consul:
-            supervisor.restart_program("consul")
-        if new.run_sync and (new != old or not old.run_sync):
-            # The sync loop (re)starts: what is added and waits for it waits for its new first renders.
-            with contextlib.suppress(FileNotFoundError):
-                new.sync_ready_file.unlink()
-        if new.run_sync and old.run_sync:
-            # It reads the config file itself: a restart picks up every change; otherwise HUP makes it
-            # look at its template now.
-            with contextlib.suppress(ValueError):  # not running just now: it reads both when it starts
-                if new != old:
-                    supervisor.restart_program("sync")
-                else:
-                    supervisor.signal_program("sync", signal.SIGHUP)
-        return programs
-
+    child_options = flags_to_argv(flags)
+    sighup = reload.Reload(settings, flags, child_options)
     supervisor = supervise.Supervisor(
-        all_programs(settings, flags, first_start=True),
-        on_reload=reload,
+        topology.all_programs(settings, child_options, first_start=True),
+        on_reload=lambda: sighup.apply(supervisor),
         json_output=settings.log_format == "json",
     )
     server = None
     try:
-        prepare_state_dir(settings.state_dir)  # a state dir not ours: ConfigError, nothing started
+        topology.prepare_state_dir(settings.state_dir)  # a state dir not ours: ConfigError, nothing started
     except OSError as e:
         logger.warning("cannot create the state dir %s: %s", settings.state_dir, e)
     try:
@@ -362,134 +324,10 @@ def cmd_run(settings: config.Settings, args: argparse.Namespace, flags: config.F
             server.close()
 
 
-def all_programs(settings: config.Settings, flags: config.Flags, first_start: bool) -> List[config.Program]:
-    """Built-in programs, [programs.*], the application and the service registration, in start order."""
-    reloaded = {name for t in settings.templates for name in (t.reload_program, t.restart_program) if name}
-    programs = list(builtin_programs(settings, flags, first_start)) + [
-        waits_for_its_files(p, reloaded) if settings.run_sync else p for p in settings.programs
-    ]
-    if settings.command:
-        programs.append(
-            config.Program(
-                name=config.APP_PROGRAM,
-                command=settings.command,
-                autorestart="never",
-                startsecs=settings.app.startsecs,
-                ready_file=settings.app.ready_file,
-                ready_tcp=settings.app.ready_tcp,
-                ready_http=settings.app.ready_http,
-                ready_command=settings.app.ready_command,
-                main=True,
-                forward_signals=config.FORWARDED_SIGNALS,
-                output=settings.app_output,
-                # After the first renders (sync), so that its config files are in place.
-                depends_on=tuple(p.name for p in programs if p.name in ("consul", "sync", "haproxy")),
-                user=settings.app_user,
-                group=settings.app_group,
-                pass_env=settings.app_pass_env,
-            )
-        )
-    if settings.services:
-        programs.append(register_program(settings, flags))
-    return programs
-
-
-def waits_for_its_files(program: config.Program, reloaded: Set[str]) -> config.Program:
-    """A program that a template reloads or restarts (its name in `reloaded`) reads that template's
-    file: it starts after the sync loop's first renders (`depends_on` gains "sync"), never on a
-    missing or stale file."""
-    if program.name not in reloaded or "sync" in program.depends_on:
-        return program
-    return dataclasses.replace(program, depends_on=(*program.depends_on, "sync"))
-
-
-def child_command(settings: config.Settings, flags: config.Flags, subcommand: str) -> Tuple[str, ...]:
-    """This basenode again, as a child of `run`, with run's options; it talks to run's agent, runs none."""
-    argv = flags_to_argv(flags)
-    if settings.run_consul and "--no-consul" not in argv:
-        argv.append("--no-consul")
-    return (*self_command(), subcommand, *argv)
-
-
-def register_program(settings: config.Settings, flags: config.Flags) -> config.Program:
-    """Registers the app's services once it runs; started after the app, so stopped before it."""
-    after = ("app",) if settings.command else (("consul",) if settings.run_consul else ())
-    return config.Program(
-        name="register",
-        pass_env=tuple(childenv.SECRET_ENV),  # it talks to Consul as basenode does
-        command=(*child_command(settings, flags, "register"), *(["--leave"] if settings.run_consul else [])),
-        autorestart="always",
-        startsecs=0,
-        startretries=1000000,
-        backoff_initial=0.5,
-        backoff_max=10.0,
-        depends_on=after,
-        stop_timeout=settings.drain + 5.0,
-    )
-
-
-def builtin_programs(
-    settings: config.Settings, flags: config.Flags, first_start: bool = True
-) -> List[config.Program]:
-    """Consul agent, the sync loop and HAProxy, as the settings ask for them."""
-    programs: List[config.Program] = []
-    if settings.run_consul or settings.run_sync:
-        prepare_state_dir(settings.state_dir)
-    if settings.run_sync and first_start:
-        # What waits for the sync loop waits for these files (its first renders). Ones left by an
-        # earlier run would start HAProxy on routes from who knows when: start from this run's catalog.
-        for path in (settings.sync_ready_file, settings.haproxy_cfg):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-    if settings.run_consul:
-        from . import agent
-
-        agent.write_agent_config(settings)
-        programs.append(
-            dataclasses.replace(agent.agent_program(settings), pass_env=tuple(childenv.SECRET_ENV))
-        )
-    if settings.run_sync:
-        programs.append(
-            config.Program(
-                name="sync",
-                command=child_command(settings, flags, "sync"),
-                pass_env=tuple(childenv.SECRET_ENV),  # it reads Consul with them
-                # Three threads, none allocating much at the same time: glibc's per-thread arenas would
-                # only keep fragments of the big renders (measured: ~4 MB at 1,000 routes).
-                environment=(("MALLOC_ARENA_MAX", "2"),),
-                autorestart="always",
-                startsecs=0,  # "up" is its ready_file: the first renders, which HAProxy waits for
-                startretries=1000000,
-                backoff_initial=0.5,
-                backoff_max=10.0,
-                depends_on=("consul",) if settings.run_consul else (),
-                ready_file=str(settings.sync_ready_file),
-                stop_first=True,
-                stop_timeout=5.0,
-            )
-        )
-    if settings.run_haproxy:
-        from .output import haproxy
-
-        programs.append(haproxy.program(settings, depends_on=("sync",)))
-    return programs
-
-
-def prepare_state_dir(path: Path) -> None:
-    """State dir: created 0700 if missing, else ours alone and made 0700 (trust.prepare_private_dir);
-    sockets, ready files and rendered configs live here. ConfigError when it is not ours."""
-    from . import trust
-
-    try:
-        trust.prepare_private_dir(path)
-    except trust.UntrustedPath as e:
-        raise config.ConfigError("", "", str(e)) from None
-
-
 def cmd_sync(settings: config.Settings, args: argparse.Namespace, flags: config.Flags) -> int:
     from . import sync
 
-    prepare_state_dir(settings.state_dir)
+    topology.prepare_state_dir(settings.state_dir)
     return sync.run(settings, once=args.once)
 
 

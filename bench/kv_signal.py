@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from basenode.supervise import RELOAD_HOLD_SECONDS
+from basenode.supervise.process import RELOAD_HOLD_SECONDS
 from bench.common import (
     ConsulDev,
     Context,

@@ -8,7 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build/zipapp"
 site="$build/site-packages"
 
-rm -rf "$build"
+# setuptools builds the package in build/lib and keeps there what was since moved or deleted.
+rm -rf "$build" "$root/build/lib"
 mkdir -p "$site" "$(dirname "$out")"
 
 # Pure-Python wheels only, resolved for the oldest Python we support. MarkupSafe ships no

@@ -25,12 +25,14 @@ def test_a_bad_app_output_names_its_source(tmp_path):
 
 
 def test_the_application_program_carries_its_output_mode(tmp_path):
-    from basenode import cli
+    from basenode import cli, topology
 
     flags = config.Flags(no_consul=True, no_haproxy=True, command=("true",))
     for mode in config.APP_OUTPUTS:
         settings = load_file(tmp_path, f'app_output = "{mode}"\n', flags=flags)
-        app = [p for p in cli.all_programs(settings, flags, first_start=True) if p.main]
+        app = [
+            p for p in topology.all_programs(settings, cli.flags_to_argv(flags), first_start=True) if p.main
+        ]
         assert [(p.name, p.output) for p in app] == [("app", mode)]
 
 
@@ -101,9 +103,11 @@ def test_the_app_table_sets_the_applications_readiness_and_the_environment_repla
 
 
 def test_the_application_program_carries_the_app_tables_readiness(tmp_path):
-    from basenode import cli
+    from basenode import cli, topology
 
     flags = config.Flags(no_consul=True, no_haproxy=True, command=("true",))
     settings = load_file(tmp_path, '[app]\nstartsecs = 2\nready_command = ["true"]\n', flags=flags)
-    (app,) = [p for p in cli.all_programs(settings, flags, first_start=True) if p.main]
+    (app,) = [
+        p for p in topology.all_programs(settings, cli.flags_to_argv(flags), first_start=True) if p.main
+    ]
     assert (app.startsecs, app.ready_command) == (2.0, ("true",))

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from basenode import childenv, cli, config
+from basenode import childenv, cli, config, topology
 from tests.unit.test_config import NO_COMPONENTS, error_of, load_file
 
 
@@ -53,7 +53,9 @@ def test_basenodes_own_children_keep_the_secrets_and_the_app_and_haproxy_do_not(
         app_user="nobody",
         services=(config.Service(name="web", port=80),),
     )
-    programs = {p.name: p for p in cli.all_programs(settings, flags, first_start=True)}
+    programs = {
+        p.name: p for p in topology.all_programs(settings, cli.flags_to_argv(flags), first_start=True)
+    }
     for name in ("sync", "register"):
         assert set(programs[name].pass_env) == childenv.SECRET_ENV, name
     assert programs["haproxy"].pass_env == () and programs["app"].pass_env == ()

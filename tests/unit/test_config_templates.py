@@ -200,14 +200,16 @@ def test_the_sync_child_of_run_gets_the_template_specs_plugins_dir_and_no_haprox
 
 
 def test_programs_a_template_reloads_and_the_app_start_after_the_first_renders(files: Path):
-    from basenode import cli
+    from basenode import cli, topology
 
     reloaded = APP.replace(
         'destination = "DIR/out/app.conf"', 'destination = "DIR/out/app.conf"\nreload_program = "web"'
     )
     text = reloaded + '[programs.other]\ncommand = ["sleep", "100"]\n'
     settings = load(files, text, command=("sleep", "1"), state_dir=str(files / "state"))
-    programs = {p.name: p for p in cli.all_programs(settings, NO_COMPONENTS, first_start=True)}
+    programs = {
+        p.name: p for p in topology.all_programs(settings, cli.flags_to_argv(NO_COMPONENTS), first_start=True)
+    }
     assert programs["sync"].ready_file == str(settings.sync_ready_file)
     assert "sync" in programs["web"].depends_on  # it reads the rendered file
     assert "sync" not in programs["other"].depends_on  # no template of its own: not held back

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from basenode import control
 from basenode.status import commands, document, health, metrics
 from basenode.status.state import SyncState
-from basenode.supervise import json_line
+from basenode.supervise.output import json_line
 
 HEALTHY = {
     "version": "0.1.0",

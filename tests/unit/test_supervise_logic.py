@@ -8,15 +8,10 @@ import subprocess
 import pytest
 
 from basenode import config
-from basenode.supervise import (
-    MAX_LINE,
-    Supervisor,
-    _unresolvable,
-    backoff_delay,
-    describe_exit,
-    exit_code,
-    split_lines,
-)
+from basenode.supervise import Supervisor
+from basenode.supervise.output import MAX_LINE, split_lines
+from basenode.supervise.policy import backoff_delay, unresolvable
+from basenode.supervise.process import describe_exit, exit_code
 
 
 def test_complete_lines_come_out_whole_and_a_partial_line_waits_for_its_end():
@@ -105,7 +100,7 @@ def test_unknown_dependencies_and_cycles_are_reported_where_they_are():
         config.Program(name="e", command=("true",)),
         config.Program(name="f", command=("true",), depends_on=("e",)),
     ]
-    bad = _unresolvable(programs)
+    bad = unresolvable(programs)
     # c only waits on the cycle: it goes FATAL once a is FATAL, with that as its reason.
     assert bad == {
         "a": "depends_on has a cycle: a -> b -> a",
@@ -147,3 +142,19 @@ def test_backoff_jitter_stays_within_its_bounds_with_the_real_random_source():
     delays = {backoff_delay(3, 1.0, 30.0) for _ in range(200)}
     assert all(3.2 <= d <= 4.0 for d in delays)
     assert len(delays) > 100  # it does vary
+
+
+def test_why_a_program_is_being_stopped_stays_inside_the_record_and_shows_as_stopping():
+    from basenode.supervise import process
+
+    record = process.Proc(config.Program(name="web", command=("true",)))
+    shown = {}
+    for state in (process.RESTARTING, process.RETIRING, process.STOPPING, process.RETIRED):
+        record.state = state
+        shown[state] = record.view().state
+    assert shown == {
+        "restarting": "stopping",
+        "retiring": "stopping",
+        "stopping": "stopping",
+        "retired": "stopped",
+    }
