@@ -3,6 +3,7 @@ precedence (flag > variable > file > default), and the README's options table is
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -171,3 +172,46 @@ def test_the_sync_childs_argv_gives_the_same_flags_again(tmp_path):
 def test_the_readme_options_table_is_the_table():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert config.readme_table() in readme, "run scripts/readme_options.py to write the table into README.md"
+
+
+# Per option whose value can be wrong: a bad value as TOML (or a whole table), and as text (flag and
+# variable).
+BAD = {
+    "routes": ('[routes.c]\nport = "x"\n', "web:x"),  # a table: an inline one has no line of its own
+    "bind": ('"0.0.0"', "0.0.0"),
+    "no_consul": ('"no"', "maybe"),
+    "haproxy_log": ('"yes"', "loud"),
+    "status_addr": ('"here"', "here"),
+    "health_max_age": ('"soon"', "soon"),
+    "log_format": ('"xml"', "xml"),
+    "watch_max_conns": ("1", "1"),
+    "poll_interval": ("-1", "-1"),
+    "kv_route_ports": ('"9100-9000"', "9100-9000"),
+    "kv_route_limit": ("-1", "many"),
+    "app_user": ('"no-such-user"', "no-such-user"),
+    "template_env": ('["A-B"]', "A-B"),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_a_bad_value_in_any_layer_is_named_with_its_source(tmp_path, name):
+    option = config.OPTIONS[[o.name for o in config.OPTIONS].index(name)]
+    in_file, as_text = BAD[name]
+    path = tmp_path / "basenode.toml"
+    path.write_text(in_file if "\n" in in_file else toml_line(option.key, in_file))
+    base = {switch: True for switch in ("no_consul", "no_haproxy") if switch != name}
+    base["config"] = str(path)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(config.Flags(**base), {})
+    assert e.value.source.startswith(f"{path}:") and e.value.key.startswith(option.key), str(e.value)
+    flagged = {**base, name: as_text if option.kind.action == "store" else True}
+    for flags, env, source in (
+        (config.Flags(**{**base, "config": os.devnull}), {option.variable: as_text}, option.variable),
+        (config.Flags(**{**flagged, "config": os.devnull}), {}, option.flag),
+    ):
+        if name == "no_consul" and source == option.flag:
+            continue  # a bare switch: nothing to get wrong
+        with pytest.raises(config.ConfigError) as e:
+            config.load(flags, env)
+        assert str(e.value).startswith(f"{source}: "), str(e.value)
+        assert as_text in str(e.value), str(e.value)
