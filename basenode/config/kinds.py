@@ -124,17 +124,14 @@ def choice(*names: str, fold_case: bool = False) -> Kind:
 
 
 def number(low: int, high: int, what: str) -> Kind:
-    """A whole number `low`..`high` (text, or a TOML integer in the file)."""
+    """A whole number `low`..`high`: text as a flag or variable, a TOML integer in the file."""
 
-    def parse(raw: Any) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-            raise ValueError("")
-        found = int(raw)
-        if not low <= found <= high:
+    def within(found: int) -> int:
+        if isinstance(found, bool) or not isinstance(found, int) or not low <= found <= high:
             raise ValueError("")
         return found
 
-    return Kind(variable=expecting(what, _bare(parse)), file=expecting(what, _bare(parse)))
+    return Kind(variable=expecting(what, _bare(lambda raw: within(int(raw)))), file=expecting(what, within))
 
 
 def _port_range(raw: Any) -> Tuple[int, int]:
