@@ -18,6 +18,8 @@ Parse = Callable[[Any], Any]
 
 @dataclass(frozen=True)
 class Kind:
+    """One kind of value: its parser for each layer, and how argparse takes its flag."""
+
     variable: Parse  # a variable's text, and a flag's unless `flag` is set
     file: Parse  # the TOML value
     flag: Optional[Parse] = None
