@@ -32,85 +32,8 @@ BUNDLED = (
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add(
-        "--config",
-        metavar="FILE",
-        help=f"TOML config file (env BASENODE_CONFIG; default {config.DEFAULT_CONFIG})",
-    )
-    add("--state-dir", metavar="DIR", help="run-time files (env BASENODE_STATE_DIR; default /run/basenode)")
-    add("--routes", metavar="SPEC", help="service:port[/mode][,...] (env BASENODE_ROUTES)")
-    add(
-        "--bind", metavar="ADDR", help="address HAProxy frontends bind (env BASENODE_BIND; default 127.0.0.1)"
-    )
-    add("--template", metavar="FILE", help="HAProxy config template (env BASENODE_TEMPLATE; default bundled)")
-    add("--no-consul", action="store_true", help="run no Consul agent; use the one at CONSUL_HTTP_ADDR")
-    add("--no-haproxy", action="store_true", help="run no HAProxy (the sync loop runs only for templates)")
-    add("--consul-bin", metavar="PATH", help="consul binary (env BASENODE_CONSUL_BIN; default from PATH)")
-    add("--haproxy-bin", metavar="PATH", help="haproxy binary (env BASENODE_HAPROXY_BIN; default from PATH)")
-    add(
-        "--haproxy-log",
-        choices=("on", "off"),
-        help="HAProxy's access log in basenode's output (env BASENODE_HAPROXY_LOG; default on)",
-    )
-    add("--status-addr", metavar="HOST:PORT", help="health/metrics endpoint (env BASENODE_STATUS_ADDR)")
-    add("--log-format", choices=("text", "json"), help="log format (env BASENODE_LOG_FORMAT; default text)")
-    add("--log-level", choices=("debug", "info", "warning", "error"), help="(env BASENODE_LOG_LEVEL)")
-    add("--include-warning", action="store_true", help="route to instances whose checks warn, not only pass")
-    add(
-        "--watch-mode",
-        choices=("blocking", "poll"),
-        help="blocking queries (default), or a full read every poll interval",
-    )
-    add("--poll-interval", metavar="SECONDS", help="with --watch-mode poll (default 5)")
-    add(
-        "--watch-max-conns",
-        metavar="N",
-        help="blocking queries held on the agent at most (env BASENODE_WATCH_MAX_CONNS; default 100)",
-    )
-    add(
-        "--apply-mode",
-        choices=("runtime", "reload", "restart"),
-        help="how HAProxy takes changes (default runtime)",
-    )
-    add("--drain", metavar="SECONDS", help="from deregistering to stopping the app (env BASENODE_DRAIN; 2)")
-    add(
-        "--drain-quiet",
-        metavar="SECONDS",
-        help="the drain ends before --drain once no new connection to the app came for this long "
-        "and none is open (env BASENODE_DRAIN_QUIET; 0.5)",
-    )
-    add(
-        "--health-max-age",
-        metavar="SECONDS",
-        help="/health fails when HAProxy was last confirmed in step longer ago (default 600)",
-    )
-    add(
-        "--template-spec",
-        metavar="SRC:DEST[:CHECK[:RELOAD]]",
-        action="append",
-        default=[],
-        help="render SRC to DEST, check with CHECK, then run RELOAD (repeatable)",
-    )
-    add(
-        "--kv-route-ports",
-        metavar="LOW-HIGH",
-        help="ports KV routes may use (env BASENODE_KV_ROUTE_PORTS; default 1024-65535)",
-    )
-    add("--kv-route-limit", metavar="N", help="KV routes at most (env BASENODE_KV_ROUTE_LIMIT; default 100)")
-    add("--plugins-dir", metavar="DIR", help="data plugins (env BASENODE_PLUGINS_DIR; /etc/basenode/plugins)")
-    add(
-        "--app-output",
-        choices=config.APP_OUTPUTS,
-        help="the application's stdout/stderr: its own (inherit, default), or prefixed or JSON-wrapped "
-        "by basenode (env BASENODE_APP_OUTPUT)",
-    )
-    add(
-        "--app-user",
-        metavar="USER",
-        help="run COMMAND as this user (env BASENODE_APP_USER; default: basenode's)",
-    )
-    add("--app-group", metavar="GROUP", help="COMMAND's group (env BASENODE_APP_GROUP; default: the user's)")
+    """Every command takes the options of the table (config/options.py)."""
+    config.add_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,72 +88,12 @@ def split_command(argv: Sequence[str]) -> tuple[List[str], List[str]]:
 
 
 def flags_from(args: argparse.Namespace, command: Sequence[str]) -> config.Flags:
-    return config.Flags(
-        config=args.config,
-        state_dir=args.state_dir,
-        routes=args.routes,
-        bind=args.bind,
-        template=args.template,
-        no_consul=args.no_consul,
-        no_haproxy=args.no_haproxy,
-        consul_bin=args.consul_bin,
-        haproxy_bin=args.haproxy_bin,
-        haproxy_log=args.haproxy_log,
-        status_addr=args.status_addr,
-        log_format=args.log_format,
-        log_level=args.log_level,
-        include_warning=args.include_warning,
-        watch_mode=args.watch_mode,
-        poll_interval=args.poll_interval,
-        watch_max_conns=args.watch_max_conns,
-        kv_route_ports=args.kv_route_ports,
-        kv_route_limit=args.kv_route_limit,
-        apply_mode=args.apply_mode,
-        drain=args.drain,
-        drain_quiet=args.drain_quiet,
-        health_max_age=args.health_max_age,
-        template_specs=tuple(args.template_spec),
-        plugins_dir=args.plugins_dir,
-        app_output=args.app_output,
-        command=tuple(command),
-        app_user=args.app_user,
-        app_group=args.app_group,
-    )
+    return config.flags_from(args, command)
 
 
 def flags_to_argv(flags: config.Flags) -> List[str]:
     """The options that reproduce `flags`, for the sync loop that `run` starts as a child."""
-    argv: List[str] = []
-    for name in ("config", "state_dir", "routes", "bind", "template", "consul_bin", "haproxy_bin"):
-        value = getattr(flags, name)
-        if value is not None:
-            argv += ["--" + name.replace("_", "-"), value]
-    for name in (
-        "haproxy_log",
-        "log_format",
-        "log_level",
-        "watch_mode",
-        "poll_interval",
-        "watch_max_conns",
-        "kv_route_ports",
-        "kv_route_limit",
-        "apply_mode",
-        "status_addr",
-        "drain",
-        "drain_quiet",
-        "health_max_age",
-    ):
-        value = getattr(flags, name)
-        if value is not None:
-            argv += ["--" + name.replace("_", "-"), value]
-    if flags.plugins_dir is not None:
-        argv += ["--plugins-dir", flags.plugins_dir]
-    for spec in flags.template_specs:
-        argv += ["--template-spec", spec]
-    for name in ("no_consul", "no_haproxy", "include_warning"):
-        if getattr(flags, name):
-            argv.append("--" + name.replace("_", "-"))
-    return argv
+    return config.flags_to_argv(flags)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,7 +5,7 @@ one event loop, not a thread each.
 Two things py-consul 1.6.1 does not do for us, done here:
 - a read timeout on every request (py-consul passes none to requests, so a hung agent would hang us
   forever);
-- the token given in ConsulHTTP wins over py-consul's own reading of CONSUL_HTTP_TOKEN (config.py has
+- the token given in ConsulHTTP wins over py-consul's own reading of CONSUL_HTTP_TOKEN (basenode.config has
   already applied the precedence rules).
 """
 

@@ -125,7 +125,7 @@ def builtin_programs(
                 command=child_command(settings, child_options, "sync"),
                 pass_env=tuple(childenv.SECRET_ENV),  # it reads Consul with them
                 # Three threads, none allocating much at the same time: glibc's per-thread arenas would
-                # only keep fragments of the big renders (measured: ~4 MB at 1,000 routes).
+                # only keep fragments of the big renders.
                 environment=(("MALLOC_ARENA_MAX", "2"),),
                 autorestart="always",
                 startsecs=0,  # "up" is its ready_file: the first renders, which HAProxy waits for

@@ -1,0 +1,132 @@
+"""Settings: one frozen object built from defaults, the TOML file, the environment and flags.
+
+Precedence everywhere: command-line flag > environment variable > config file > default, implemented
+once (layers.py) over one table of options (options.py). All validation happens here, before anything
+starts; a bad value raises ConfigError whose text names the value and where it came from (flag,
+variable, file:line). The file's sections each have a module: routes, programs (and [app]), services,
+templates, watch, consul.
+"""
+
+from __future__ import annotations
+
+from .commandline import add_options, flags_from, flags_to_argv, readme_table
+from .consul import check_join_address, link_addresses, load_consul_http
+from .errors import ConfigError
+from .file import FileValues, check_trusted, read_file
+from .load import load
+from .model import (
+    APP_OUTPUTS,
+    APP_PROGRAM,
+    AUTORESTART,
+    DATACENTER_RE,
+    DEFAULT_CONFIG,
+    DEFAULT_CONSUL_HTTP_ADDR,
+    DEFAULT_DRAIN_QUIET,
+    DEFAULT_HEALTH_MAX_AGE,
+    DEFAULT_KV_ROUTE_LIMIT,
+    DEFAULT_KV_ROUTE_PORTS,
+    DEFAULT_MAX_CONNS,
+    DEFAULT_PLUGINS_DIR,
+    DEFAULT_STATE_DIR,
+    DEFAULT_STATUS_ADDR,
+    FORWARDED_SIGNALS,
+    MAX_CONNS_LIMIT,
+    PLUGIN_NAME_RE,
+    PROGRAM_NAME_RE,
+    ROUTE_MODES,
+    ROUTES_KV_PREFIX,
+    SERVICE_NAME_RE,
+    STOP_SIGNALS,
+    TEMPLATE_NAME_RE,
+    Agent,
+    App,
+    ConsulHTTP,
+    Program,
+    Route,
+    Service,
+    Settings,
+    TemplateSpec,
+    Watch,
+)
+from .options import OPTIONS, Flags, Option
+from .programs import check_programs
+from .routes import MAX_FAILOVER, check_routes, datacenters, parse_route, parse_routes, with_options
+from .templates import check_destinations, parse_command, parse_mode, parse_owner, parse_template_spec
+from .values import (
+    account_problem,
+    check_bind,
+    http_target,
+    parse_port,
+    resolve_command,
+    signal_number,
+    split_host_port,
+)
+
+__all__ = [
+    "APP_OUTPUTS",
+    "APP_PROGRAM",
+    "AUTORESTART",
+    "DATACENTER_RE",
+    "DEFAULT_CONFIG",
+    "DEFAULT_CONSUL_HTTP_ADDR",
+    "DEFAULT_DRAIN_QUIET",
+    "DEFAULT_HEALTH_MAX_AGE",
+    "DEFAULT_KV_ROUTE_LIMIT",
+    "DEFAULT_KV_ROUTE_PORTS",
+    "DEFAULT_MAX_CONNS",
+    "DEFAULT_PLUGINS_DIR",
+    "DEFAULT_STATE_DIR",
+    "DEFAULT_STATUS_ADDR",
+    "FORWARDED_SIGNALS",
+    "MAX_CONNS_LIMIT",
+    "MAX_FAILOVER",
+    "OPTIONS",
+    "PLUGIN_NAME_RE",
+    "PROGRAM_NAME_RE",
+    "ROUTES_KV_PREFIX",
+    "ROUTE_MODES",
+    "SERVICE_NAME_RE",
+    "STOP_SIGNALS",
+    "TEMPLATE_NAME_RE",
+    "Agent",
+    "App",
+    "ConfigError",
+    "ConsulHTTP",
+    "FileValues",
+    "Flags",
+    "Option",
+    "Program",
+    "Route",
+    "Service",
+    "Settings",
+    "TemplateSpec",
+    "Watch",
+    "account_problem",
+    "add_options",
+    "check_bind",
+    "check_destinations",
+    "check_join_address",
+    "check_programs",
+    "check_routes",
+    "check_trusted",
+    "datacenters",
+    "flags_from",
+    "flags_to_argv",
+    "http_target",
+    "link_addresses",
+    "load",
+    "load_consul_http",
+    "parse_command",
+    "parse_mode",
+    "parse_owner",
+    "parse_port",
+    "parse_route",
+    "parse_routes",
+    "parse_template_spec",
+    "read_file",
+    "readme_table",
+    "resolve_command",
+    "signal_number",
+    "split_host_port",
+    "with_options",
+]
