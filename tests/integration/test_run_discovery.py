@@ -205,7 +205,8 @@ def test_with_consul_unreachable_at_start_the_app_starts_after_the_grace_with_em
         "import http.client, sys\n"
         f"c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=5)\n"
         "c.request('GET', '/')\n"
-        "print('status', c.getresponse().status)\n"
+        # One write: HAProxy's access log shares this stdout, and must not land inside the line.
+        "sys.stdout.write(f'status {c.getresponse().status}\\n')\n"
     )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("BASENODE_", "CONSUL_"))},

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import deque
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (UDP free too, for Consul's serf/DNS)."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (UDP free too, for Consul's serf/DNS).
+
+    Never one handed out a moment ago: the kernel may give the same free port to two calls in a row,
+    and a Consul agent refuses to start with its HTTP and DNS ports equal."""
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
@@ -17,8 +21,14 @@ def free_port() -> int:
                 udp.bind(("127.0.0.1", port))
         except OSError:
             continue
+        if port in _RECENT:
+            continue
+        _RECENT.append(port)
         return port
     raise RuntimeError("no free loopback port")
+
+
+_RECENT: deque = deque(maxlen=64)
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
