@@ -26,24 +26,34 @@ from .snapshot import SAFE_TOKEN_RE, Snapshot, show
 MAINTENANCE_CHECKS = ("_service_maintenance", "_node_maintenance")  # Consul's maintenance mode
 
 
-@dataclass(frozen=True)
 class Applied:
     """What HAProxy runs, as the sync loop last applied it: the routes, and per routed service the
-    X-Consul-Index of the read its instances came from (read before the data: never newer)."""
+    X-Consul-Index of the read its instances came from (read before the data: never newer).
 
-    routes: Tuple[Route, ...] = ()
-    indexes: Mapping[str, int] = field(default_factory=dict)
+    The sync loop records one on every change; at 1,000 routes working both out each time would cost
+    more than the change. Made with applied(), they are worked out when /explain first asks."""
+
+    def __init__(self, routes: Sequence[Route] = (), indexes: Optional[Mapping[str, int]] = None) -> None:
+        self._source: Tuple[Optional[Snapshot], Mapping[Query, int]] = (None, {})
+        if routes or indexes:
+            self.__dict__.update(routes=tuple(routes), indexes=dict(indexes or {}))
+
+    @functools.cached_property
+    def routes(self) -> Tuple[Route, ...]:
+        snapshot = self._source[0]
+        return tuple(state.route for state in snapshot.routes) if snapshot is not None else ()
+
+    @functools.cached_property
+    def indexes(self) -> Mapping[str, int]:
+        watched = self._source[1]
+        found = ((r.service, watched.get(Query(SERVICE, r.service))) for r in self.routes)
+        return {name: index for name, index in found if index}
 
 
 def applied(snapshot: Snapshot, indexes: Mapping[Query, int]) -> Applied:
-    routes = tuple(state.route for state in snapshot.routes)
-    found = ((r.service, indexes.get(_local_service(r.service))) for r in routes)
-    return Applied(routes, {name: index for name, index in found if index})
-
-
-@functools.lru_cache(maxsize=16384)  # on every change, for every route: made once per service
-def _local_service(name: str) -> Query:
-    return Query(SERVICE, name)
+    made = Applied()
+    made._source = (snapshot, indexes)
+    return made
 
 
 @dataclass(frozen=True)

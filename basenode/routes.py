@@ -227,6 +227,10 @@ def _by_service(state: RouteState) -> str:
     return state.route.service
 
 
+def _service(route: Route) -> str:
+    return route.service
+
+
 def bind_error(host: str, port: int) -> Optional[str]:
     """Why HAProxy could not listen on host:port now, or None when it could.
 
@@ -265,6 +269,7 @@ class Discovery:
         self._states: Dict[Route, Tuple[Tuple[Any, ...], RouteState]] = {}
         self._routes: Optional[Tuple[Any, Tuple[Route, ...]]] = None  # (the routes prefix's value, routes)
         self._queries: Tuple[Tuple[Route, ...], FrozenSet[Query]] = ((), route_queries(()))
+        self._sorted: Tuple[Tuple[Route, ...], Tuple[Route, ...]] = ((), ())  # (routes, by service)
 
     def routes(self, data: Mapping[Query, Any]) -> Optional[Tuple[Route, ...]]:
         """Static + KV routes, or None while the routes prefix has not been read.
@@ -310,8 +315,10 @@ class Discovery:
         routes = self.routes(data)
         if routes is None:
             return None
+        if self._sorted[0] is not routes:
+            self._sorted = (routes, tuple(sorted(routes, key=_service)))
         states, unread = [], []
-        for route in routes:
+        for route in self._sorted[1]:  # in the snapshot's order already
             if primary_query(route) in data:
                 states.append(self._state(route, data))
             else:
@@ -321,7 +328,8 @@ class Discovery:
                 return None
             previous = {state.route: state for state in self.last.routes}
             states += [previous[r] for r in unread if r in previous]
-        self.last = Snapshot(routes=tuple(sorted(states, key=_by_service)))
+            states.sort(key=_by_service)
+        self.last = Snapshot(routes=tuple(states))
         if len(self._states) > len(states):
             known = {state.route for state in states}
             self._states = {r: entry for r, entry in self._states.items() if r in known}

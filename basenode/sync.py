@@ -199,10 +199,8 @@ class Loop:
         if how in s.applies:
             s.applies[how] += 1
         s.observe(duration)
-        s.routes = tuple(
-            (r.route.service, r.route.port, r.route.mode, len(r.instances)) for r in snapshot.routes
-        )
-        if how != "unchanged":  # haproxy.apply logged how; this adds the routes' sizes
+        s.running = snapshot
+        if how != "unchanged" and log.isEnabledFor(logging.DEBUG):  # haproxy.apply logged how
             log.debug(
                 "applied via %s in %.1f ms: %s",
                 how,

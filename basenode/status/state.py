@@ -32,12 +32,18 @@ class SyncState(OutputRecord):
     last_how: Optional[str] = None  # unchanged | runtime | reload | restart | written
     applies: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(APPLY_HOWS, 0))
     apply_errors: int = 0  # last_error: "render: ...", "check: ..." or "apply: ..."; None after a success
-    routes: Tuple[Tuple[str, int, str, int], ...] = ()  # (service, port, mode, healthy instances)
+    running: Any = None  # the snapshot.Snapshot HAProxy runs (routes reads it when asked)
     bucket_counts: List[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     duration_sum: float = 0.0
     templates: Dict[str, Any] = field(default_factory=dict)  # name -> template.loop.TemplateStatus
     refused_routes: Dict[str, str] = field(default_factory=dict)  # KV key -> why its route is left out
     applied: Any = None  # explain.Applied: the routes and Consul indexes HAProxy runs (for /explain)
+
+    @property
+    def routes(self) -> Tuple[Tuple[str, int, str, int], ...]:
+        """(service, port, mode, healthy instances) of each route HAProxy runs."""
+        routes = self.running.routes if self.running is not None else ()
+        return tuple((r.route.service, r.route.port, r.route.mode, len(r.instances)) for r in routes)
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from itertools import chain
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
@@ -51,15 +53,14 @@ class ParsedConfig:
     dynamic_cookies: FrozenSet[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class Section:
-    """One section of a config (or the lines before the first): what parse_config keeps of it."""
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity, which the memo's lookups need
+class Piece:
+    """What parse_config keeps of one piece of config (see split_sections): usually one section."""
 
-    keyword: str  # "" for the lines before the first section
-    name: str
-    skeleton: bytes  # digest of its lines but its server lines (in a backend)
-    servers: Dict[str, ServerLine]
-    dynamic_cookies: bool
+    skeleton: bytes  # the digests of its sections' lines but their server lines
+    backends: Tuple[str, ...]  # its backend and listen sections, in order
+    servers: Tuple[Tuple[str, Dict[str, ServerLine]], ...]  # (backend, its server lines), in order
+    dynamic_cookies: Tuple[str, ...]  # its backends with `cookie ... dynamic`
 
 
 # One entry: the candidate applied now is the live text of the next apply, which then finds it
@@ -74,49 +75,53 @@ def parse_config(text: str) -> ParsedConfig:
     return _MEMO.parse(text)
 
 
+_SKELETON, _BACKENDS = attrgetter("skeleton"), attrgetter("backends")
+_SERVERS, _COOKIES = attrgetter("servers"), attrgetter("dynamic_cookies")
+
+
 class SectionMemo:
-    """The sections of the last config parsed, by their text; a parse reads only the new ones."""
+    """The pieces of the last config parsed, by their text; a parse reads only the new ones.
+
+    The rest is put together with map() and join(), not a Python loop per piece: at 1,000 routes the
+    loop would cost more than reading the one piece that changed."""
 
     def __init__(self) -> None:
-        self._known: Dict[str, Tuple[Section, ...]] = {}
+        self._known: Dict[str, Piece] = {}
 
     def parse(self, text: str) -> ParsedConfig:
         import hashlib  # here, not at the top: PID 1 imports this package and must not load OpenSSL
 
-        known, previous = {}, self._known
-        sections: List[Section] = []
-        for chunk in split_sections(text):
-            parsed = previous.get(chunk) or known.get(chunk) or _parse_sections(chunk)
-            known[chunk] = parsed
-            sections += parsed
-        self._known = known
-        skeleton = hashlib.blake2b(b"".join(s.skeleton for s in sections), digest_size=16)
-        backends: List[str] = []
-        servers: Dict[str, Dict[str, ServerLine]] = {}
-        for section in sections:
-            if section.keyword not in BACKEND_SECTIONS:
-                continue
-            backends.append(section.name)
-            # Shared with the memo, not copied: 5,000 servers would be copied on every parse otherwise.
-            seen = servers.get(section.name)
-            servers[section.name] = section.servers if seen is None else {**seen, **section.servers}
-        cookies = frozenset(s.name for s in sections if s.dynamic_cookies)
-        return ParsedConfig(skeleton.digest(), tuple(backends), servers, cookies)
+        chunks = split_sections(text)
+        found: List[Optional[Piece]] = list(map(self._known.get, chunks))
+        for i in [i for i, piece in enumerate(found) if piece is None]:
+            found[i] = _read_piece(chunks[i])
+        pieces: List[Piece] = found  # type: ignore[assignment]  # every None was replaced
+        self._known = dict(zip(chunks, pieces))
+        skeleton = hashlib.blake2b(b"".join(map(_SKELETON, pieces)), digest_size=16)
+        backends = tuple(chain.from_iterable(map(_BACKENDS, pieces)))
+        # Shared with the memo, not copied: 5,000 servers would be copied on every parse otherwise.
+        servers = dict(chain.from_iterable(map(_SERVERS, pieces)))
+        if len(servers) < len(backends):  # a backend named twice: the server lines of both
+            servers = {}
+            for name, lines in chain.from_iterable(map(_SERVERS, pieces)):
+                servers[name] = {**servers[name], **lines} if name in servers else lines
+        cookies = frozenset(chain.from_iterable(map(_COOKIES, pieces)))
+        return ParsedConfig(skeleton.digest(), backends, servers, cookies)
 
 
 _MEMO = SectionMemo()
 
-# Where split_sections cuts: a line that starts with a section keyword followed by a space (or the
-# end), which _parse_sections always takes as opening a section. A section opened otherwise (an
-# indented keyword) is not cut at but found inside its piece, so a parse in pieces equals a parse
-# at once. Searched for as a newline and what follows, which the regex engine finds fast.
+# Where split_sections cuts: at the newline before a line that starts with a section keyword followed
+# by a space (or the end), which _read_piece always takes as opening a section. A section opened
+# otherwise (an indented keyword) is not cut at but found inside its piece, so a parse in pieces
+# equals a parse at once. The newline cut at goes, and the pieces hold the same lines: a line break
+# ends a line whether another line follows it or not.
 _SECTION_CUT = re.compile(r"\n(?=(?:" + "|".join(sorted(SECTIONS)) + r")(?!\S))")
 
 
 def split_sections(text: str) -> List[str]:
     """The text in pieces, each but the first starting with a line that opens a section."""
-    starts = [0, *(cut.start() + 1 for cut in _SECTION_CUT.finditer(text))]
-    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)])]
+    return _SECTION_CUT.split(text)
 
 
 def _line(raw: str) -> str:
@@ -124,35 +129,38 @@ def _line(raw: str) -> str:
     return raw.split("#", 1)[0].strip() if "#" in raw and not _quoted(raw) else raw.strip()
 
 
-def _parse_sections(text: str) -> Tuple[Section, ...]:
+def _read_piece(text: str) -> Piece:
     """The sections a piece of config opens (and the lines before the first, if any)."""
     import hashlib
 
-    sections: List[Section] = []
+    digests: List[bytes] = []
+    backends: List[Tuple[str, Dict[str, ServerLine]]] = []
+    cookies: List[str] = []
     keyword, name, lines = "", "", 0
     skeleton = hashlib.blake2b(digest_size=16)
     servers: Dict[str, ServerLine] = {}
-    cookies = False
     for raw in text.splitlines():
         line = _line(raw)
         words = line.split()
         in_backend = keyword in BACKEND_SECTIONS
         if words and words[0] in SECTIONS:
             if keyword or lines:  # the lines before the first section count only if there are any
-                sections.append(Section(keyword, name, skeleton.digest(), servers, cookies))
+                digests.append(skeleton.digest())
             keyword, name = words[0], (words[1] if len(words) > 1 else "")
-            skeleton, servers, cookies = hashlib.blake2b(digest_size=16), {}, False
+            skeleton, servers = hashlib.blake2b(digest_size=16), {}
+            if keyword in BACKEND_SECTIONS:
+                backends.append((name, servers))
         elif in_backend and len(words) >= 3 and words[0] == "server" and not _quoted(raw):
             server = _server_line(name, line)
             servers[server.name] = server
             continue
         elif in_backend and words[:1] == ["cookie"] and "dynamic" in words[2:]:
-            cookies = True
+            cookies.append(name)
         skeleton.update(line.encode() + b"\n")
         lines += 1
     if keyword or lines:
-        sections.append(Section(keyword, name, skeleton.digest(), servers, cookies))
-    return tuple(sections)
+        digests.append(skeleton.digest())
+    return Piece(b"".join(digests), tuple(b for b, _ in backends), tuple(backends), tuple(cookies))
 
 
 def _quoted(raw: str) -> bool:

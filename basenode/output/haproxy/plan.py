@@ -64,7 +64,9 @@ class Plan:
 
 
 def changed_backends(old: ParsedConfig, new: ParsedConfig) -> Tuple[str, ...]:
-    return tuple(b for b in new.backends if old.servers.get(b) != new.servers.get(b))
+    # A backend whose section did not change shares its servers with the last parse: `is` settles it.
+    was, now = old.servers, new.servers
+    return tuple(b for b in new.backends if was.get(b) is not now.get(b) and was.get(b) != now.get(b))
 
 
 def plan_changes(
