@@ -18,6 +18,7 @@ from typing import FrozenSet, List, Mapping, Optional, Sequence, Tuple
 from bench import common, discovery
 from bench.common import ConsulDev, Context, Processes, clean_env, pct
 from bench.discovery import NEW, Subject, until_answers, until_gone
+from tests.support.waiting import eventually
 
 OBSERVE = Path(__file__).with_name("observe.py")
 SERVICE = "web"
@@ -68,7 +69,7 @@ class Observer:
             self._read()
             return bool(self.events) and self.events[-1][1] == ports
 
-        common.wait_for(shows, timeout, 0.02, f"observer {self.kind} showing ports {sorted(ports)}")
+        eventually(shows, timeout, 0.02, f"observer {self.kind} showing ports {sorted(ports)}")
 
 
 def observers(procs: Processes, agent_addr: str, subject: Subject, service: str) -> Tuple[Observer, Observer]:
@@ -173,7 +174,7 @@ def start_routed(
 ) -> Tuple[Subject, Tuple[Observer, Observer]]:
     """basenode routing `ports`, serving `watched` from its `base` servers, with its two observers."""
     subject = discovery.start_basenode(ctx, procs, discovery.BASENODE, workdir, agent.http_addr, ports, flags)
-    common.wait_for(
+    eventually(
         lambda: subject.proc.poll() is not None or (workdir / "state" / "haproxy.sock").exists(),
         120,
         0.05,

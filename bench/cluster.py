@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from bench import changes, common, consul_cluster, dependencies, discovery, watch_scale
 from bench.common import Context, Processes, Section, Table, fmt
+from tests.support.waiting import eventually
 
 TITLE = "Simulated cluster: Consul server cost of unrelated changes (issue 10)"
 CLIENTS = 10
@@ -153,9 +154,7 @@ def run(ctx: Context) -> Section:
             old = [watch_scale.OldNode(a.http_addr, watch_scale.name(k)) for k, a in enumerate(agents)]
             try:
                 for node in old:
-                    common.wait_for(
-                        lambda n=node: n.value is not None, 60, 0.05, "an old reader's first read"
-                    )
+                    eventually(lambda n=node: n.value is not None, 60, 0.05, "an old reader's first read")
 
                 def old_counts() -> Tuple[int, int]:
                     return (

@@ -1,5 +1,8 @@
 """Shared helpers for the benchmark families: processes, /proc readings, statistics, tables.
 
+Ports, waiting, the Consul agent's command line and readiness, and the steady HTTP load come from the
+tests' harness (tests/support), so that benchmarks and tests start the real components one way.
+
 Benchmarks are not tests: nothing here asserts a time. Every process a family starts goes
 through `Processes`, which stops it (and everything it spawned) when the family is done,
 so a run leaves nothing behind even when it is interrupted.
@@ -20,9 +23,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-T = TypeVar("T")
+from tests.support.consul_agent import PORT_NAMES, ConsulAgent
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -342,25 +347,6 @@ def clean_env(**extra: str) -> Dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    """A free loopback TCP port; other work on the machine may hold any fixed one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(probe: Callable[[], T], timeout: float, interval: float = 0.01, what: str = "") -> T:
-    """Poll until probe() is truthy; RuntimeError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; last value {value!r}")
-        time.sleep(interval)
-        value = probe()
-    return value
-
-
 # --- machine facts ------------------------------------------------------------------------------
 
 
@@ -412,11 +398,12 @@ def machine_facts(python: str) -> Tuple[Tuple[str, str], ...]:
 
 # --- Consul and backends (discovery family) -----------------------------------------------------
 
-CONSUL_PORT_NAMES = ("http", "dns", "serf_lan", "serf_wan", "server", "grpc")
-
 
 class ConsulClient:
-    """A keep-alive HTTP client for the benchmark's own catalog and agent writes, to an agent on loopback."""
+    """A keep-alive HTTP client for the benchmark's own catalog and agent writes, to an agent on loopback.
+
+    Not the tests' urllib client (tests/support/consul_agent.py): a new connection per write would put
+    a TCP handshake inside every timed change."""
 
     def __init__(self, http_port: int) -> None:
         self.http_port = http_port
@@ -462,7 +449,7 @@ class ConsulClient:
     def catalog_deregister(self, node: str, service_id: str) -> None:
         self.request("PUT", "/v1/catalog/deregister", {"Node": node, "ServiceID": service_id})
 
-    def agent_register(self, service: str, service_id: str, port: int) -> None:
+    def agent_register(self, service: str, service_id: str, port: int, address: str = "127.0.0.1") -> None:
         """An agent service with a passing TTL check `ttl-<id>` (flip it with `set_check`)."""
         self.request(
             "PUT",
@@ -470,7 +457,7 @@ class ConsulClient:
             {
                 "ID": service_id,
                 "Name": service,
-                "Address": "127.0.0.1",
+                "Address": address,
                 "Port": port,
                 "Check": {"CheckID": f"ttl-{service_id}", "TTL": "10m", "Status": "passing"},
             },
@@ -489,8 +476,10 @@ class ConsulClient:
 
 
 class ConsulDev(ConsulClient):
-    """A `consul agent -dev` on free loopback ports (every port set, so nothing collides), started
-    through `Processes`, with a keep-alive HTTP client for the benchmark's own catalog writes."""
+    """The tests' `consul agent -dev` (tests/support/consul_agent.py: free loopback ports, every one
+    set), started through `Processes` so that it is gone after the family, with `hcl` appended, and
+    the keep-alive client above for the benchmark's own writes. `agent` is the tests' object for it:
+    its helpers (join_wan, kv_put, ...) work on this agent too."""
 
     def __init__(
         self,
@@ -504,35 +493,25 @@ class ConsulDev(ConsulClient):
         if not binary:
             raise RuntimeError("consul not found: run `make system-deps`")
         workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = _distinct_ports(CONSUL_PORT_NAMES)
+        self.ports = _distinct_ports(PORT_NAMES)
         super().__init__(self.ports["http"])
         self.node = f"bench-{os.getpid()}-{self.ports['http']}"
-        self.log = workdir / "consul.log"
-        argv = [
+        self.agent = ConsulAgent(
             binary,
-            "agent",
-            "-dev",
-            "-bind=127.0.0.1",
-            "-client=127.0.0.1",
-            f"-node={self.node}",
-            f"-datacenter={datacenter}",
-            f"-data-dir={workdir / 'data'}",
-            *(f"-{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()),
-            "-log-level=warn",
-            *(f"-hcl={text}" for text in hcl),
-        ]
+            ports=self.ports,
+            node_name=self.node,
+            data_dir=str(workdir / "data"),
+            datacenter=datacenter,
+        )
+        self.log = workdir / "consul.log"
+        argv = [*self.agent.command(), *(f"-hcl={text}" for text in hcl)]
         self.proc = procs.start(argv, env=clean_env(), log=self.log)
-        wait_for(self._ready, 30, 0.05, f"consul agent on {self.http_addr}")
+        eventually(self._ready, 30, 0.05, f"consul agent on {self.http_addr}")
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"consul exited with {self.proc.returncode}; see {self.log}")
-        try:
-            return bool(self.request("GET", "/v1/status/leader")) and bool(
-                self.request("GET", f"/v1/catalog/node/{self.node}")
-            )
-        except (OSError, ValueError, RuntimeError):
-            return False
+        return self.agent.ready()
 
 
 def _distinct_ports(names: Sequence[str]) -> Dict[str, int]:
@@ -551,7 +530,9 @@ def free_ports(count: int) -> List[int]:
 
 # A process of HTTP/1.1 keep-alive servers, one per NAME=PORT argument, each answering every request
 # with 200 and its NAME as the body: the backends the subjects route to. asyncio, so that one
-# interpreter serves many ports and a steady load without a thread per connection.
+# interpreter serves many ports and a steady load without a thread per connection; a process of its
+# own (not the tests' in-process tests/support/backends.py), so that serving wrk's load takes no
+# time from the harness's probes and clocks.
 BACKENDS_CODE = r"""
 import asyncio, sys
 
@@ -590,7 +571,7 @@ def start_backends(procs: Processes, names: Sequence[str], python: str, log: Pat
         [python, "-c", BACKENDS_CODE, *(f"{n}={p}" for n, p in ports.items())], env=clean_env(), log=log
     )
     for name, port in ports.items():
-        wait_for(lambda port=port: http_get(port) is not None, 10, 0.02, f"backend {name} on {port}")
+        eventually(lambda port=port: http_get(port) is not None, 10, 0.02, f"backend {name} on {port}")
     return ports
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from bench.common import ConsulClient, Processes, clean_env, consul_binary, wait_for
+from bench.common import ConsulClient, Processes, clean_env, consul_binary
+from tests.support.waiting import eventually
 
 # Raft's timings at production speed (1.8's default multiplier, 5, is for slow machines): a
 # single-server cluster elects itself within a second.
@@ -114,7 +115,7 @@ def start_cluster(procs: Processes, workdir: Path, clients: int) -> Tuple[Agent,
             return bool(api.request("GET", "/v1/status/leader"))
         return False
 
-    wait_for(leader, 60, 0.1, "the consul server to elect itself leader")
+    eventually(leader, 60, 0.1, "the consul server to elect itself leader")
     agents = [
         start_agent(procs, workdir, f"client{k}", f"127.0.0.{k + 2}", ("127.0.0.1", server.ports["serf_lan"]))
         for k in range(clients)
@@ -126,7 +127,7 @@ def start_cluster(procs: Processes, workdir: Path, clients: int) -> Tuple[Agent,
                 raise RuntimeError(f"consul {a.name} exited with {a.proc.returncode}; see {a.log}")
         return alive_members(api) == clients + 1
 
-    wait_for(joined, 120, 0.2, f"{clients} client agents to join the server")
+    eventually(joined, 120, 0.2, f"{clients} client agents to join the server")
     return server, api, agents
 
 

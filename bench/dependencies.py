@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from bench import changes, common, discovery, templates, watch_scale
 from bench.common import ConsulDev, Context, Processes, Section, Table, fmt, pct, percentile
 from tests.support.procs import connections_to, threads
+from tests.support.waiting import eventually
 
 TITLE = "Propagation at 10-5,000 dependencies (issue 10)"
 SIZES = (10, 100, 1000, 5000)
@@ -86,7 +87,7 @@ def one_size(
                 raise RuntimeError(f"basenode exited with {subject.proc.returncode}; see {subject.log}")
             return rendered(outputs[0], services)
 
-        common.wait_for(done, 300, 0.05, f"{size} services rendered to {outputs[0]}")
+        eventually(done, 300, 0.05, f"{size} services rendered to {outputs[0]}")
         first = time.monotonic() - t0
         time.sleep(2.0)  # past start-up
         timings = changes.time_changes(

@@ -2,7 +2,8 @@
 
 Three subjects, side by side in one run, against one `consul agent -dev` and the same backends:
 - basenode: `basenode run --no-consul` (blocking queries, runtime-API apply);
-- the seed's behaviour as a mode of our code: `--watch-mode poll --poll-interval 5 --apply-mode restart`;
+- docker-basenode's way, reproduced by bench/poll_and_restart.py: a full read of the routes every 5 s,
+  basenode's template rendered, HAProxy restarted (stop and start) for every change;
 - HAProxy's native Consul DNS discovery: no basenode, a hand-written config with `resolvers` pointed at
   the agent's DNS port and `server-template` on the service's SRV name (ports from the catalog), at a
   1 s resolve interval (HAProxy's default) and at 100 ms.
@@ -23,6 +24,7 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,16 +47,15 @@ from bench.common import (
     pct,
     percentile,
     ratio,
-    wait_for,
 )
+from tests.support.waiting import eventually
 
 TITLE = "Discovery: Consul catalog -> HAProxy (issue 3)"
 
 BASENODE = "basenode"
-SEED = "seed mode (poll 5 s + restart)"
+POLLER = "poll 5 s + restart (docker-basenode)"
 DNS_1S = "HAProxy DNS, resolve 1 s"
 DNS_100MS = "HAProxy DNS, resolve 100 ms"
-SEED_FLAGS = ("--watch-mode", "poll", "--poll-interval", "5", "--apply-mode", "restart")
 WRK = "/usr/bin/wrk"
 MIB = 1024.0
 
@@ -147,6 +148,21 @@ def start_basenode(
     return Subject(name, proc, log, dict(ports), status_port=status_port)
 
 
+def start_poller(
+    ctx: Context, procs: Processes, name: str, workdir: Path, consul_addr: str, ports: Mapping[str, int]
+) -> Subject:
+    """docker-basenode's way (bench/poll_and_restart.py) routing `ports`, reading the agent at
+    `consul_addr`. It runs basenode's code from this checkout, so on the harness's own interpreter
+    (which has basenode's packages), not on the zipapp's."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = ",".join(f"{service}:{port}/http" for service, port in ports.items())
+    argv = [sys.executable, str(common.ROOT / "bench" / "poll_and_restart.py"), "--interval", "5"]
+    argv += ["--state-dir", str(workdir / "state"), "--routes", spec]
+    log = workdir / "poller.log"
+    proc = procs.start(argv, env=basenode_env(ctx, consul_addr), log=log)
+    return Subject(name, proc, log, dict(ports))
+
+
 DNS_CONFIG = """\
 global
     stats socket {workdir}/stats.sock mode 600 level admin
@@ -214,7 +230,7 @@ def wait_serving(subject: Subject, service: str, expected: str, timeout: float =
             raise RuntimeError(f"{subject.name} exited with {subject.proc.returncode}; see {subject.log}")
         return http_get(port) == expected
 
-    wait_for(probe, timeout, 0.02, f"{subject.name}: {service} on {port} answering {expected}")
+    eventually(probe, timeout, 0.02, f"{subject.name}: {service} on {port} answering {expected}")
 
 
 # --- counters in front of the agent -------------------------------------------------------------
@@ -429,7 +445,7 @@ def propagation_phase(
     rng = random.Random()  # a fresh phase against the poll and resolve intervals in every run
     plans = (  # subject, changes, gap between changes (s), timeout per change (s)
         (BASENODE, ctx.reps(200, 20), (0.06, 0.2), 5.0),
-        (SEED, ctx.reps(12, 2), (0.0, 5.0), 15.0),
+        (POLLER, ctx.reps(12, 2), (0.0, 5.0), 15.0),
         (DNS_1S, ctx.reps(24, 4), (0.0, 1.0), 5.0),
         (DNS_100MS, ctx.reps(40, 4), (0.0, 0.2), 5.0),
     )
@@ -484,7 +500,7 @@ def propagation_phase(
         "time of the first probe answered by the new instance (add), or of the first of "
         "6 probes in a row not answered by the removed one (remove). Round robin over 2 servers: a "
         "probe reaches the new instance within 2 probes.",
-        "p99 is shown only with 100 or more changes. Changes per subject: the seed mode needs about 5 s "
+        "p99 is shown only with 100 or more changes. Changes per subject: the poller needs about 5 s "
         "per change (2.5 s mean by construction plus a random gap), the DNS subjects about their "
         "resolve interval, so they get fewer changes to keep the run short.",
     ]
@@ -528,8 +544,8 @@ def start_subject(
 ) -> Subject:
     if name == BASENODE:
         return start_basenode(ctx, procs, name, workdir, consul_addr or agent.http_addr, ports)
-    if name == SEED:
-        return start_basenode(ctx, procs, name, workdir, consul_addr or agent.http_addr, ports, SEED_FLAGS)
+    if name == POLLER:
+        return start_poller(ctx, procs, name, workdir, consul_addr or agent.http_addr, ports)
     interval = {DNS_1S: "1s", DNS_100MS: "100ms"}[name]
     return start_dns(procs, name, workdir, agent, ports, interval)
 
@@ -593,13 +609,13 @@ def load_phase(
     procs: Processes,
     agent: ConsulDev,
     backends: Mapping[str, int],
-    subjects: Sequence[str] = (BASENODE, SEED, DNS_1S),
+    subjects: Sequence[str] = (BASENODE, POLLER, DNS_1S),
 ) -> Tuple[Table, Dict[str, Tuple[int, WrkResult, int]]]:
     plans = tuple(  # subject, changes, seconds between changes, seconds after the last change
         plan
         for plan in (
             (BASENODE, ctx.reps(200, 20), 0.1, 2.0),
-            (SEED, ctx.reps(8, 2), 6.0, 7.0),
+            (POLLER, ctx.reps(8, 2), 6.0, 7.0),
             (DNS_1S, ctx.reps(200, 20), 0.1, 2.0),
         )
         if plan[0] in subjects
@@ -612,7 +628,7 @@ def load_phase(
         subject = start_subject(ctx, procs, name, ctx.scratch / f"load{i}", agent, {service: free_port()})
         try:
             port = subject.ports[service]
-            wait_for(
+            eventually(
                 lambda port=port: {http_get(port) for _ in range(4)} == set(STEADY),
                 60,
                 0.05,
@@ -668,16 +684,16 @@ def load_phase(
             f"{name}: {changes} changes, one every {spacing:g} s" for name, changes, spacing, _ in plans
         )
         + (
-            ". The seed mode's changes are 6 s apart so that each lands in a 5 s poll of its own and causes "
+            ". The poller's changes are 6 s apart so that each lands in a 5 s poll of its own and causes "
             "one HAProxy restart; a 1 s resolver sees about every tenth state of the 100 ms stream"
-            if SEED in subjects
+            if POLLER in subjects
             else ""
         )
         + ". Failed per apply = failed / applies (for HAProxy DNS: / changes). wrk reconnects at once "
-        "after an error, so while a port is closed (the seed mode's restart) it counts thousands of "
+        "after an error, so while a port is closed (the poller's restart) it counts thousands of "
         "connect/write errors: read those as downtime; read errors are requests cut in flight.",
         "applies: `haproxy: applied by` lines in basenode's log during the window (runtime API applies for "
-        "basenode, HAProxy restarts for the seed mode); not known for HAProxy DNS, which resolves "
+        "basenode, HAProxy restarts for the poller); not known for HAProxy DNS, which resolves "
         "in place with no reload.",
     )
     table = Table(
@@ -714,15 +730,15 @@ def idle_phase(
         for service in services:
             agent.catalog_register("ext-idle", service, f"{service}-base", backends["base"])
         # Two groups, one after the other: the DNS relay's thousand queries a second would slow the
-        # HTTP proxy in this same process, and with it the seed mode's polling rounds.
-        groups = ((BASENODE, SEED), window), ((DNS_1S, DNS_100MS), min(window, 15.0))
+        # HTTP proxy in this same process, and with it the poller's rounds.
+        groups = ((BASENODE, POLLER), window), ((DNS_1S, DNS_100MS), min(window, 15.0))
         for names, length in groups:
             subjects: List[Subject] = []
             try:
                 for name in names:
                     ports = dict(zip(services, free_ports(routes)))
                     workdir = ctx.scratch / f"idle-{len(counts) + len(subjects)}"
-                    if name in (BASENODE, SEED):
+                    if name in (BASENODE, POLLER):
                         proxy = HttpCounter(agent.ports["http"])
                         addr = f"127.0.0.1:{proxy.port}"
                         subject = start_subject(ctx, procs, name, workdir, agent, ports, addr)
@@ -735,7 +751,8 @@ def idle_phase(
                         wait_serving(subject, service, "base")
                 time.sleep(5.0)  # past start-up: basenode's first reads and its safety-net dump
                 before = {s.name: _count(s) for s in subjects}
-                before_paths = {s.name: dict(s.counter.paths) for s in subjects if s.name in (BASENODE, SEED)}
+                http_subjects = (s for s in subjects if s.name in (BASENODE, POLLER))
+                before_paths = {s.name: dict(s.counter.paths) for s in http_subjects}
                 t0 = time.monotonic()
                 time.sleep(length)
                 elapsed = time.monotonic() - t0
@@ -766,20 +783,20 @@ def idle_phase(
                 fmt(value / routes, 2),
             )
         )
-    seed_paths = ", ".join(
-        f"`{k}` {v}" for k, v in sorted(paths.get(SEED, {}).items(), key=lambda kv: -kv[1])
+    poller_paths = ", ".join(
+        f"`{k}` {v}" for k, v in sorted(paths.get(POLLER, {}).items(), key=lambda kv: -kv[1])
     )
     notes = (
         f"{routes} services (one passing instance each) and {routes} routes, on an agent of their own. "
-        "basenode and the seed mode run at the same time, each talking to the agent through its own "
+        "basenode and the poller run at the same time, each talking to the agent through its own "
         "counting HTTP proxy on loopback (CONSUL_HTTP_ADDR points at it); then both HAProxy DNS "
         "subjects at the same time, each through its own counting UDP relay in front of the agent's "
         "DNS port. The window opens 5 s after every subject of the group served its first and last "
         "route.",
         "basenode holds two blocking queries (catalog and KV routes, `wait` 5 min); a query already "
         "held when the window opened is not counted, so its idle rate is at most 2 per 5 min whatever "
-        "the number of routes. The seed mode reads KV and then each route's health, and sleeps 5 s "
-        "between rounds" + (f" (in the window: {seed_paths})." if seed_paths else "."),
+        "the number of routes. The poller reads KV and then each route's health, and sleeps 5 s "
+        "between rounds" + (f" (in the window: {poller_paths})." if poller_paths else "."),
         f"Target (issue 3): at most one per route per 5 min, i.e. <= {routes / 5:.0f} per minute for "
         f"{routes} routes.",
     )
@@ -830,7 +847,9 @@ def scale_phase(
         subject = start_basenode(ctx, procs, BASENODE, ctx.scratch / "scale", agent.http_addr, ports)
         try:
             for service in (services[0], services[-1]):
-                wait_for(lambda s=service: http_get(ports[s]) in POOL, 120, 0.05, f"route {service} at scale")
+                eventually(
+                    lambda s=service: http_get(ports[s]) in POOL, 120, 0.05, f"route {service} at scale"
+                )
             started = time.monotonic() - t0
             time.sleep(2.0)
             fresh = process_memory(procs, subject)  # before any change: what start-up alone costs
@@ -852,7 +871,7 @@ def scale_phase(
                     missed += 1
                     continue
                 end_to_end.append(took * 1000)
-                lines = wait_for(lambda: _apply_lines(subject), 5, 0.01, "basenode's `applied by` log line")
+                lines = eventually(lambda: _apply_lines(subject), 5, 0.01, "basenode's `applied by` log line")
                 applied += [ms for how, ms in lines if how == "runtime"]
                 others += [how for how, _ in lines if how != "runtime"]
             memory = process_memory(procs, subject)
@@ -1057,11 +1076,15 @@ def run(ctx: Context) -> Section:
     method = (
         "One `consul agent -dev` (Consul 1.8.7, every port on loopback) and one process of HTTP "
         "backends that answer with their own name serve all subjects; each subject runs alone, one "
-        "after the other (except the idle count, on a second agent, where basenode and the seed mode run "
+        "after the other (except the idle count, on a second agent, where basenode and the poller run "
         "at the same time, then both HAProxy DNS subjects; and the scale run, on a third agent). "
         "basenode runs as "
         f"`{ctx.python} dist/basenode run --no-consul --routes SERVICE:PORT/http` with "
-        "CONSUL_HTTP_ADDR pointing at the agent; the seed mode adds `" + " ".join(SEED_FLAGS) + "`; "
+        "CONSUL_HTTP_ADDR pointing at the agent; the poller is `bench/poll_and_restart.py --interval 5` "
+        "on the harness's interpreter, basenode's code from this checkout: every 5 s it reads the KV "
+        "routes and each route's health (basenode's one-shot read), renders basenode's template and, "
+        "when the text changed, runs `haproxy -c`, stops HAProxy (SIGTERM to the master) and starts it "
+        "again, as docker-basenode's pyconfd had HAProxy restarted; "
         "HAProxy DNS is `haproxy -W -S SOCKET -f CFG` with `resolvers consul` (nameserver: the "
         "agent's DNS port, `hold obsolete 0s`, `timeout resolve` and `timeout retry` = the interval) "
         "and `server-template NAME 10 _NAME._tcp.service.consul resolvers consul resolve-prefer ipv4 "
@@ -1086,22 +1109,22 @@ def targets(
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     changes, wrk, _ = load[BASENODE]
     per_route = idle[BASENODE] / idle_routes
-    seed_per_route = idle[SEED] / idle_routes
+    poller_per_route = idle[POLLER] / idle_routes
     apply50, apply90 = percentile(scale["applied"], 50), percentile(scale["applied"], 90)
     # the target is in MB (10^6 bytes); the tables show MiB
     sync_mb = memory[SYNC].rss_kb * 1.024e-3 if SYNC in memory else float("nan")
     pid1_mb = memory[PID1].rss_kb * 1.024e-3
     return (
         f"Target (issue 3): propagation p50 <= 50 ms: {verdict(p50 <= 50)} ({p50:.1f} ms over "
-        f"{len(lat)} changes; seed mode {percentile(prop[SEED].all, 50) * 1000:.0f} ms, HAProxy DNS 1 s "
+        f"{len(lat)} changes; poller {percentile(prop[POLLER].all, 50) * 1000:.0f} ms, HAProxy DNS 1 s "
         f"{percentile(prop[DNS_1S].all, 50) * 1000:.0f} ms).",
         f"Target (issue 3): propagation p99 <= 250 ms: {verdict(p99 <= 250)} ({p99:.1f} ms).",
         f"Target (issue 3): 0 failed requests under load during {changes} membership changes: "
-        f"{verdict(wrk.failed == 0)} ({wrk.failed} of {wrk.requests:,}; seed mode "
-        f"{load[SEED][1].failed} in {load[SEED][0]} changes).",
+        f"{verdict(wrk.failed == 0)} ({wrk.failed} of {wrk.requests:,}; poller "
+        f"{load[POLLER][1].failed} in {load[POLLER][0]} changes).",
         f"Target (issue 3): idle requests to Consul at most 1 per route per 5 min (0.2/min) with "
         f"{idle_routes} routes: {verdict(per_route <= 0.2)} ({idle[BASENODE]:.1f}/min in all, "
-        f"{per_route:.3f} per route per minute; seed mode {seed_per_route:.1f} per route per minute).",
+        f"{per_route:.3f} per route per minute; poller {poller_per_route:.1f} per route per minute).",
         f"Target (issue 3): apply under 100 ms with {scale_routes:,} services x {len(POOL)} instances: "
         + ("met" if apply90 < 100 else "met at p50, MISSED at p90" if apply50 < 100 else "MISSED")
         + f" (p50 {apply50:.1f} ms, p90 {apply90:.1f} ms; end to end p50 "

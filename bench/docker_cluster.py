@@ -29,11 +29,11 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from bench.common import ROOT, Context, Processes, Section, Table, fmt, median, ratio
+from tests.support.docker_load import stamp_seconds
 
 TITLE = "Docker cluster: image, start, join, failure (issue 4)"
 
@@ -460,17 +460,8 @@ def log_times(container: str, stages: Sequence[Tuple[str, re.Pattern]] = LOG_STA
         stamp, _, text = line.partition(" ")
         for key, pattern in stages:
             if key not in found and pattern.search(text):
-                found[key] = parse_stamp(stamp)
+                found[key] = stamp_seconds(stamp)
     return found
-
-
-def parse_stamp(stamp: str) -> float:
-    """RFC 3339 with nanoseconds (`docker logs -t`) -> epoch seconds; fromisoformat takes only 6 digits."""
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", stamp)
-    if not m:
-        return float("nan")
-    whole = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-    return whole + float("0." + (m.group(2) or "0"))
 
 
 def start_phase(cluster: Cluster, reps: int) -> Tuple[Table, List[float]]:

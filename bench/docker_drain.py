@@ -16,15 +16,14 @@ drain's start to "the agent left the cluster"), and the client's failed requests
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 from bench import docker_cluster as dc
 from bench.common import Context, Processes, Section, Table, fmt, median, percentile, ratio
+from tests.support.docker_load import DRAIN_LINE, ClientLoad, stamp_seconds
 
 TITLE = "Docker cluster: the drain on stop (issue 16)"
 
@@ -38,28 +37,6 @@ MODES = (
 )
 STOP_TIMEOUT = 20  # docker stop -t: far above any drain here; a stop that needs it shows as status 137
 
-# In the client: requests on fresh connections to the route every 10 ms until stdin closes; then
-# one JSON line {"ok": n, "failed": [reprs]}.
-LOAD = r"""
-import json, sys, threading, time, urllib.request
-done = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-ok, failed = 0, []
-print("started", flush=True)
-while not done.is_set():
-    try:
-        with urllib.request.urlopen(sys.argv[1], timeout=5) as response:
-            response.read()
-        ok += 1
-    except Exception as e:
-        failed.append(repr(e))
-    time.sleep(0.01)
-print(json.dumps({"ok": ok, "failed": failed}), flush=True)
-"""
-
-DRAIN_LINE = re.compile(
-    r"drain ended after ([0-9.]+) s: (quiet|open connections finished|upper bound reached)"
-)
 DRAIN_START = re.compile(r"register info: draining: ports")
 LEFT = re.compile(r"register info: the agent left the cluster")
 
@@ -76,27 +53,14 @@ class Stop:
 
 
 def one_stop(cluster: dc.Cluster, container: str) -> Stop:
-    client = cluster.name("client")
     url = f"http://127.0.0.1:{dc.ROUTE_PORT}/"
-    load = subprocess.Popen(
-        ["docker", "exec", "-i", client, "python3", "-c", LOAD, url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert load.stdout is not None and load.stdout.readline().strip() == "started"
+    with ClientLoad(cluster.name("client"), url) as load:
         time.sleep(1.0)  # steady load before the stop
         t0 = time.monotonic()
         dc.docker("stop", "-t", str(STOP_TIMEOUT), container, timeout=STOP_TIMEOUT + 30)
         stop_s = time.monotonic() - t0
         time.sleep(0.5)  # and after it: requests sent to a stopped node would fail now
-        out, _ = load.communicate(input="", timeout=60)
-    finally:
-        if load.poll() is None:
-            load.kill()
-    result = json.loads(out.strip().splitlines()[-1])
+        result, _ = load.finish(timeout=60)
     status = dc.docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip()
     # The container's log holds its earlier runs too: the last of each line is this stop's.
     logs = dc.docker("logs", "-t", container, check=False)
@@ -104,9 +68,9 @@ def one_stop(cluster: dc.Cluster, container: str) -> Stop:
     for line in (logs.stdout + logs.stderr).splitlines():
         stamp, _, text = line.partition(" ")
         if DRAIN_START.search(text):
-            started, drain, left = dc.parse_stamp(stamp), None, None
+            started, drain, left = stamp_seconds(stamp), None, None
         elif LEFT.search(text):
-            left = dc.parse_stamp(stamp)
+            left = stamp_seconds(stamp)
         found = DRAIN_LINE.search(text)
         if found:
             drain = found
@@ -114,7 +78,8 @@ def one_stop(cluster: dc.Cluster, container: str) -> Stop:
         raise RuntimeError(f"no drain in app1's log:\n{(logs.stdout + logs.stderr)[-2000:]}")
     leave = (left - started) if left is not None else float("nan")
     failed = len(result["failed"])
-    return Stop(stop_s, status, float(drain.group(1)), drain.group(2), leave, result["ok"] + failed, failed)
+    requests = sum(result["ok"].values()) + failed
+    return Stop(stop_s, status, float(drain.group(1)), drain.group(2), leave, requests, failed)
 
 
 def mode_trials(

@@ -26,11 +26,9 @@ Run alone: `.venv/bin/python bench/run.py --only failover --out docs/benchmarks.
 
 from __future__ import annotations
 
-import http.client
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +47,10 @@ from bench.common import (
     pct,
     percentile,
     ratio,
-    wait_for,
 )
 from bench.discovery import DNS_CONFIG, basenode_env
+from tests.support.backends import Load
+from tests.support.waiting import eventually
 
 TITLE = "Failover to another datacenter (issue 15)"
 THROUGH_CONSUL = "basenode, through Consul"
@@ -72,48 +71,6 @@ backend web
     server-template web 4 {query}.query.consul:{backend_port} resolvers consul resolve-prefer ipv4 \
 init-addr none
 """
-
-
-@dataclass
-class Load:
-    """Back-to-back GETs through a frontend from two threads (keep-alive, and a connection per request)."""
-
-    port: int
-    ok: int = 0
-    failed: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-    threads: List[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in (True, False)]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=15)
-
-    def _run(self, keep_alive: bool) -> None:
-        conn: Optional[http.client.HTTPConnection] = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                response.read()
-                if response.status != 200:
-                    raise RuntimeError(response.status)
-                self.ok += 1
-            except Exception:  # every failure counts
-                self.failed += 1
-                conn = None
-                continue
-            if not keep_alive:
-                conn.close()
-                conn = None
 
 
 @dataclass
@@ -161,7 +118,7 @@ class Instance:
             "HTTP/1.1",
         ]
         self.proc = self.procs.start(argv, env=clean_env(), log=self.ctx.scratch / f"backend-{self.name}.log")
-        wait_for(self._answers, 10, 0.01, f"backend {self.name}")
+        eventually(self._answers, 10, 0.01, f"backend {self.name}")
 
     def _answers(self) -> bool:
         try:
@@ -175,15 +132,7 @@ class Instance:
         self.procs.stop(self.proc, grace=0)
 
     def register(self, agent: ConsulDev) -> None:
-        check = {"CheckID": f"ttl-web-{self.name}", "TTL": "10m", "Status": "passing"}
-        body = {
-            "ID": f"web-{self.name}",
-            "Name": "web",
-            "Address": self.host,
-            "Port": self.port,
-            "Check": check,
-        }
-        agent.request("PUT", "/v1/agent/service/register", body)
+        agent.agent_register("web", f"web-{self.name}", self.port, address=self.host)
 
 
 def measure(
@@ -207,7 +156,7 @@ def measure(
             settle()
             timed(fail, "b", result.failover)
             timed(back, "a", result.failback)
-    result.requests, result.failed = load.ok + load.failed, load.failed
+    result.requests, result.failed = load.ok + len(load.failures), len(load.failures)
     return result
 
 
@@ -241,8 +190,7 @@ def run(ctx: Context) -> Section:
     with Processes() as procs:
         dc1 = ConsulDev(procs, ctx.scratch / "dc1")
         dc2 = ConsulDev(procs, ctx.scratch / "dc2", datacenter="dc2")
-        dc1.request("PUT", f"/v1/agent/join/127.0.0.1:{dc2.ports['serf_wan']}?wan=1")
-        wait_for(lambda: _reaches(dc1, "dc2"), 30, 0.1, "dc2 from dc1")
+        dc1.agent.join_wan(dc2.agent)
         backend_port = free_port()
         a = Instance(ctx, procs, "a", "127.0.0.2", backend_port)
         b = Instance(ctx, procs, "b", "127.0.0.3", backend_port)
@@ -258,7 +206,7 @@ def run(ctx: Context) -> Section:
         )
 
         def serving_a(port: int) -> Callable[[], None]:
-            return lambda: wait_for(lambda: http_get(port) == "a", TIMEOUT, 0.01, "a served")
+            return lambda: eventually(lambda: http_get(port) == "a", TIMEOUT, 0.01, "a served")
 
         consul_fail = lambda: dc1.agent_deregister("web-a")  # noqa: E731
         consul_back = lambda: a.register(dc1)  # noqa: E731
@@ -281,14 +229,6 @@ def run(ctx: Context) -> Section:
             serving_a(port)()
             results[name] = measure(port, reps, consul_fail, consul_back, serving_a(port))
     return Section(TITLE, (table(results, reps),), METHOD, summary(results))
-
-
-def _reaches(agent: ConsulDev, dc: str) -> bool:
-    try:
-        agent.request("GET", f"/v1/catalog/services?dc={dc}")
-        return True
-    except (OSError, RuntimeError):
-        return False
 
 
 def _markdown(text: str) -> str:

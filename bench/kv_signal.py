@@ -43,8 +43,8 @@ from bench.common import (
     free_port,
     pct,
     percentile,
-    wait_for,
 )
+from tests.support.waiting import eventually
 
 TITLE = "Templates: a KV key -> the application signalled (issue 6)"
 KEY = "bench/greeting"
@@ -208,7 +208,7 @@ def floor_and_seed(agent: ConsulDev, changes: int, token: str) -> Tuple[Result, 
     result = Result()
     floor_ms: List[float] = []
     try:
-        wait_for(lambda: floor.answers, 10, 0.01, "the floor reader's first answer")
+        eventually(lambda: floor.answers, 10, 0.01, "the floor reader's first answer")
         for value, t in make_changes(kv, changes, token, result):
             answered = floor.wait_value(value, t, TIMEOUT)
             if answered is None:
@@ -330,7 +330,7 @@ def measure_basenode(ctx: Context, procs: Processes, agent: ConsulDev, changes: 
             marker.read()
             return value_of(0, token) in read_text(conf) and any(m.get("ready") for m in marker.lines)
 
-        wait_for(started, 60, 0.01, "the first file written and the app running")
+        eventually(started, 60, 0.01, "the first file written and the app running")
         # A reload for a program younger than RELOAD_HOLD_SECONDS waits until then (so that it cannot
         # arrive before the handler is set): what is measured here is a running application's reload.
         time.sleep(RELOAD_HOLD_SECONDS)

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` importable as a p
     sys.path.insert(0, str(ROOT))
 
 from bench import common, discovery  # noqa: E402
-from bench.common import ConsulClient, Processes, Table, fmt, free_ports, http_get, median, pct, wait_for  # noqa: E402
+from bench.common import ConsulClient, Processes, Table, fmt, free_ports, http_get, median, pct  # noqa: E402
 from bench.discovery import (  # noqa: E402
     CONSUL_AGENT,
     HAPROXY_MASTER,
@@ -52,6 +52,7 @@ from bench.discovery import (  # noqa: E402
     WrkResult,
 )
 from bench.run import code_state, default_python  # noqa: E402
+from tests.support.waiting import eventually  # noqa: E402
 
 TITLE = "Soak: membership changes under load (issue 5)"
 MAKE_SOAK = ".venv/bin/python bench/soak.py --out docs/benchmarks.md"
@@ -280,10 +281,10 @@ def soak(ctx: common.Context, args: argparse.Namespace, consul: str) -> Soak:
         )
         client = ConsulClient(http_port)
         try:
-            wait_for(lambda: agent_ready(client, subject), 60, 0.1, f"basenode's agent on {env_addr}")
+            eventually(lambda: agent_ready(client, subject), 60, 0.1, f"basenode's agent on {env_addr}")
             for name in STEADY:
                 client.agent_register(SERVICE, f"{SERVICE}-{name}", backends[name])
-            wait_for(
+            eventually(
                 lambda: {http_get(frontend) for _ in range(4)} == set(STEADY),
                 60,
                 0.05,

@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench import common
 from bench.common import Context, Processes, Section, Table, clean_env, fmt, median, pct, ratio
+from tests.support.waiting import eventually
 
 TITLE = "Supervisor: basenode as PID 1 (issue 2)"
 
@@ -199,7 +200,12 @@ def measure_idle(procs: Processes, subject: Subject, log: Path, settle: float) -
             kids = procs.remember_descendants(proc)
             return sum(common.comm(pid) == IDLE_COMMAND[0] for pid in kids) >= subject.programs
 
-        common.wait_for(all_running, timeout=30, what=f"{subject.name}: {subject.programs} programs running")
+        eventually(
+            all_running,
+            timeout=30,
+            interval=0.01,
+            what=f"{subject.name}: {subject.programs} programs running",
+        )
         time.sleep(settle)
         all_running()
         memory = common.memory_of(proc.pid)

@@ -26,7 +26,8 @@ from basenode.routes import route_queries
 from basenode.watch import Watcher
 from basenode.watch.catalog import RECONCILE_AFTER, CatalogView
 from basenode.watch.view import Pacing, SourceStatus, follow
-from bench.common import ConsulDev, Context, Processes, Section, Table, fmt, wait_for
+from bench.common import ConsulDev, Context, Processes, Section, Table, fmt
+from tests.support.waiting import eventually
 
 TITLE = "Watch at cluster scale (issue 10)"
 NODES = 200
@@ -131,7 +132,7 @@ def snap(counters: Counters) -> Tuple[int, int]:
 def measure_size(ctx: Context, agent: ConsulDev, size: int, port: List[int]) -> Dict[str, Dict[str, Cost]]:
     nodes = {"new": NewNode(agent.http_addr, ROUTED), "old": OldNode(agent.http_addr, ROUTED)}
     try:
-        wait_for(lambda: nodes["old"].value is not None, 30, 0.05, "the old watcher's first read")
+        eventually(lambda: nodes["old"].value is not None, 30, 0.05, "the old watcher's first read")
         time.sleep(1.0)
         found: Dict[str, Dict[str, Cost]] = {k: {} for k in nodes}
         unrelated, relevant, idle = ctx.reps(50, 5), ctx.reps(20, 3), ctx.reps(20.0, 3.0)
@@ -154,7 +155,7 @@ def measure_size(ctx: Context, agent: ConsulDev, size: int, port: List[int]) -> 
             port[0] += 1
             move(agent, 0, port[0])
             for n in nodes.values():
-                wait_for(lambda n=n: port_of(n.value) == port[0], 30, 0.005, "the routed change")
+                eventually(lambda n=n: port_of(n.value) == port[0], 30, 0.005, "the routed change")
 
         phase("unrelated", unrelated, unrelated_change)
         phase("relevant", relevant, relevant_change)

@@ -146,9 +146,7 @@ class Watch:
     wait_max: float = 1.0  # no change waits longer than this to be applied
     blocking_wait: str = "5m"  # Consul's `wait` for blocking queries
     include_warning: bool = False
-    mode: str = "blocking"  # blocking | poll (a full read every poll_interval)
-    poll_interval: float = 5.0
-    # runtime: runtime API, reload only when routes change; reload: always; restart: stop and start
+    # runtime: runtime API, reload only when routes change; reload: a seamless reload for every change
     apply_mode: str = "runtime"
     # With no answer from Consul this long after start, HAProxy (and so the app) starts anyway with
     # the configured routes and no instances; the catalog fills them in when Consul answers.

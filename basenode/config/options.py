@@ -198,21 +198,6 @@ OPTIONS: Tuple[Option, ...] = (
         default_doc="off",
     ),
     _option(
-        "watch_mode",
-        kinds.choice("blocking", "poll"),
-        Watch.mode,
-        "`poll`: a full read every interval, for an agent behind a proxy that cuts long requests",
-        key="watch.mode",
-    ),
-    _option(
-        "poll_interval",
-        kinds.SECONDS,
-        _seconds(Watch.poll_interval),
-        "seconds between two full reads with watch mode `poll`",
-        key="watch.poll_interval",
-        metavar="SECONDS",
-    ),
-    _option(
         "watch_max_conns",
         kinds.number(2, MAX_CONNS_LIMIT, f"a number of connections 2-{MAX_CONNS_LIMIT}"),
         str(DEFAULT_MAX_CONNS),
@@ -222,10 +207,10 @@ OPTIONS: Tuple[Option, ...] = (
     ),
     _option(
         "apply_mode",
-        kinds.choice("runtime", "reload", "restart"),
+        kinds.choice("runtime", "reload"),
         Watch.apply_mode,
-        "`runtime`: server changes through the runtime API; `reload`: every change by a seamless reload; "
-        "`restart`: stop and start HAProxy",
+        "`runtime`: server changes through the runtime API, a seamless reload for the rest; `reload`: "
+        "every change checked with `haproxy -c` and applied by a seamless reload, no runtime API command",
         key="watch.apply_mode",
     ),
     _option(

@@ -11,7 +11,7 @@ from .model import Watch
 
 
 def load_watch(options: Mapping[str, Any], tables: Tables) -> Watch:
-    """`options`: the table's resolved values (watch_mode, poll_interval, ...)."""
+    """`options`: the table's resolved values (include_warning, apply_mode, ...)."""
     t = tables.section("watch")
     defaults = Watch()
     watch = Watch(
@@ -19,8 +19,6 @@ def load_watch(options: Mapping[str, Any], tables: Tables) -> Watch:
         wait_max=t.get("wait_max", "seconds", defaults.wait_max),
         blocking_wait=t.get("blocking_wait", "text", defaults.blocking_wait),
         include_warning=options["include_warning"],
-        mode=options["watch_mode"],
-        poll_interval=options["poll_interval"],
         apply_mode=options["apply_mode"],
         startup_grace=t.get("startup_grace", "seconds", defaults.startup_grace),
         max_conns=options["watch_max_conns"],

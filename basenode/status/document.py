@@ -65,7 +65,7 @@ def collect(
             "last_how": state.last_how,
             "last_timestamp": state.last_sync,
             "runtime_applies": state.applies["runtime"],
-            "reloads": state.applies["reload"] + state.applies["restart"],
+            "reloads": state.applies["reload"],
             "render_errors": state.render_errors,
             "check_failures": state.check_failures,
             "apply_errors": state.apply_errors,

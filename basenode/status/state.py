@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..output.record import OutputRecord
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-APPLY_HOWS = ("runtime", "reload", "restart", "written")
+APPLY_HOWS = ("runtime", "reload", "written")
 # template.loop.TemplateStatus counters that are failures: /metrics kinds, the status table's ERRORS column
 TEMPLATE_ERROR_KINDS = (
     "render_errors",

@@ -7,7 +7,8 @@ jitter (we ask for up to wait/16 less, Consul adds up to wait/16 more); a read t
 with an unmoved index is rate-limited; errors back off exponentially with full jitter.
 
 A failed read is "unknown", never "empty": the last good value stays until a read succeeds.
-In poll mode (benchmarks: the behaviour of a 5 s poller) the read is a plain one every interval.
+With a poll interval (the queries past the connection budget, see watcher.py) the read is a plain
+one every interval, holding no connection between reads.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SourceStatus:
 @dataclass(frozen=True)
 class Pacing:
     """How a read loop waits: Consul's `wait`, the randomness for jitter, the clock; poll_interval set
-    means poll mode."""
+    means a plain read every interval instead of a blocking query."""
 
     wait_seconds: float
     rng: random.Random

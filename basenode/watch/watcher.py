@@ -52,13 +52,7 @@ class Watcher:
         self.settings = settings
         self.max_conns = watch.max_conns
         self.include_warning = watch.include_warning
-        polling = watch.mode == "poll"
-        self.pacing = Pacing(
-            durations.parse_wait(watch.blocking_wait),
-            rng or random.Random(),
-            clock,
-            poll_interval=watch.poll_interval if polling else None,
-        )
+        self.pacing = Pacing(durations.parse_wait(watch.blocking_wait), rng or random.Random(), clock)
         self.pool = Pool(settings.consul_http, max_connections=self.max_conns)
         self._cond = threading.Condition()
         self._wants: Dict[str, FrozenSet[Query]] = {}
@@ -265,10 +259,9 @@ class Watcher:
         of other datacenters, which the local catalog does not hold) get the blocking slots first; if
         even they do not fit, one more connection is kept for the rest, which are polled every
         PAST_BUDGET_POLL seconds. Queries already blocking keep their slot (a change elsewhere does
-        not move them), then by name. Polling holds no connection between reads, so in poll mode
-        everything is direct.
+        not move them), then by name.
         """
-        if self.pacing.poll_interval is not None or len(wanted) <= self.max_conns:
+        if len(wanted) <= self.max_conns:
             return wanted, frozenset(), frozenset()
         others = sorted(q for q in wanted if q.kind != SERVICE or q.datacenter)
         services = sorted(q for q in wanted if q.kind == SERVICE and not q.datacenter)

@@ -9,10 +9,8 @@ docs/benchmarks.md; no test asserts on them.
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import os
-import re
 import subprocess
 import time
 from collections import Counter
@@ -21,6 +19,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from tests.support import docker_helpers as dh
+from tests.support.docker_load import DRAIN_LINE, ClientLoad, stamp_seconds
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -31,34 +30,6 @@ FIGURES = dh.ROOT / "build" / "docker-figures.json"
 # app1's drain: an upper bound far above what a drain needs here, so that one ending before it is
 # one that ended because the node went quiet.
 DRAIN_BOUND = 10
-DRAIN_LINE = re.compile(
-    r"drain ended after ([0-9.]+) s: (quiet|open connections finished|upper bound reached)"
-)
-
-# Runs inside the client container: requests on fresh connections until its stdin closes
-# (bounded by a request count and a deadline too), then one JSON line with the answers.
-LOAD = r"""
-import json, sys, threading, time, urllib.request
-url, limit, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-done = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-ok, failed, started = {}, [], False
-deadline = time.monotonic() + seconds
-for _ in range(limit):
-    if done.is_set() or time.monotonic() > deadline:
-        break
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            host = response.read().decode().strip().replace("hello from ", "", 1)
-        ok[host] = ok.get(host, 0) + 1
-        if not started:
-            started = True
-            print("started", flush=True)
-    except Exception as e:
-        failed.append(repr(e))
-    time.sleep(0.01)
-print(json.dumps({"ok": ok, "failed": failed}), flush=True)
-"""
 
 
 def record_figure(name: str, seconds: float) -> None:
@@ -154,15 +125,7 @@ def stop_under_load(
     `meanwhile` during the stop); every request must succeed. The drain's reason, its length and
     the wall-clock time it ended, from app1's log."""
     client, app1, server = (cluster.container(s) for s in ("client", "app1", "server"))
-    load = subprocess.Popen(
-        ["docker", "exec", "-i", client, "python3", "-c", LOAD, ROUTE_URL, "20000", "90"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert load.stdout is not None and load.stdout.readline().strip() == "started"
+    with ClientLoad(client, ROUTE_URL, 20000, 90) as load:
         # drain bound + 10 s: if basenode has not exited by then, docker kills it (status 137).
         started = time.monotonic()
         stop = subprocess.Popen(
@@ -173,11 +136,7 @@ def stop_under_load(
         assert stop.wait(timeout=60) == 0
         record_figure("docker stop of an app node (s)", time.monotonic() - started)
         assert dh.docker("inspect", "-f", "{{.State.ExitCode}}", app1).stdout.strip() == "0"
-        out, err = load.communicate(input="", timeout=120)
-    finally:
-        if load.poll() is None:
-            load.kill()
-    result = json.loads(out.strip().splitlines()[-1])
+        result, err = load.finish(timeout=120)
     assert result["failed"] == [], err
     assert result["ok"].get("app1", 0) > 0 and result["ok"].get("app2", 0) > 0
     assert "app1" not in hello_nodes(server)
@@ -187,13 +146,6 @@ def stop_under_load(
     assert drains, (logs.stdout + logs.stderr)[-3000:]
     line, found = max(drains, key=lambda d: d[0])  # the latest: the container's log holds earlier runs
     return found.group(2), float(found.group(1)), stamp_seconds(line.split(" ", 1)[0])
-
-
-def stamp_seconds(stamp: str) -> float:
-    """`docker logs -t`'s RFC 3339 stamp (nanoseconds) -> epoch seconds; the host shares the clock."""
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
-    t = datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
-    return t.timestamp() + float("0." + (fraction or "0"))
 
 
 def test_stopping_an_app_node_drains_it_and_no_client_request_fails(steady: dh.Compose) -> None:

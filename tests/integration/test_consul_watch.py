@@ -286,19 +286,6 @@ def test_garbage_from_consul_is_an_error_and_the_last_good_state_stays(consul_ag
         agent.kv_delete(f"basenode/routes/{cache}")
 
 
-def test_poll_mode_follows_the_catalog_without_blocking_reads(consul_agent_session):
-    agent, web = consul_agent_session, unique("web")
-    proxy = ConsulProxy(agent.http_addr)
-    try:
-        with Recorder(proxy, (Route(web, 19030),), mode="poll", poll_interval=0.2) as rec:  # type: ignore[arg-type]
-            agent.register(web, 8080)
-            rec.wait_ids(web, [f"{web}-8080"])
-            assert sum(proxy.per_path.requests.values()) > 0
-            assert sum(proxy.per_path.blocking.values()) == 0
-    finally:
-        proxy.close()
-
-
 def test_fetch_snapshot_reads_routes_and_healthy_instances_once(consul_agent_session):
     agent, web = consul_agent_session, unique("web")
     agent.register(web, 8080)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import pytest
 
@@ -269,59 +268,6 @@ def test_apply_mode_reload_reloads_for_every_change(tmp_path, backends):
         assert rig.serving()[1] == reloads + 1
         assert names_seen(rig.port) == ["a", "b"]
     finally:
-        if rig.haproxy is not None:
-            rig.haproxy.stop()
-
-
-def test_apply_mode_restart_hands_the_restart_to_the_caller(tmp_path, backends):
-    rig = Rig(tmp_path, backends, apply_mode="restart")
-    restarts: List[str] = []
-
-    def restart() -> None:  # what the supervisor does: stop HAProxy, start it again from the file
-        assert rig.haproxy is not None
-        rig.haproxy.stop()
-        rig.haproxy = HAProxy(rig.settings).start()
-        restarts.append("restart")
-
-    try:
-        rig.start(["a"])
-        master = rig.serving()[0]
-        text = render.render(rig.template, rig.snapshot(["b"]), rig.settings)
-        result = haproxy.apply(rig.settings, None, rig.snapshot(["b"]), text, restart_hook=restart)
-        assert (result.how, restarts) == ("restart", ["restart"])
-        assert rig.serving()[0] != master
-        assert names_seen(rig.port) == ["b"]
-    finally:
-        if rig.haproxy is not None:
-            rig.haproxy.stop()
-
-
-def test_apply_mode_restart_stops_haproxy_and_waits_for_its_supervisor_to_start_it_again(tmp_path, backends):
-    """The seed's behaviour, for the benchmark: the master gets SIGTERM and the supervisor (here a
-    thread standing in for basenode's) starts HAProxy again from the new file."""
-    rig = Rig(tmp_path, backends, apply_mode="restart")
-    stop = threading.Event()
-
-    def supervisor() -> None:
-        while not stop.is_set():
-            current = rig.haproxy
-            if current is not None and current.proc is not None and current.proc.poll() is not None:
-                rig.haproxy = HAProxy(rig.settings).start()
-            stop.wait(0.01)
-
-    watcher = threading.Thread(target=supervisor, daemon=True)
-    try:
-        rig.start(["a"])
-        master = rig.serving()[0]
-        watcher.start()
-        result = rig.apply(rig.snapshot(["b"]))
-        assert result.how == "restart"
-        assert rig.serving()[0] != master
-        assert names_seen(rig.port) == ["b"]
-    finally:
-        stop.set()
-        if watcher.is_alive():
-            watcher.join(timeout=10)
         if rig.haproxy is not None:
             rig.haproxy.stop()
 

@@ -222,23 +222,6 @@ def test_with_consul_unreachable_at_start_the_app_starts_after_the_grace_with_em
     assert "no answer from Consul" in out.stderr
 
 
-def test_the_seed_mode_polls_and_restarts_haproxy_and_still_follows_the_catalog(
-    consul_agent, backends, start_basenode
-):
-    a, b = backends.start("a"), backends.start("b")
-    consul_agent.register("web", a.port, service_id="web-a")
-    port = free_port()
-    node = start_basenode(
-        f"web:{port}/http", "--watch-mode", "poll", "--poll-interval", "0.5", "--apply-mode", "restart"
-    )
-    eventually(serving(port, ["a"]), timeout=30, what="a through basenode in seed mode")
-    master = node.proc_info().master_pid
-    consul_agent.register("web", b.port, service_id="web-b")
-    eventually(serving(port, ["a", "b"]), timeout=30, what="the poll to see b")
-    assert node.proc_info().master_pid != master  # the seed restarted HAProxy for every change
-    eventually(lambda: "applied by restart" in node.output(), what="the restart to be logged")
-
-
 def test_sync_once_renders_and_writes_the_config_then_exits(consul_agent, backends, tmp_path):
     a = backends.start("a")
     consul_agent.register("web", a.port, service_id="web-a")

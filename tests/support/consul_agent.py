@@ -76,16 +76,20 @@ class ConsulAgent:
         )
         self._log = log
         eventually(
-            self._ready,
+            self._started,
             timeout=timeout,
             interval=0.05,
             what=f"consul agent on {self.http_addr} to elect a leader",
         )
         return self
 
-    def _ready(self) -> bool:
+    def _started(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"consul agent exited with {self.process.returncode}:\n{self.log_tail()}")
+        return self.ready()
+
+    def ready(self) -> bool:
+        """It has a leader and its own node is in the catalog (registrations sync to it from then on)."""
         try:
             leader = self.get("/v1/status/leader")
             if not leader:

@@ -203,8 +203,8 @@ def test_wait_for_says_whether_every_query_has_a_value(consul, watcher):
 # -- the connection budget (pure: no query is started) ----------------------------------------------
 
 
-def budget(max_conns: int, mode: str = "blocking") -> Watcher:
-    return Watcher(Settings(watch=Watch(max_conns=max_conns, mode=mode)))
+def budget(max_conns: int) -> Watcher:
+    return Watcher(Settings(watch=Watch(max_conns=max_conns)))
 
 
 def services(*names: str) -> List[Query]:
@@ -236,11 +236,6 @@ def test_non_service_dependencies_beyond_the_budget_are_polled_on_one_more_kept_
     assert polled == {Query(KEY, "k3"), Query(KEY, "k4"), Query(PREFIX, "app/")}
     assert overflow == {"a"}
     assert len(direct) + 2 == 4  # one connection for the catalog watch, one for the polls
-
-
-def test_in_poll_mode_everything_is_direct_whatever_the_budget():
-    wanted = frozenset([*services("a", "b", "c"), *keys("k1", "k2")])
-    assert budget(2, mode="poll")._assign(wanted) == (wanted, frozenset(), frozenset())
 
 
 def test_a_service_already_blocking_keeps_its_slot_when_a_new_one_comes_past_the_budget():

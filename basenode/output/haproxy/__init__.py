@@ -5,7 +5,7 @@ parse    a config -> its skeleton and its backends' server lines
 plan     old parse + new parse + running state -> the runtime commands (pure)
 runtime  the stats socket and master CLI, and what their answers say
 apply    runs the plan, verifies, falls back to check + reload
-program  the command line, `haproxy -c`, and the lifecycle (running, reload, restart)
+program  the command line, `haproxy -c`, and the lifecycle (running, reload)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from .apply import ApplyResult, apply
 from .errors import ApplyError, CheckFailed, RuntimeAPIError
 from .parse import ParsedConfig, ServerLine, parse_config
-from .program import check, program, reload, restart, running
+from .program import check, program, reload, running
 from .runtime import ProcInfo, ServerState, show_info, show_proc, show_servers_state, stats_pid
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "parse_config",
     "program",
     "reload",
-    "restart",
     "running",
     "show_info",
     "show_proc",

@@ -11,7 +11,7 @@ The file on disk always equals what runs, so that a restarted HAProxy comes back
    weight in place. `show servers state` verifies the result, and only then is the candidate
    renamed over the live file.
 3. Everything else (a route added or removed, a template edit, a server line basenode does not
-   apply at runtime, the first start, apply_mode reload/restart), and any runtime command HAProxy
+   apply at runtime, the first start, apply_mode reload), and any runtime command HAProxy
    refuses or a verification that fails, is checked with `haproxy -c` before a seamless
    master-worker reload. A rejected candidate is removed and the running config keeps serving
    (CheckFailed, with HAProxy's own message); a refused reload puts the old file back.
@@ -26,14 +26,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ...config import Settings
 from ...files import promote, write_atomic
 from . import plan as planning
 from .errors import ApplyError, CheckFailed, NeedReload, RuntimeAPIError
 from .parse import ParsedConfig, parse_config
-from .program import check, reload, restart, running, version
+from .program import check, reload, running, version
 from .runtime import SOCKET_TIMEOUT, ServersState, Version, command, show_servers_state
 
 if TYPE_CHECKING:  # PID 1 imports this package for program(): not the snapshot's hashlib (OpenSSL)
@@ -50,7 +50,7 @@ DRAIN_TIMEOUT = 0.5
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What apply did. `how`: unchanged | runtime | reload | restart | written (no HAProxy running yet)."""
+    """What apply did. `how`: unchanged | runtime | reload | written (no HAProxy running yet)."""
 
     how: str
     seconds: float
@@ -58,7 +58,7 @@ class ApplyResult:
     removed: Tuple[str, ...] = ()
     updated: Tuple[str, ...] = ()
     draining: Tuple[str, ...] = ()  # removed but still finishing sessions (in maintenance, deleted later)
-    reason: str = ""  # why a reload or restart happened
+    reason: str = ""  # why a reload happened
 
 
 # HAProxy's config is derived state: the sync loop renders it again before HAProxy starts, at every
@@ -90,7 +90,6 @@ def apply(
     text: str,
     *,
     drain_timeout: float = DRAIN_TIMEOUT,
-    restart_hook: Optional[Callable[[], None]] = None,
 ) -> ApplyResult:
     """Make HAProxy run `text` (rendered from `current`). See the module docstring for the steps.
 
@@ -101,8 +100,6 @@ def apply(
     Raises CheckFailed (the running config stays) or ApplyError: the candidate could not be written
     (a full state dir: nothing changed), or the new file is in place but HAProxy could not be made
     to run it (on a failed reload the old file is restored).
-    `restart_hook` replaces the default restart (SIGTERM to the master, the supervisor starts it again)
-    for apply_mode="restart".
     """
     del previous, current  # see the docstring
     started = time.monotonic()
@@ -146,12 +143,6 @@ def apply(
         _promote(candidate, live)
         return _result(started, "written")
     _promote(candidate, live)
-    if mode == "restart":
-        if restart_hook is not None:
-            restart_hook()
-        else:
-            restart(settings)
-        return _result(started, "restart", reason=reason)
     _reload_or_restore(settings, live_text)
     return _result(started, "reload", reason=reason)
 

@@ -8,7 +8,7 @@ class CheckFailed(Exception):
 
 
 class ApplyError(Exception):
-    """The config was checked and written but could not be made to run (reload or restart failed)."""
+    """The config was checked and written but could not be made to run (the reload failed)."""
 
 
 class RuntimeAPIError(ApplyError):

@@ -1,11 +1,10 @@
 """HAProxy the program: its command line under basenode's supervisor, `haproxy -c`, and its
-lifecycle through the master CLI (running, seamless reload, restart)."""
+lifecycle through the master CLI (running, seamless reload)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
 import signal
 import subprocess
@@ -20,7 +19,6 @@ from .runtime import ProcInfo, Version, command, parse_reload, parse_version, sh
 CHECK_TIMEOUT = 60.0
 RUNNING_SETTLE = 2.0  # seconds a refusing master socket gets before HAProxy counts as not running
 RELOAD_TIMEOUT = 15.0
-RESTART_TIMEOUT = 30.0
 RELOAD_STATUS_SINCE: Version = (2, 7)  # the master CLI's `reload` answers "Success=0|1"
 
 
@@ -28,7 +26,7 @@ def program(settings: Settings, depends_on: Sequence[str] = ()) -> Program:
     """HAProxy in master-worker mode (`-W`) under basenode's supervisor.
 
     Stopped with SIGUSR1 (soft stop: workers finish their sessions, bounded by hard-stop-after);
-    restarted whenever it exits, which is also how apply_mode="restart" gets its new process.
+    restarted whenever it exits.
     """
     return Program(
         name="haproxy",
@@ -173,26 +171,6 @@ def reload(settings: Settings, timeout: float = RELOAD_TIMEOUT) -> ProcInfo:
     if after is None:
         raise ApplyError(f"no new HAProxy worker answered within {timeout:.0f}s of the reload")
     return after
-
-
-def restart(settings: Settings, timeout: float = RESTART_TIMEOUT) -> ProcInfo:
-    """Stop HAProxy (the seed's way: SIGTERM, sessions cut) and wait until the supervisor has started
-    a new one. Only meaningful under `basenode run`, whose supervisor restarts HAProxy on exit."""
-    master = settings.haproxy_master_socket
-    before = show_proc(master)
-    os.kill(before.master_pid, signal.SIGTERM)
-    after = _wait_for_master(
-        master,
-        timeout,
-        lambda now: (
-            now.master_pid != before.master_pid
-            and bool(now.workers)
-            and stats_pid(settings.haproxy_stats_socket) in now.workers
-        ),
-    )
-    if after is not None:
-        return after
-    raise ApplyError(f"HAProxy did not come back within {timeout:.0f}s of the restart (is it supervised?)")
 
 
 def _wait_for_master(master: Path, timeout: float, done: Callable[[ProcInfo], bool]) -> Optional[ProcInfo]:
