@@ -16,7 +16,7 @@ DEFAULT_CONFIG = Path("/etc/basenode/basenode.toml")
 DEFAULT_STATE_DIR = Path("/run/basenode")
 DEFAULT_STATUS_ADDR = "127.0.0.1:8089"
 DEFAULT_HEALTH_MAX_AGE = 600.0
-# A few times the longest deregistration -> dropped everywhere seen in the Docker cluster (docs/benchmarks.md).
+# A few times the longest deregistration -> dropped everywhere in the Docker cluster (docs/benchmarks.md).
 DEFAULT_DRAIN_QUIET = 0.5
 DEFAULT_CONSUL_HTTP_ADDR = "127.0.0.1:8500"
 ROUTES_KV_PREFIX = "basenode/routes/"

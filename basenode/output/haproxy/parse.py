@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
-from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from .runtime import syntax_in
