@@ -64,6 +64,10 @@ class Loop:
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
         self.latest: Optional[Snapshot] = None  # newest from the watch (may have failed to apply)
         self.latest_indexes: Dict[Query, int] = {}  # the watch's indexes, read before latest's data
+        # The last apply only wrote the file (HAProxy did not answer): it may have been starting, and
+        # have read the file before. Once it answers, the same text is applied again, which compares
+        # what runs with the file.
+        self.written_unconfirmed = False
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -143,6 +147,8 @@ class Loop:
         elif self.state.due(time.monotonic()) and self.latest is not None:
             log.info("retrying the apply that failed")
             self._apply(self.latest, data, template_changed=True)
+        elif self.written_unconfirmed and self.latest is not None and haproxy.running(self.settings):
+            self._apply(self.latest, data, template_changed=True)
 
     def _apply(
         self, snapshot: Snapshot, data: Dict[Query, Any], template_changed: bool, partial: bool = False
@@ -186,6 +192,7 @@ class Loop:
         if outcome.how is None:
             return
         self.applied = snapshot
+        self.written_unconfirmed = outcome.how == "written"
         self._record(snapshot, outcome.how, time.monotonic() - started)
         self._publish_applied()
         _return_free_memory()

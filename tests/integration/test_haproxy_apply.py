@@ -485,3 +485,21 @@ def test_a_runtime_apply_that_fails_midway_and_then_fails_its_check_puts_the_liv
     assert sorted(haproxy.show_servers_state(counted.settings.haproxy_stats_socket)["web"]) == ["node1_a"]
     assert names_seen(counted.port) == ["a"]
     assert counted.serving()[1] == reloads + 1  # the live file reloaded: node1_b is gone
+
+
+def test_a_file_written_while_haproxy_was_starting_is_brought_to_what_runs_when_applied_again(rig):
+    # The sync loop wrote the file while HAProxy, already past reading its file, did not answer yet:
+    # the same text applied again (as the sync loop does once HAProxy answers) makes HAProxy run it.
+    rig.start(["a"])
+    newer = render.render(rig.template, rig.snapshot(["a", "b"]), rig.settings)
+    rig.settings.haproxy_cfg.write_text(newer)
+    result = rig.apply(rig.snapshot(["a", "b"]))
+    assert (result.how, result.added) == ("runtime", ("web/node1_b",))
+    assert names_seen(rig.port) == ["a", "b"]
+
+    extra = Route("db", free_port(), "tcp")
+    with_db = render.render(rig.template, rig.snapshot(["a", "b"], [extra]), rig.settings)
+    rig.settings.haproxy_cfg.write_text(with_db)
+    result = rig.apply(rig.snapshot(["a", "b"], [extra]))
+    assert result.how == "reload" and "other backends" in result.reason
+    assert "db" in runtime.show_backends(rig.settings.haproxy_stats_socket)

@@ -34,7 +34,7 @@ from . import plan as planning
 from .errors import ApplyError, CheckFailed, NeedReload, RuntimeAPIError
 from .parse import ParsedConfig, parse_config
 from .program import check, reload, running, version
-from .runtime import SOCKET_TIMEOUT, ServersState, Version, command, show_servers_state
+from .runtime import SOCKET_TIMEOUT, ServersState, Version, command, show_backends, show_servers_state
 
 if TYPE_CHECKING:  # PID 1 imports this package for program(): not the snapshot's hashlib (OpenSSL)
     from ...snapshot import Snapshot
@@ -156,6 +156,11 @@ def _apply_unchanged(
         return _result(started, "unchanged")
     parsed = parse_config(live_text)
     try:
+        # A file written while HAProxy was starting may be newer than the one it read: then it runs
+        # other backends (reload), or other servers (the plan below sets them).
+        if sorted(show_backends(settings.haproxy_stats_socket)) != sorted(parsed.backends):
+            _reload_or_restore(settings, live_text)
+            return _result(started, "reload", reason="HAProxy runs other backends than the live file")
         plan, draining = _run_plan(settings, parsed, parsed, None, drain_timeout)
     except (NeedReload, RuntimeAPIError) as e:
         log.warning("haproxy: runtime API apply failed, reloading instead: %s", e)

@@ -125,6 +125,12 @@ def show_servers_state(socket_path: Path, backend: Optional[str] = None) -> Serv
     return parse_servers_state(command(socket_path, words))
 
 
+def show_backends(socket_path: Path) -> List[str]:
+    """The backends (and listen sections) the worker runs, from `show backend`."""
+    answer = command(socket_path, ("show", "backend"))
+    return [line.strip() for line in answer.splitlines() if line.strip() and not line.startswith("#")]
+
+
 def parse_servers_state(answer: str) -> ServersState:
     lines = answer.splitlines()
     if not lines or lines[0].strip() != "1":
