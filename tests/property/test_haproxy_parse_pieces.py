@@ -64,6 +64,24 @@ def test_a_parse_in_pieces_after_any_other_parses_equals_a_parse_in_one_piece(ea
     assert memo.parse(text) == whole(text)
 
 
+line_lists = st.lists(lines, max_size=40)
+edits = st.tuples(st.integers(0, 40), st.integers(0, 5), st.lists(lines, max_size=5))
+
+
+@given(before=line_lists, edit=edits, ending=endings)
+def test_a_parse_of_an_edited_text_after_the_text_it_was_edited_from_equals_a_parse_in_one_piece(
+    before, edit, ending
+):
+    # The pieces the two texts begin and end with are taken from the last parse where they stood.
+    at, removed, inserted = edit
+    after = [*before[:at], *inserted, *before[at + removed :]]
+    old, new = ("".join(f"{line}{ending}" for line in lines) for lines in (before, after))
+    memo = parse.SectionMemo()
+    memo.parse(old)
+    assert memo.parse(new) == whole(new)
+    assert memo.parse(old) == whole(old)
+
+
 def test_a_change_to_one_backend_reads_that_section_only():
     sections = [
         f"backend b{n}\n    balance roundrobin\n    server n1_a 10.0.0.{n}:80 weight 1\n" for n in range(50)
@@ -77,6 +95,6 @@ def test_a_change_to_one_backend_reads_that_section_only():
         second = memo.parse("".join(sections))
     finally:
         parse._read_piece = real
-    assert read == [sections[7].removesuffix("\n")]  # the newline before the next section is the cut
+    assert read == [sections[7]]
     assert second.skeleton == first.skeleton and second.servers["b7"]["n1_a"].weight == 2
     assert second.servers["b8"] is first.servers["b8"]  # the section as read before, not a copy

@@ -76,11 +76,45 @@ def _write(path: Path, text: str) -> None:
         raise ApplyError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _promote(candidate: Path, live: Path) -> None:
+def _promote(candidate: Path, live: Path, text: str) -> None:
     try:
         promote(candidate, live, durable=DURABLE)
     except OSError as e:
         raise ApplyError(f"cannot replace {live}: {e.strerror or e}") from None
+    _remember_live(live, text)
+
+
+# The live file's text as this process last wrote it, by the file's identity and times: reading
+# half a megabyte back (and hashing it again for parse_config's cache) on every change costs more
+# than the change at 1,000 routes. A file changed by anyone else has another stamp and is read.
+_LIVE: Dict[Path, Tuple[Tuple[int, ...], str]] = {}
+
+
+def _stamp(path: Path) -> Tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_live(path: Path) -> Optional[str]:
+    try:
+        stamp = _stamp(path)
+        known = _LIVE.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    _LIVE[path] = (stamp, text)  # a write between stat and read changes the stamp: read again next time
+    return text
+
+
+def _remember_live(path: Path, text: str) -> None:
+    if len(_LIVE) > 8:  # one live file per process in practice; tests make many
+        _LIVE.clear()
+    try:
+        _LIVE[path] = (_stamp(path), text)
+    except OSError:
+        _LIVE.pop(path, None)
 
 
 def apply(
@@ -104,10 +138,7 @@ def apply(
     del previous, current  # see the docstring
     started = time.monotonic()
     live = settings.haproxy_cfg
-    try:
-        live_text: Optional[str] = live.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        live_text = None
+    live_text = _read_live(live)
     mode = settings.watch.apply_mode
     if text == live_text:
         return _apply_unchanged(settings, live_text, started, drain_timeout)
@@ -133,16 +164,16 @@ def apply(
                     log.warning("haproxy: runtime API apply failed, checking and reloading instead: %s", e)
                     reason, touched = f"runtime API failed: {e}", isinstance(e, PartlyApplied)
                 else:
-                    _promote(candidate, live)
+                    _promote(candidate, live, text)
                     return _result(started, "runtime" if plan.any() else "unchanged", plan, draining)
 
     _check(settings, candidate, live_text if touched else None)
     if not (running(settings) if is_running is None else is_running):
         # Nothing to apply to yet (first render, or HAProxy is between restarts): the supervisor
         # starts HAProxy from the file we leave here.
-        _promote(candidate, live)
+        _promote(candidate, live, text)
         return _result(started, "written")
-    _promote(candidate, live)
+    _promote(candidate, live, text)
     _reload_or_restore(settings, live_text)
     return _result(started, "reload", reason=reason)
 

@@ -7,8 +7,8 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import attrgetter
+from itertools import accumulate, chain
+from operator import add, attrgetter
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from .runtime import syntax_in
@@ -87,16 +87,22 @@ class SectionMemo:
 
     def __init__(self) -> None:
         self._known: Dict[str, Piece] = {}
+        self._chunks: List[str] = []  # the last text's pieces, in order
+        self._starts: List[int] = []  # where each begins in it
+        self._pieces: List[Piece] = []
+        self._length = 0
 
     def parse(self, text: str) -> ParsedConfig:
         import hashlib  # here, not at the top: PID 1 imports this package and must not load OpenSSL
 
-        chunks = split_sections(text)
-        found: List[Optional[Piece]] = list(map(self._known.get, chunks))
-        for i in [i for i, piece in enumerate(found) if piece is None]:
-            found[i] = _read_piece(chunks[i])
-        pieces: List[Piece] = found  # type: ignore[assignment]  # every None was replaced
+        i, j, chunks = self._split(text)
+        known = self._known.get
+        middle = [known(chunk) or _read_piece(chunk) for chunk in chunks[i : len(chunks) - j]]
+        pieces = [*self._pieces[:i], *middle, *self._pieces[len(self._pieces) - j :]]
+        lengths = list(map(len, chunks))
         self._known = dict(zip(chunks, pieces))
+        self._chunks, self._pieces, self._length = chunks, pieces, len(text)
+        self._starts = [0, *accumulate(lengths[:-1])]
         skeleton = hashlib.blake2b(b"".join(map(_SKELETON, pieces)), digest_size=16)
         backends = tuple(chain.from_iterable(map(_BACKENDS, pieces)))
         # Shared with the memo, not copied: 5,000 servers would be copied on every parse otherwise.
@@ -108,20 +114,46 @@ class SectionMemo:
         cookies = frozenset(chain.from_iterable(map(_COOKIES, pieces)))
         return ParsedConfig(skeleton.digest(), backends, servers, cookies)
 
+    def _split(self, text: str) -> Tuple[int, int, List[str]]:
+        """split_sections(text), as (i, j, pieces): its first i and last j pieces are the last text's.
+
+        Only what lies between them is split again: the pieces the last text begins and ends with are
+        compared where they stood (startswith at an offset copies nothing), and each cut between
+        what is kept and what is split must still be a cut in the new text."""
+        last, starts, n = self._chunks, self._starts, len(self._chunks)
+        i = 0
+        while i < n - 1 and text.startswith(last[i], starts[i]):
+            if not _SECTION_CUT.match(text, starts[i + 1] - 1):
+                break
+            i += 1
+        begin = starts[i] if i else 0
+        shift = len(text) - self._length  # where the last text's end pieces stand in this one
+        j = n
+        while j - 1 >= max(i, 1):
+            at = starts[j - 1] + shift
+            if at - 1 < begin or not text.startswith(last[j - 1], at) or not _SECTION_CUT.match(text, at - 1):
+                break
+            j -= 1
+        end = starts[j] + shift if j < n else len(text)
+        if begin > end:
+            return 0, 0, split_sections(text)
+        return i, n - j, [*last[:i], *split_sections(text[begin:end]), *last[j:]]
+
 
 _MEMO = SectionMemo()
 
-# Where split_sections cuts: at the newline before a line that starts with a section keyword followed
-# by a space (or the end), which _read_piece always takes as opening a section. A section opened
-# otherwise (an indented keyword) is not cut at but found inside its piece, so a parse in pieces
-# equals a parse at once. The newline cut at goes, and the pieces hold the same lines: a line break
-# ends a line whether another line follows it or not.
-_SECTION_CUT = re.compile(r"\n(?=(?:" + "|".join(sorted(SECTIONS)) + r")(?!\S))")
+# Where split_sections cuts: after the newline before a line that starts with a section keyword
+# followed by a space (or the end), which _read_piece always takes as opening a section. A section
+# opened otherwise (an indented keyword) is not cut at but found inside its piece, so a parse in
+# pieces equals a parse at once. The newline is captured, to stay at the end of its piece: the
+# pieces put together are the text, line breaks (and empty lines) included.
+_SECTION_CUT = re.compile(r"(\n)(?=(?:" + "|".join(sorted(SECTIONS)) + r")(?!\S))")
 
 
 def split_sections(text: str) -> List[str]:
     """The text in pieces, each but the first starting with a line that opens a section."""
-    return _SECTION_CUT.split(text)
+    parts = _SECTION_CUT.split(text)  # piece, "\n", piece, "\n", ..., piece
+    return [*map(add, parts[0:-1:2], parts[1::2]), parts[-1]]
 
 
 def _line(raw: str) -> str:
