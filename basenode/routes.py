@@ -33,7 +33,7 @@ import operator
 import re
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .config import (
     DEFAULT_KV_ROUTE_LIMIT,
@@ -270,6 +270,9 @@ class Discovery:
         self._routes: Optional[Tuple[Any, Tuple[Route, ...]]] = None  # (the routes prefix's value, routes)
         self._queries: Tuple[Tuple[Route, ...], FrozenSet[Query]] = ((), route_queries(()))
         self._sorted: Tuple[Tuple[Route, ...], Tuple[Route, ...]] = ((), ())  # (routes, by service)
+        self._whole: Optional[Tuple[Route, ...]] = None  # the routes `last` has every state of, in order
+        # (the routes by service, query -> the positions of the routes that read it)
+        self._readers: Tuple[Tuple[Route, ...], Dict[Query, List[int]]] = ((), {})
 
     def routes(self, data: Mapping[Query, Any]) -> Optional[Tuple[Route, ...]]:
         """Static + KV routes, or None while the routes prefix has not been read.
@@ -310,13 +313,20 @@ class Discovery:
             self._queries = (routes, route_queries(routes))
         return self._queries[1]
 
-    def snapshot(self, data: Mapping[Query, Any]) -> Optional[Snapshot]:
-        """The snapshot of what is known now (see the module docstring); None before the first one."""
+    def snapshot(
+        self, data: Mapping[Query, Any], changed: Optional[Collection[Query]] = None
+    ) -> Optional[Snapshot]:
+        """The snapshot of what is known now (see the module docstring); None before the first one.
+
+        `changed`: the queries whose values were replaced since the last call (the watch says which),
+        so that only the routes that read them are looked at; without it, every route is."""
         routes = self.routes(data)
         if routes is None:
             return None
         if self._sorted[0] is not routes:
             self._sorted = (routes, tuple(sorted(routes, key=_service)))
+        if changed is not None and self._whole is routes and self.last is not None:
+            return self._snapshot_of(changed, data)
         states, unread = [], []
         for route in self._sorted[1]:  # in the snapshot's order already
             if primary_query(route) in data:
@@ -330,9 +340,29 @@ class Discovery:
             states += [previous[r] for r in unread if r in previous]
             states.sort(key=_by_service)
         self.last = Snapshot(routes=tuple(states))
+        # Every route has its state, in the order of _sorted: the next change can replace just its own.
+        self._whole = None if unread else routes
         if len(self._states) > len(states):
             known = {state.route for state in states}
             self._states = {r: entry for r, entry in self._states.items() if r in known}
+        return self.last
+
+    def _snapshot_of(self, changed: Collection[Query], data: Mapping[Query, Any]) -> Snapshot:
+        """The last snapshot with the states of the routes that read a changed query made again."""
+        ordered = self._sorted[1]
+        if self._readers[0] is not ordered:
+            readers: Dict[Query, List[int]] = {}
+            for i, route in enumerate(ordered):
+                for query in (primary_query(route), *failover_queries(route)):
+                    readers.setdefault(query, []).append(i)
+            self._readers = (ordered, readers)
+        touched = {i for query in changed for i in self._readers[1].get(query, ())}
+        if not touched:
+            return self.last  # type: ignore[return-value]  # set by the caller's check
+        states = list(self.last.routes)  # type: ignore[union-attr]
+        for i in touched:
+            states[i] = self._state(ordered[i], data)
+        self.last = Snapshot(routes=tuple(states))
         return self.last
 
     def _state(self, route: Route, data: Mapping[Query, Any]) -> RouteState:

@@ -87,7 +87,7 @@ class Loop:
             snapshot_changed = False
             if self.settings.run_haproxy and self.watcher is not None:
                 self.watcher.want("routes", self.discovery.wanted(data))
-                snapshot = self.discovery.snapshot(data)
+                snapshot = self.discovery.snapshot(data, changed)
                 self.state.refused_routes = dict(self.discovery.refused)
                 if snapshot is not None and snapshot != self.latest:
                     self.latest, snapshot_changed = snapshot, True

@@ -17,8 +17,9 @@ import ipaddress
 import logging
 import re
 import sys
+from operator import is_
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -176,6 +177,8 @@ class RouteParts:
         # render's and the last one's, whose texts a render looks up) so that no id is reused
         self._blocks: Tuple[Dict[int, Any], Dict[int, Any]] = ({}, {})
         self._dicts: Dict[RouteState, Dict[str, Any]] = {}
+        # block key -> (the routes a route_parts() call got, in order, and the text of each)
+        self._runs: Dict[Tuple[Any, ...], Tuple[List[Any], List[RenderedPart]]] = {}
         self.renders = 0  # blocks rendered (not taken from the cache), for tests and benchmarks
 
     def bind(self, states: Sequence[RouteState], bind_host: str, haproxy_log: bool) -> Tuple[list, Any, Any]:
@@ -186,6 +189,8 @@ class RouteParts:
         texts: Dict[Tuple[Any, ...], RenderedPart] = {}
         blocks: Dict[int, Any] = {}
         previous, self._texts, self._blocks = self._texts, texts, (self._blocks[1], blocks)
+        runs: Dict[Tuple[Any, ...], Tuple[List[Any], List[RenderedPart]]] = {}
+        previous_runs, self._runs = self._runs, runs
 
         def block_key(caller: Any) -> Tuple[Any, ...]:
             # The block's code by identity: hashing a code object hashes all of its constants, which
@@ -213,10 +218,23 @@ class RouteParts:
             return part(route, block_key(caller), caller)
 
         def route_parts(routes: Any, caller: Any = None) -> RenderedPart:
-            # One call for every route: at 1,000 routes a call block per route costs more than the
-            # few parts a change renders again.
+            # One call for every route, and only the routes that are not the objects the last call
+            # got at the same place are looked at: at 1,000 routes even a cache lookup per route
+            # costs more than the part a change renders again. A route is the same object only for
+            # the same state (bind keeps one per state), and the objects of the last call are alive
+            # in `previous_runs`, so no id below can belong to another.
             block = block_key(caller)
-            return RenderedPart("".join([part(route, block, caller, route) for route in routes]))
+            routes = list(routes)
+            last = previous_runs.get(block)
+            if last is not None and len(last[0]) == len(routes):
+                made = list(last[1])
+                for i in [i for i, same in enumerate(map(is_, routes, last[0])) if not same]:
+                    made[i] = part(routes[i], block, caller, routes[i])
+            else:
+                known = dict(zip(map(id, last[0]), last[1])) if last is not None else {}
+                made = [known.get(id(route)) or part(route, block, caller, route) for route in routes]
+            runs[block] = (routes, made)
+            return RenderedPart("".join(made))
 
         return [dicts[state] for state in states], route_part, route_parts
 

@@ -216,3 +216,25 @@ def test_discovery_reads_a_changed_service_again_and_reuses_the_routes_whose_val
     # a value replaced by an equal new object is read again and gives the same state
     again, _ = data_for({"web": [entry("w1"), entry("w2", port=8081)], "db": [entry("d1", service="db")]})
     assert discovery.snapshot({ROUTES_QUERY: (), **again}) == second
+
+
+def test_discovery_told_which_queries_changed_gives_the_snapshot_it_would_give_from_everything():
+    routes = (Route("web", 9000), Route("db", 9001, failover=("dc2",)), Route("api", 9002))
+    told = Discovery(Settings(routes=routes))
+    answers = {"web": [entry("w1")], "db": [entry("d1", service="db")], "api": [entry("a1", service="api")]}
+    data = {ROUTES_QUERY: (), **data_for(answers)[0], Query(SERVICE, "db", "dc2"): ()}
+    told.snapshot(data)
+    steps = [
+        {Query(SERVICE, "web"): [entry("w1"), entry("w2", port=8081)]},
+        {Query(SERVICE, "db", "dc2"): [entry("r1", service="db")]},
+        {Query(SERVICE, "db"): []},  # db down here: its dc2 instances become the backups
+        {Query(SERVICE, "api"): [entry("a2", service="api")], Query(SERVICE, "web"): []},
+    ]
+    for step in steps:
+        data = {**data}
+        for query, entries in step.items():
+            data[query] = data_for({query.name: entries})[0][Query(SERVICE, query.name)]
+        assert told.snapshot(data, frozenset(step)) == Discovery(Settings(routes=routes)).snapshot(data)
+    # a query no route reads changes nothing, and the snapshot is the same object
+    last = told.last
+    assert told.snapshot({**data, Query(SERVICE, "other"): ()}, {Query(SERVICE, "other")}) is last
