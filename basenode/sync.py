@@ -64,10 +64,11 @@ class Loop:
         self.applied: Optional[Snapshot] = None  # what HAProxy runs
         self.latest: Optional[Snapshot] = None  # newest from the watch (may have failed to apply)
         self.latest_indexes: Dict[Query, int] = {}  # the watch's indexes, read before latest's data
-        # The last apply only wrote the file (HAProxy did not answer): it may have been starting, and
-        # have read the file before. Once it answers, the same text is applied again, which compares
-        # what runs with the file.
-        self.written_unconfirmed = False
+        # Files written while HAProxy did not answer, once it may have been starting (the ready file
+        # is out): what it runs is not known until an apply that compares with what runs (baseline.py).
+        self.baseline = haproxy.Baseline()
+        self.programs_started = False  # the ready file is written: HAProxy may be starting
+        self.live_text: Optional[str] = None  # the text last written or applied
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -147,7 +148,7 @@ class Loop:
         elif self.state.due(time.monotonic()) and self.latest is not None:
             log.info("retrying the apply that failed")
             self._apply(self.latest, data, template_changed=True)
-        elif self.written_unconfirmed and self.latest is not None and haproxy.running(self.settings):
+        elif self.baseline.unconfirmed and self.latest is not None and haproxy.running(self.settings, 0.0):
             self._apply(self.latest, data, template_changed=True)
 
     def _apply(
@@ -169,7 +170,10 @@ class Loop:
 
         def apply_config(text: str) -> str:
             try:
-                return haproxy.apply(self.settings, previous, snapshot, text).how
+                baseline = self.baseline.mode(text)
+                how = haproxy.apply(self.settings, previous, snapshot, text, baseline=baseline).how
+                self._followed(how, baseline, text)
+                return how
             except haproxy.CheckFailed as e:
                 why = redact(str(e), self.templates.haproxy_given)  # it may quote a line with a KV value
                 raise OutputFailed(
@@ -192,10 +196,17 @@ class Loop:
         if outcome.how is None:
             return
         self.applied = snapshot
-        self.written_unconfirmed = outcome.how == "written"
         self._record(snapshot, outcome.how, time.monotonic() - started)
         self._publish_applied()
         _return_free_memory()
+
+    def _followed(self, how: str, baseline: str, text: str) -> None:
+        """What an apply of `text` tells of what HAProxy runs (baseline.py)."""
+        if how == "written" and self.programs_started:
+            self.baseline.written(self.live_text, text)
+        elif how in ("reload", "restart") or (how != "written" and baseline == haproxy.SERVERS):
+            self.baseline.confirmed()
+        self.live_text = text
 
     def _record(self, snapshot: Snapshot, how: str, duration: float) -> None:
         s = self.state
@@ -288,6 +299,7 @@ def run(settings: Settings, once: bool = False) -> int:
                 loop.on_startup_grace_over()
         if not ready and loop.ready(grace_over=now > grace_over):
             error = _mark_ready(settings.sync_ready_file)
+            loop.programs_started = error is None
             if error is not None and error != ready_error:
                 log.error("%s", error)  # once: it is tried again every tick
             ready, ready_error = error is None, error

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from bench.common import ROOT, Context, Processes, Section, Table, fmt, median, ratio
+from tests.support import docker_helpers
+from tests.support.docker_helpers import docker
 from tests.support.docker_load import stamp_seconds
 
 TITLE = "Docker cluster: image, start, join, failure (issue 4)"
@@ -54,7 +56,6 @@ SUBNETS = "172.30.0.0/16"  # a /24 of it that no Docker network uses (addresses 
 START_TARGET = 3.0  # issue 4: container start -> routed through its HAProxy
 ROUTE_TARGET = 1.0  # issue 4: health check passing -> routed cluster-wide
 EVENT_TIMEOUT = 45.0  # longest wait for any one event before the trial counts as timed out
-DOCKER_TIMEOUT = 120.0
 BUILD_TIMEOUT = 900.0
 
 # --- scripts run inside the containers (python3 of the image, standard library only) -------------
@@ -172,17 +173,6 @@ for _ in range(int(sys.argv[2])):
 # --- docker ---------------------------------------------------------------------------------------
 
 
-def docker(*args: str, timeout: float = DOCKER_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"docker {' '.join(args[:3])} ... exited {result.returncode}: {result.stderr.strip()}"
-        )
-    return result
-
-
 def build_images() -> Dict[str, str]:
     """What `make image` does after `make zipapp` (which `make bench` has run): the base stand-in
     (its script returns at once when the tag exists), then the Dockerfile (layer cache on), so the
@@ -223,16 +213,7 @@ def layers(tag: str) -> List[Tuple[int, str]]:
 
 
 def free_subnet() -> ipaddress.IPv4Network:
-    ids = docker("network", "ls", "-q").stdout.split()
-    used = []
-    for net in json.loads(docker("network", "inspect", *ids).stdout) if ids else []:
-        for cfg in (net.get("IPAM") or {}).get("Config") or []:
-            if cfg.get("Subnet"):
-                used.append(ipaddress.ip_network(cfg["Subnet"], strict=False))
-    for candidate in ipaddress.ip_network(SUBNETS).subnets(new_prefix=24):
-        if not any(candidate.overlaps(u) for u in used if u.version == 4):
-            return candidate
-    raise RuntimeError(f"no free /24 left in {SUBNETS}")
+    return ipaddress.ip_network(docker_helpers.free_subnet(SUBNETS))
 
 
 class Cluster:

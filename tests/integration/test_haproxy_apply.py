@@ -493,13 +493,27 @@ def test_a_file_written_while_haproxy_was_starting_is_brought_to_what_runs_when_
     rig.start(["a"])
     newer = render.render(rig.template, rig.snapshot(["a", "b"]), rig.settings)
     rig.settings.haproxy_cfg.write_text(newer)
-    result = rig.apply(rig.snapshot(["a", "b"]))
+    result = haproxy.apply(rig.settings, None, rig.snapshot(["a", "b"]), newer, baseline=haproxy.SERVERS)
     assert (result.how, result.added) == ("runtime", ("web/node1_b",))
     assert names_seen(rig.port) == ["a", "b"]
 
+    # A backend only in the file: whatever the baseline, the same text reloads.
     extra = Route("db", free_port(), "tcp")
     with_db = render.render(rig.template, rig.snapshot(["a", "b"], [extra]), rig.settings)
     rig.settings.haproxy_cfg.write_text(with_db)
     result = rig.apply(rig.snapshot(["a", "b"], [extra]))
     assert result.how == "reload" and "other backends" in result.reason
     assert "db" in runtime.show_backends(rig.settings.haproxy_stats_socket)
+
+
+def test_an_apply_with_an_unknown_baseline_reloads_even_the_same_text_so_haproxy_runs_the_file(rig):
+    # Told that HAProxy may run another skeleton than the live file's (files were written while it did
+    # not answer), apply takes nothing from the file: a frontend port changed only there is served.
+    rig.start(["a"])
+    moved = Rig(rig.settings.state_dir, rig.backends)
+    newer = render.render(rig.template, moved.snapshot(["a"]), rig.settings)  # another frontend port
+    rig.settings.haproxy_cfg.write_text(newer)
+    assert rig.apply(moved.snapshot(["a"])).how == "unchanged"  # what the live file says is not enough
+    result = haproxy.apply(rig.settings, None, moved.snapshot(["a"]), newer, baseline=haproxy.UNKNOWN)
+    assert result.how == "reload" and "did not answer" in result.reason
+    assert eventually(lambda: names_seen(moved.port) == ["a"], what="traffic on the moved frontend")

@@ -124,3 +124,29 @@ def test_an_edited_template_renders_its_own_parts_not_the_old_ones():
         edited = env.from_string(f"{{% call(route) route_parts(routes) %}}{block}{{% endcall %}}")
         assert render.render_context(edited, render.context(snapshot, settings, parts)) == f"v{n} web\n"
         del edited, env
+
+
+@given(
+    first=snapshots,
+    fates=st.lists(st.sampled_from(["same", "copy", "new"]), min_size=4, max_size=4),
+    replacement=routes,
+    settings=settings_,
+)
+def test_a_render_after_the_snapshot_it_changed_from_equals_a_render_from_nothing(
+    first, fates, replacement, settings
+):
+    # Routes kept as the same objects (their parts reused where they stood), as equal new objects, or
+    # replaced by another route state: the cached render equals a whole one.
+    parts = render.RouteParts()
+    render.render_context(TEMPLATE, render.context(first, settings, parts))
+    states = []
+    for state, fate in zip(first.routes, fates):
+        if fate == "same":
+            states.append(state)
+        elif fate == "copy":
+            states.append(RouteState(state.route, tuple(state.instances)))
+        elif replacement.route.service not in {s.route.service for s in first.routes}:
+            states.append(replacement)
+    now = Snapshot(tuple(sorted(states, key=lambda r: r.route.service)))
+    cached = render.render_context(TEMPLATE, render.context(now, settings, parts))
+    assert cached == render.render_context(WHOLE, render.context(now, settings))

@@ -140,3 +140,9 @@ def test_backends_with_dynamic_cookies_are_known():
     )
     assert parse_config(text).dynamic_cookies == frozenset({"web"})
     assert parse_config(config()).dynamic_cookies == frozenset()
+
+
+def test_digits_that_are_not_ascii_make_a_line_for_the_check_not_an_error():
+    for line in ("server n1_a 10.0.0.5:8080 weight \u00b2", "server n1_a 10.0.0.5:\u0663 weight 1"):
+        server = parse_config(config(line)).servers["web"]["n1_a"]
+        assert not server.runtime_ok  # left to haproxy -c and a reload

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from ...config import Settings
 from ...files import promote, write_atomic
 from . import plan as planning
+from .baseline import LIVE, SERVERS, UNKNOWN
 from .errors import ApplyError, CheckFailed, NeedReload, RuntimeAPIError
 from .parse import ParsedConfig, parse_config
 from .program import check, reload, running, version
@@ -124,8 +125,14 @@ def apply(
     text: str,
     *,
     drain_timeout: float = DRAIN_TIMEOUT,
+    baseline: str = LIVE,
 ) -> ApplyResult:
     """Make HAProxy run `text` (rendered from `current`). See the module docstring for the steps.
+
+    `baseline` (baseline.py): LIVE, HAProxy runs the live file; SERVERS, it runs the live file's
+    skeleton with servers that may differ (every backend is compared, the same text included, and
+    "written" means HAProxy still does not answer); UNKNOWN, it may run another skeleton: the text is
+    checked and HAProxy reloaded, the same text included.
 
     The baseline is what actually runs (the live file and `show servers state`), not `previous`,
     which is accepted for the caller's bookkeeping and logging only: after a failed apply or a
@@ -140,15 +147,19 @@ def apply(
     live = settings.haproxy_cfg
     live_text = _read_live(live)
     mode = settings.watch.apply_mode
-    if text == live_text:
-        return _apply_unchanged(settings, live_text, started, drain_timeout)
+    if mode != "runtime" and baseline == SERVERS:  # no runtime apply to compare the servers with
+        baseline = UNKNOWN
+    if text == live_text and baseline != UNKNOWN:
+        return _apply_unchanged(settings, live_text, started, drain_timeout, baseline)
 
     candidate = live.with_name(live.name + ".new")
     _write(candidate, text)
     is_running: Optional[bool] = None
     reason = "no live config" if mode == "runtime" else f"apply mode {mode}"
+    if baseline == UNKNOWN:
+        reason = "files were written while HAProxy did not answer"
     touched = False  # runtime commands were sent before the runtime path failed
-    if mode == "runtime" and live_text is not None:
+    if mode == "runtime" and live_text is not None and baseline != UNKNOWN:
         old, new = parse_config(live_text), parse_config(text)
         reason = "routes or template changed"
         if old.skeleton == new.skeleton:
@@ -156,7 +167,11 @@ def apply(
             if is_running:
                 try:
                     plan, draining = _run_plan(
-                        settings, old, new, planning.changed_backends(old, new), drain_timeout
+                        settings,
+                        old,
+                        new,
+                        None if baseline == SERVERS else planning.changed_backends(old, new),
+                        drain_timeout,
                     )
                 except NeedReload as e:
                     reason = str(e)
@@ -179,12 +194,14 @@ def apply(
 
 
 def _apply_unchanged(
-    settings: Settings, live_text: Optional[str], started: float, drain_timeout: float
+    settings: Settings, live_text: Optional[str], started: float, drain_timeout: float, baseline: str
 ) -> ApplyResult:
     """The same text again: nothing to write, but the running servers are compared with all of the
     live file's, which also retries deletions left over from an earlier apply."""
-    if settings.watch.apply_mode != "runtime" or live_text is None or not running(settings):
+    if settings.watch.apply_mode != "runtime" or live_text is None:
         return _result(started, "unchanged")
+    if not running(settings):
+        return _result(started, "unchanged" if baseline == LIVE else "written")
     parsed = parse_config(live_text)
     try:
         # A file written while HAProxy was starting may be newer than the one it read: then it runs

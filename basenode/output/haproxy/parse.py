@@ -211,7 +211,7 @@ def _server_line(backend: str, line: str) -> ServerLine:
     while i < len(rest):
         if rest[i] == "weight":
             value = rest[i + 1] if i + 1 < len(rest) else ""
-            if value.isdigit() and int(value) <= MAX_WEIGHT:
+            if _digits(value) and int(value) <= MAX_WEIGHT:
                 weight = int(value)
             else:
                 problem = problem or f"weight {value!r} is not 0-{MAX_WEIGHT}"
@@ -260,7 +260,7 @@ def _options_problem(options: List[str]) -> str:
 def _number(low: int, high: int) -> Callable[[str], bool]:
     def valid(value: str) -> bool:
         digits = value[1:] if value.startswith("-") else value
-        return digits.isdigit() and low <= int(value) <= high
+        return _digits(digits) and low <= int(value) <= high
 
     return valid
 
@@ -327,12 +327,17 @@ _VALUED: Dict[str, Callable[[str], bool]] = {
 }
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses (and HAProxy would)."""
+    return text.isascii() and text.isdigit()
+
+
 def _split_endpoint(endpoint: str) -> Tuple[Optional[str], Optional[int]]:
     if endpoint.startswith("["):
         host, sep, port = endpoint[1:].partition("]:")
     else:
         host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not _digits(port) or not 1 <= int(port) <= 65535:
         return None, None
     try:
         return str(ipaddress.ip_address(host)), int(port)
