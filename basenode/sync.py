@@ -14,7 +14,6 @@ would fail the same way again) is retried every RETRY_SECONDS until it works.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -22,9 +21,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
-from . import explain, exposure, files
+from . import explain, exposure, files, resources
 from .config import Settings
 from .dependency import READ_ERRORS, Query
 from .output import haproxy
@@ -198,7 +197,7 @@ class Loop:
         self.applied = snapshot
         self._record(snapshot, outcome.how, time.monotonic() - started)
         self._publish_applied()
-        _return_free_memory()
+        resources.return_free_memory()
 
     def _followed(self, how: str, baseline: str, text: str) -> None:
         """What an apply of `text` tells of what HAProxy runs (baseline.py)."""
@@ -227,28 +226,6 @@ class Loop:
             )
 
 
-def _return_free_memory() -> None:
-    """Give the heap's free pages back to the system after an apply.
-
-    Rendering and parsing a large config churns through megabytes of short-lived strings; glibc
-    keeps the freed pages, so a sync process that once rendered 1,000 routes would hold that peak
-    for ever. malloc_trim is glibc's; elsewhere this does nothing.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Optional[Callable[[int], int]]:
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
 def run(settings: Settings, once: bool = False) -> int:
     """`basenode sync [--once]`: until SIGTERM/SIGINT, or one pass with --once."""
     if settings.run_haproxy:
@@ -260,7 +237,7 @@ def run(settings: Settings, once: bool = False) -> int:
     if once:
         return _run_once(settings)
 
-    _raise_open_files_limit()
+    resources.raise_open_files_limit()
     stop = threading.Event()
     look_now = threading.Event()
 
@@ -360,16 +337,6 @@ def _mark_ready(path: Path) -> Optional[str]:
         return f"cannot write {path} (programs that wait for the first renders wait on): {e}"
     log.debug("first renders done: %s written", path)
     return None
-
-
-def _raise_open_files_limit() -> None:
-    """Soft limit on open files up to the hard one: each template dependency holds a connection."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def render_once(settings: Settings, out: str = "-") -> int:
