@@ -1,4 +1,5 @@
-"""Files basenode writes: atomically, so a reader sees the old content or the new, never a mix."""
+"""Files basenode writes: atomically, so a reader sees the old content or the new, never a mix; and
+read back, when it is what this process last wrote, from memory."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 
 def write_atomic(
@@ -53,3 +54,38 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# The text this process last wrote to a file, by the file's identity and times: HAProxy's config is
+# read back on every change, and at 1,000 routes reading half a megabyte (and hashing it again for
+# parse_config's cache) costs more than the change. A file changed by anyone else has another stamp.
+_WRITTEN: Dict[Path, Tuple[Tuple[int, ...], str]] = {}
+
+
+def _stamp(path: Path) -> Tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_text(path: Path) -> Optional[str]:
+    """The file's text (None when there is none), from memory when it is what remember_text() kept."""
+    try:
+        stamp = _stamp(path)
+        known = _WRITTEN.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    _WRITTEN[path] = (stamp, text)  # a write between stat and read changes the stamp: read again next time
+    return text
+
+
+def remember_text(path: Path, text: str) -> None:
+    """`text` is what `path` holds now (just written or renamed into place)."""
+    if len(_WRITTEN) > 8:  # one such file per process in practice; tests make many
+        _WRITTEN.clear()
+    try:
+        _WRITTEN[path] = (_stamp(path), text)
+    except OSError:
+        _WRITTEN.pop(path, None)

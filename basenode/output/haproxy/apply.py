@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ...config import Settings
-from ...files import promote, write_atomic
+from ...files import promote, read_text, remember_text, write_atomic
 from . import plan as planning
 from .baseline import LIVE, SERVERS, UNKNOWN
 from .errors import ApplyError, CheckFailed, NeedReload, RuntimeAPIError
@@ -82,40 +82,7 @@ def _promote(candidate: Path, live: Path, text: str) -> None:
         promote(candidate, live, durable=DURABLE)
     except OSError as e:
         raise ApplyError(f"cannot replace {live}: {e.strerror or e}") from None
-    _remember_live(live, text)
-
-
-# The live file's text as this process last wrote it, by the file's identity and times: reading
-# half a megabyte back (and hashing it again for parse_config's cache) on every change costs more
-# than the change at 1,000 routes. A file changed by anyone else has another stamp and is read.
-_LIVE: Dict[Path, Tuple[Tuple[int, ...], str]] = {}
-
-
-def _stamp(path: Path) -> Tuple[int, ...]:
-    st = path.stat()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _read_live(path: Path) -> Optional[str]:
-    try:
-        stamp = _stamp(path)
-        known = _LIVE.get(path)
-        if known is not None and known[0] == stamp:
-            return known[1]
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    _LIVE[path] = (stamp, text)  # a write between stat and read changes the stamp: read again next time
-    return text
-
-
-def _remember_live(path: Path, text: str) -> None:
-    if len(_LIVE) > 8:  # one live file per process in practice; tests make many
-        _LIVE.clear()
-    try:
-        _LIVE[path] = (_stamp(path), text)
-    except OSError:
-        _LIVE.pop(path, None)
+    remember_text(live, text)
 
 
 def apply(
@@ -145,7 +112,7 @@ def apply(
     del previous, current  # see the docstring
     started = time.monotonic()
     live = settings.haproxy_cfg
-    live_text = _read_live(live)
+    live_text = read_text(live)
     mode = settings.watch.apply_mode
     if mode != "runtime" and baseline == SERVERS:  # no runtime apply to compare the servers with
         baseline = UNKNOWN
